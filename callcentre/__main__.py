@@ -1,0 +1,3 @@
+from callcentre.cli import main
+
+main()

@@ -1,0 +1,397 @@
+"""Configuration: one YAML file, validated at start-up, overridable by environment variables.
+
+Precedence (highest first): environment variables, the YAML file, built-in defaults.
+
+* ``CALLCENTRE_<SECTION>__<KEY>=value`` overrides one key, e.g. ``CALLCENTRE_AMI__HOST=10.0.0.5``
+  or ``CALLCENTRE_ACD__RING_CYCLE_SECONDS=6``. Values are parsed as YAML scalars, so ``6`` is a number
+  and ``[a, b]`` a list.
+* Secrets never live in the YAML file in git: ``CALLCENTRE_AMI_SECRET`` / ``ami.secret_file`` and
+  ``CALLCENTRE_WEB_SESSION_KEY`` / ``web.session_key_file``.
+
+A bad value raises :class:`ConfigError` whose message names the key and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "CALLCENTRE_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is meant for a person."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CentreConfig(_Section):
+    name: str = "Property Service Centre"
+    timezone: str = "Asia/Shanghai"
+    # Caller-ID normalisation: the country the hotline is in and its trunk prefix.
+    country_code: str = "86"
+    trunk_prefix: str = "0"
+    international_prefix: str = "00"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz_exists(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except Exception as exc:  # ZoneInfoNotFoundError, ValueError
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite+aiosqlite:///var/callcentre.db"
+    echo: bool = False
+    # Seconds a write may wait for a locked SQLite database before giving up.
+    busy_timeout_seconds: float = Field(5.0, gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        if not re.match(r"^(sqlite\+aiosqlite|postgresql\+asyncpg)://", v):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return v
+
+
+class AGIConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(4573, ge=0, le=65535)
+    # FastAGI has no authentication: only these peers (addresses or networks) may connect.
+    allowed_peers: list[str] = ["127.0.0.1/32", "::1/128"]
+    max_sessions: int = Field(2000, ge=1)
+    header_max_bytes: int = Field(16384, ge=512)
+    header_timeout_seconds: float = Field(5.0, gt=0)
+    # How long we wait for Asterisk's reply to one command; commands that play audio or wait
+    # for the caller get their own expected duration added to this.
+    command_timeout_seconds: float = Field(10.0, gt=0)
+    line_max_bytes: int = Field(8192, ge=256)
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network") from exc
+        return v
+
+
+class AMIConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(5038, ge=1, le=65535)
+    username: str = "callcentre"
+    secret: str | None = Field(None, repr=False)
+    secret_file: Path | None = None
+    ping_interval_seconds: float = Field(5.0, gt=0)
+    # A link that misses this many Ping replies in a row is treated as dead.
+    missed_pings: int = Field(2, ge=1)
+    reconnect_min_seconds: float = Field(0.5, gt=0)
+    reconnect_max_seconds: float = Field(10.0, gt=0)
+    # After this many failed logins in a row, retries slow to reconnect_max_seconds and an error is logged once.
+    login_failures_before_backoff: int = Field(3, ge=1)
+    action_timeout_seconds: float = Field(10.0, gt=0)
+    value_max_length: int = Field(1024, ge=16)
+
+
+class WebConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    session_key: str | None = Field(None, repr=False)
+    session_key_file: Path | None = None
+    allowed_origins: list[str] = []
+    cookie_secure: bool = False
+    login_attempts_per_minute: int = Field(10, ge=1)
+    websocket_queue_max: int = Field(256, ge=8)
+
+
+class PromptsConfig(_Section):
+    # How Asterisk finds our prompts: STREAM FILE <asterisk_path>/<lang>/<name>. A relative path is
+    # relative to Asterisk's sounds directory (astdatadir/sounds).
+    asterisk_path: str = "callcentre"
+    # Where the repository's WAV files are (checked at start-up and by the tests).
+    local_dir: Path = Path("prompts")
+
+
+class Category(_Section):
+    code: str
+    prompt: str
+    priority: Literal["general", "major"] = "general"
+    skill: str | None = None
+
+    @field_validator("code", "prompt")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_\-]+", v):
+            raise ValueError("only lower-case letters, digits, '_' and '-'")
+        return v
+
+
+_DIGIT = re.compile(r"^[0-9*#]$")
+
+
+def _check_digit_keys(v: dict[str, Any]) -> dict[str, Any]:
+    for k in v:
+        if not _DIGIT.match(k):
+            raise ValueError(f"menu key {k!r} must be one DTMF digit (0-9, * or #)")
+    return v
+
+
+MenuAction = Literal["self_service", "repair", "complaint", "agent", "emergency", "english", "repeat"]
+
+
+class IVRConfig(_Section):
+    default_language: Literal["zh", "en"] = "zh"
+    # Main menu: digit -> action.
+    menu: dict[str, MenuAction] = {
+        "1": "self_service",
+        "2": "repair",
+        "3": "complaint",
+        "0": "agent",
+        "8": "emergency",
+        "9": "english",
+        "*": "repeat",
+    }
+    digit_timeout_ms: int = Field(5000, ge=500, le=60000)
+    # Wrong digit or silence: re-prompt this many times in all, then go to an agent.
+    max_attempts: int = Field(3, ge=1, le=10)
+    record_max_seconds: int = Field(60, ge=5, le=600)
+    record_silence_seconds: int = Field(4, ge=0, le=60)
+    record_format: Literal["wav", "gsm", "wav49", "sln"] = "wav"
+    # Where Asterisk writes recordings (on the Asterisk host).
+    record_dir: str = "/var/spool/asterisk/callcentre"
+    # Caller ID can be spoofed: before reading a balance, ask for the unit number ("unit") or a
+    # PIN ("pin"), or nothing ("none").
+    self_service_guard: Literal["none", "unit", "pin"] = "unit"
+    unit_entry_max_digits: int = Field(6, ge=1, le=12)
+    building_entry_max_digits: int = Field(3, ge=1, le=6)
+    repair_categories: dict[str, Category] = {
+        "1": Category(code="water", prompt="cat-water", skill="repair"),
+        "2": Category(code="electrical", prompt="cat-electrical", skill="repair"),
+        "3": Category(code="lift", prompt="cat-lift", skill="repair"),
+        "4": Category(code="doors", prompt="cat-doors", skill="repair"),
+        "5": Category(code="public_areas", prompt="cat-public-areas", skill="repair"),
+        "6": Category(code="other", prompt="cat-other", skill="repair"),
+    }
+    complaint_categories: dict[str, Category] = {
+        "1": Category(code="property", prompt="ccat-property", skill="complaint"),
+        "2": Category(code="government", prompt="ccat-government", skill="complaint"),
+        "3": Category(code="building", prompt="ccat-building", skill="complaint"),
+        "4": Category(code="equipment", prompt="ccat-equipment", skill="complaint"),
+        "5": Category(code="security", prompt="ccat-security", skill="complaint"),
+        "6": Category(code="environment", prompt="ccat-environment", skill="complaint"),
+        "7": Category(code="services", prompt="ccat-services", skill="complaint"),
+        "8": Category(code="disputes", prompt="ccat-disputes", skill="complaint"),
+    }
+    emergency_categories: dict[str, Category] = {
+        "1": Category(code="water_leak", prompt="emg-water-leak", priority="major", skill="repair"),
+        "2": Category(code="lift_entrapment", prompt="emg-lift", priority="major", skill="repair"),
+        "3": Category(code="gas", prompt="emg-gas", priority="major", skill="repair"),
+    }
+
+    _menu_keys = field_validator("menu", "repair_categories", "complaint_categories", "emergency_categories")(
+        classmethod(lambda cls, v: _check_digit_keys(v))
+    )
+
+    @model_validator(mode="after")
+    def _menu_complete(self) -> "IVRConfig":
+        actions = set(self.menu.values())
+        if "agent" not in actions:
+            raise ValueError("menu: one digit must lead to 'agent' (a caller must always reach a person)")
+        for name in ("repair_categories", "complaint_categories", "emergency_categories"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: needs at least one category")
+        return self
+
+
+class PromisesConfig(_Section):
+    """How long we promise to close a ticket, in minutes, by priority; per-category overrides."""
+
+    general_minutes: int = Field(30, ge=1)
+    major_minutes: int = Field(360, ge=1)
+    # category code -> {general: minutes, major: minutes}
+    per_category: dict[str, dict[Literal["general", "major"], int]] = {}
+    warn_fraction: float = Field(0.8, gt=0, lt=1)
+
+
+class TicketsConfig(_Section):
+    number_prefix: dict[str, str] = {
+        "repair": "R",
+        "complaint": "C",
+        "emergency": "E",
+        "message": "M",
+        "enquiry": "Q",
+    }
+    promises: PromisesConfig = PromisesConfig()
+    repeat_complaint_days: int = Field(30, ge=1)
+
+
+class BusinessHours(_Section):
+    # Days 0=Monday … 6=Sunday; times local to centre.timezone.
+    days: list[int] = [0, 1, 2, 3, 4, 5, 6]
+    open: str = "00:00"
+    close: str = "24:00"
+
+    @field_validator("open", "close")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d|24:00", v):
+            raise ValueError("must be HH:MM (00:00 to 24:00)")
+        return v
+
+
+class ACDConfig(_Section):
+    rings_target: int = Field(2, ge=1, le=10)
+    ring_cycle_seconds: float = Field(5.0, gt=0, le=30)
+    wrapup_seconds: float = Field(15.0, ge=0, le=3600)
+    missed_offers_before_pause: int = Field(2, ge=1)
+    announce_every_seconds: float = Field(30.0, ge=5)
+    max_wait_seconds: float = Field(600.0, ge=10)
+    callback_digit: str = "1"
+    prefer_previous_agent: bool = True
+    repeat_caller_hours: float = Field(24.0, ge=0)
+    music_class: str = "default"
+    business_hours: BusinessHours = BusinessHours()
+    # Emergencies outside business hours ring this (an Asterisk dial string, e.g. PJSIP/duty-phone).
+    on_duty_interface: str | None = None
+    # The Asterisk Queue the dialplan falls back to; also used while call distribution is off.
+    fallback_queue: str = "hotline-fallback"
+
+    @field_validator("callback_digit")
+    @classmethod
+    def _one_digit(cls, v: str) -> str:
+        if not _DIGIT.match(v):
+            raise ValueError("must be one DTMF digit")
+        return v
+
+    @property
+    def ring_timeout_seconds(self) -> float:
+        return self.rings_target * self.ring_cycle_seconds
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class Config(_Section):
+    centre: CentreConfig = CentreConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    agi: AGIConfig = AGIConfig()
+    ami: AMIConfig = AMIConfig()
+    web: WebConfig = WebConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    ivr: IVRConfig = IVRConfig()
+    tickets: TicketsConfig = TicketsConfig()
+    acd: ACDConfig = ACDConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def ami_secret(self) -> str | None:
+        """The AMI secret from CALLCENTRE_AMI_SECRET, else ami.secret_file, else ami.secret."""
+        return _secret(ENV_PREFIX + "AMI_SECRET", self.ami.secret_file, self.ami.secret, "ami.secret_file")
+
+    def web_session_key(self) -> str | None:
+        return _secret(
+            ENV_PREFIX + "WEB_SESSION_KEY", self.web.session_key_file, self.web.session_key, "web.session_key_file"
+        )
+
+
+def _secret(env_name: str, path: Path | None, inline: str | None, key: str) -> str | None:
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+    return inline
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """Turn CALLCENTRE_SECTION__KEY[__SUB]=value into a nested dict."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name}: conflicts with another override")
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        lines.append(f"  {key}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load and validate the configuration; raise ConfigError with a readable message."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {p} does not exist") from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {p}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: the top level must be a mapping of sections")
+        data = loaded
+    data = _merge(data, _env_overrides(environ))
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    # Resolve secrets early so a missing secret file is reported at start-up.
+    cfg.ami_secret()
+    cfg.web_session_key()
+    return cfg

@@ -1,0 +1,537 @@
+"""The hotline IVR: one coroutine per call over the :class:`~callcentre.domain.ports.Channel` port.
+
+The flow (menu digits, categories, prompts, timeouts) comes from ``config.yaml`` (``ivr:``):
+
+* greeting with the centre's name, then the main menu (Mandarin by default; a digit for English);
+* **self-service**: fee balance and due date, guarded by the unit number or a PIN, and the status of
+  the caller's latest open ticket;
+* **repair** / **complaint**: a category by digit, a recorded description, a ticket whose number and
+  promised time are read back (the ticket is committed before its number is spoken);
+* **emergency**: a major ticket at once, then straight to an agent ahead of everyone;
+* **agent**: hands the call to the :class:`AgentConnector` (call distribution);
+* a wrong digit or silence re-prompts up to ``ivr.max_attempts`` times, then goes to an agent;
+* an unknown caller keys in building and unit, hears them confirmed, and is treated as that owner.
+
+The IVR never talks to sockets or the database directly: it uses the Channel, Directory and
+TicketStore ports, so it is tested with fakes. A hang-up surfaces as :class:`CallerHungUp` (or the
+task being cancelled by the AGI session); ticket writes are shielded so a request the caller has
+finished describing is never half-made or lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from callcentre.config import Category, Config
+from callcentre.domain import callerid, speech
+from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind, TicketStatus
+from callcentre.domain.ports import (
+    CallerHungUp,
+    Channel,
+    ChannelError,
+    Clock,
+    Directory,
+    StorageUnavailable,
+    TicketStore,
+)
+from callcentre.domain.promises import promise_deadline
+
+RESULT_VARIABLE = "CC_RESULT"
+"""The dialplan sends the caller to the fallback queue unless this channel variable is ``done``."""
+
+
+class Outcome(str, enum.Enum):
+    DONE = "done"  # the call was fully handled here
+    AGENT = "agent"  # handed to an agent (call distribution or the dialplan's queue)
+    HUNG_UP = "hung_up"
+
+
+@dataclass
+class CallInfo:
+    """What the IVR has learnt about the call so far; handed to the agent connector (screen-pop)."""
+
+    uniqueid: str
+    channel: str
+    caller_id_raw: str
+    caller_id: str | None
+    caller_name: str
+    language: str
+    matches: list[OwnerMatch] = field(default_factory=list)
+    owner: OwnerMatch | None = None  # the owner/unit the caller was identified as
+    path: list[str] = field(default_factory=list)
+    tickets: list[str] = field(default_factory=list)  # ticket numbers made in this call
+    linkedid: str | None = None
+
+    @property
+    def ivr_path(self) -> str:
+        return ">".join(self.path)
+
+
+class AgentConnector(Protocol):
+    """Puts the caller through to a person. Returns when the IVR's part of the call is over."""
+
+    async def connect(
+        self, ch: Channel, call: CallInfo, *, reason: str, skill: str | None, emergency: bool
+    ) -> Outcome: ...
+
+
+class DialplanQueueConnector:
+    """Hands the caller back to the dialplan, which sends every call not marked done to its queue.
+
+    Used when call distribution is switched off, and as the last resort when it fails.
+    """
+
+    async def connect(
+        self, ch: Channel, call: CallInfo, *, reason: str, skill: str | None, emergency: bool
+    ) -> Outcome:
+        await ch.set_variable("CC_AGENT_REASON", reason)
+        return Outcome.AGENT
+
+
+_UNIT_DIGITS = re.compile(r"^[0-9]+$")
+
+
+class HotlineIVR:
+    def __init__(
+        self,
+        cfg: Config,
+        directory: Directory,
+        tickets: TicketStore,
+        clock: Clock,
+        connector: AgentConnector | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.ivr = cfg.ivr
+        self.directory = directory
+        self.tickets = tickets
+        self.clock = clock
+        self.connector = connector or DialplanQueueConnector()
+        self.tz = ZoneInfo(cfg.centre.timezone)
+        self._fallback = DialplanQueueConnector()
+        self._pending: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ entry point
+
+    async def run(self, ch: Channel) -> Outcome:
+        call = CallInfo(
+            uniqueid=ch.uniqueid,
+            channel=ch.channel_name,
+            caller_id_raw=ch.caller_id,
+            caller_id=callerid.normalise(
+                ch.caller_id,
+                country_code=self.cfg.centre.country_code,
+                trunk_prefix=self.cfg.centre.trunk_prefix,
+                intl_prefix=self.cfg.centre.international_prefix,
+            ),
+            caller_name=callerid.safe_display_name(ch.caller_name or ""),
+            language=self.ivr.default_language,
+        )
+        log = structlog.get_logger("callcentre.ivr").bind(
+            uniqueid=ch.uniqueid, channel=ch.channel_name, caller=call.caller_id or "withheld"
+        )
+        self.log = log
+        outcome = Outcome.HUNG_UP
+        try:
+            outcome = await self._run(ch, call, log)
+            return outcome
+        except CallerHungUp:
+            log.info("caller hung up", path=call.ivr_path)
+            outcome = Outcome.HUNG_UP
+            return outcome
+        finally:
+            await self._finish(ch, call, outcome, log)
+
+    async def _run(self, ch: Channel, call: CallInfo, log) -> Outcome:
+        await ch.answer()
+        log.info("call answered", caller_raw=call.caller_id_raw, caller_name=call.caller_name)
+        try:
+            if call.caller_id:
+                call.matches = await self.directory.find_by_phone(call.caller_id)
+        except StorageUnavailable as exc:
+            log.error("directory unavailable, sending caller to an agent", error=str(exc))
+            call.path.append("db-down")
+            await self._say(ch, call, ["system-busy-agent"])
+            return await self._to_agent(ch, call, reason="storage-unavailable", skill=None)
+        if len(call.matches) == 1:
+            call.owner = call.matches[0]
+        langs = {m.language for m in call.matches if m.language}
+        if len(langs) == 1:
+            call.language = langs.pop() or call.language
+        log.info("caller identified" if call.matches else "caller not in directory", matches=len(call.matches))
+        return await self._main_menu(ch, call, greet=True)
+
+    async def _finish(self, ch: Channel, call: CallInfo, outcome: Outcome, log) -> None:
+        """Runs once per call, whatever happened: tells the dialplan and records the call."""
+        if outcome is Outcome.DONE:
+            try:
+                await ch.set_variable(RESULT_VARIABLE, "done")
+            except (CallerHungUp, ChannelError):
+                pass
+        try:
+            await asyncio.shield(
+                self.tickets.record_call_event(
+                    call.uniqueid,
+                    "ivr-finished",
+                    {
+                        "outcome": outcome.value,
+                        "ivr_path": call.ivr_path,
+                        "caller_id_raw": call.caller_id_raw,
+                        "caller_id": call.caller_id,
+                        "owner_id": call.owner.owner_id if call.owner else None,
+                        "tickets": list(call.tickets),
+                    },
+                )
+            )
+        except (StorageUnavailable, asyncio.CancelledError):
+            log.warning("call record not saved", outcome=outcome.value)
+        log.info("ivr finished", outcome=outcome.value, path=call.ivr_path, tickets=call.tickets)
+
+    # ------------------------------------------------------------------ prompts
+
+    def _p(self, call: CallInfo, names: Sequence[str]) -> list[str]:
+        return [f"{call.language}/{n}" for n in names]
+
+    async def _say(self, ch: Channel, call: CallInfo, names: Sequence[str]) -> None:
+        await ch.play(self._p(call, names))
+
+    async def _choose(
+        self, ch: Channel, call: CallInfo, intro: Sequence[str], options: dict[str, Sequence[str]], *, label: str
+    ) -> str | None:
+        """Play a menu and return a valid digit, or None after max_attempts wrong or silent tries."""
+        menu: list[str] = list(intro)
+        for digit, item in options.items():
+            menu.extend(item)
+            menu.append(_press(digit))
+        for attempt in range(1, self.ivr.max_attempts + 1):
+            result = await ch.get_digits(self._p(call, menu), self.ivr.digit_timeout_ms, 1)
+            digit = result.digits[:1]
+            if digit in options:
+                return digit
+            self.log.info("menu input rejected", menu=label, got=digit or None, attempt=attempt)
+            call.path.append(f"{label}:{'?' if digit else 'silence'}")
+            if attempt < self.ivr.max_attempts:
+                await self._say(ch, call, ["invalid-choice" if digit else "no-input"])
+        return None
+
+    async def _enter_number(self, ch: Channel, call: CallInfo, prompt: str, max_digits: int) -> str | None:
+        """Collect a number ended by '#' or the timeout; only digits are kept."""
+        result = await ch.get_digits(self._p(call, [prompt]), self.ivr.digit_timeout_ms, max_digits)
+        digits = result.digits.rstrip("#")
+        return digits if _UNIT_DIGITS.match(digits) else None
+
+    # ------------------------------------------------------------------ main menu
+
+    def _menu_options(self) -> dict[str, list[str]]:
+        return {d: [f"menu-{a.replace('_', '-')}"] for d, a in self.ivr.menu.items()}
+
+    async def _main_menu(self, ch: Channel, call: CallInfo, greet: bool) -> Outcome:
+        intro = ["greeting", "main-menu-intro"] if greet else ["main-menu-intro"]
+        while True:
+            digit = await self._choose(ch, call, intro, self._menu_options(), label="menu")
+            if digit is None:
+                call.path.append("menu:max-attempts")
+                return await self._to_agent(ch, call, reason="menu-attempts", skill=None)
+            action = self.ivr.menu[digit]
+            call.path.append(digit)
+            self.log.info("menu choice", digit=digit, action=action)
+            intro = ["main-menu-intro"]
+            if action == "english":
+                call.language = "en"
+                await self._say(ch, call, ["language-switched"])
+                continue
+            if action == "repeat":
+                continue
+            if action == "self_service":
+                await self._self_service(ch, call)
+                continue
+            if action == "repair":
+                return await self._request(ch, call, TicketKind.REPAIR)
+            if action == "complaint":
+                return await self._request(ch, call, TicketKind.COMPLAINT)
+            if action == "emergency":
+                return await self._emergency(ch, call)
+            return await self._to_agent(ch, call, reason="caller-asked", skill=None)
+
+    # ------------------------------------------------------------------ identification
+
+    async def _identify_by_unit(
+        self, ch: Channel, call: CallInfo, among: list[OwnerMatch] | None, optional: bool = False
+    ) -> OwnerMatch | None:
+        """Building + unit keyed in and confirmed. ``among`` limits the answer to the caller's own units.
+
+        When ``optional``, a caller who keys nothing in is let through at once (they may not know or
+        want to give their unit to report a problem in a public area)."""
+        for _attempt in range(self.ivr.max_attempts):
+            building = await self._enter_number(ch, call, "enter-building", self.ivr.building_entry_max_digits)
+            if building is None:
+                if optional:
+                    call.path.append("unit:skipped")
+                    return None
+                await self._say(ch, call, ["no-input"])
+                continue
+            unit = await self._enter_number(ch, call, "enter-unit", self.ivr.unit_entry_max_digits)
+            if unit is None:
+                await self._say(ch, call, ["no-input"])
+                continue
+            spoken = speech.unit_address(building, unit, call.language)
+            if not await self._confirm(ch, call, ["you-entered", *spoken]):
+                continue
+            if among is not None:
+                found = [m for m in among if m.building == building and m.unit == unit]
+            else:
+                found = await self.directory.find_unit(building, unit)
+            if found:
+                call.path.append(f"unit:{building}-{unit}")
+                self.log.info("caller identified by unit", building=building, unit=unit, owner_id=found[0].owner_id)
+                return found[0]
+            await self._say(ch, call, ["unit-not-found"])
+        return None
+
+    async def _confirm(self, ch: Channel, call: CallInfo, what: list[str]) -> bool:
+        result = await ch.get_digits(self._p(call, [*what, "confirm-or-retry"]), self.ivr.digit_timeout_ms, 1)
+        return result.digits[:1] == "1"
+
+    async def _ensure_owner(self, ch: Channel, call: CallInfo, optional: bool = False) -> OwnerMatch | None:
+        """Identify the caller by unit: among their own units when the phone is shared, else any unit."""
+        if call.owner is not None:
+            return call.owner
+        if call.matches:
+            owner = await self._identify_by_unit(ch, call, among=call.matches, optional=optional)
+        else:
+            await self._say(ch, call, ["unknown-caller"])
+            owner = await self._identify_by_unit(ch, call, among=None, optional=optional)
+        call.owner = owner
+        return owner
+
+    # ------------------------------------------------------------------ self-service
+
+    async def _self_service(self, ch: Channel, call: CallInfo) -> None:
+        owner = call.owner
+        guard = self.ivr.self_service_guard
+        if owner is None:
+            owner = await self._ensure_owner(ch, call)
+            verified = owner is not None  # they keyed in and confirmed the unit
+        elif guard == "unit":
+            owner = await self._identify_by_unit(ch, call, among=[owner])
+            verified = owner is not None
+        elif guard == "pin" and owner.has_pin:
+            verified = await self._check_pin(ch, call, owner)
+        else:
+            verified = True
+        if owner is None or not verified:
+            call.path.append("ss:unverified")
+            return
+        call.owner = owner
+        call.path.append("ss")
+        lang = call.language
+        if owner.fee_balance_cents > 0:
+            words = ["fee-balance-is", *speech.amount(owner.fee_balance_cents, lang)]
+            if owner.fee_due_date is not None:
+                words += ["fee-due-by", *speech.date(owner.fee_due_date, lang)]
+        else:
+            words = ["fee-nothing-owed"]
+        await self._say(ch, call, words)
+        self.log.info("fee balance read", owner_id=owner.owner_id, unit_id=owner.unit_id)
+        try:
+            ticket = await self.tickets.latest_open_ticket(owner.owner_id, call.caller_id)
+        except StorageUnavailable:
+            ticket = None
+        if ticket is None:
+            await self._say(ch, call, ["no-open-ticket"])
+        else:
+            await self._say(
+                ch,
+                call,
+                ["latest-ticket-is", *speech.ticket_number(ticket.number, lang), "ticket-status-is", f"status-{ticket.status.value}"],
+            )
+
+    async def _check_pin(self, ch: Channel, call: CallInfo, owner: OwnerMatch) -> bool:
+        for _ in range(self.ivr.max_attempts):
+            pin = await self._enter_number(ch, call, "enter-pin", 8)
+            if pin and await self.directory.check_pin(owner.owner_id, pin):
+                return True
+            await self._say(ch, call, ["pin-wrong"])
+        return False
+
+    # ------------------------------------------------------------------ repair / complaint / emergency
+
+    async def _request(self, ch: Channel, call: CallInfo, kind: TicketKind) -> Outcome:
+        cats = self.ivr.repair_categories if kind is TicketKind.REPAIR else self.ivr.complaint_categories
+        intro = "repair-menu-intro" if kind is TicketKind.REPAIR else "complaint-menu-intro"
+        if kind is TicketKind.COMPLAINT:
+            await self._say(ch, call, ["apology"])
+        if call.owner is None:
+            # Optional for requests: if the caller cannot give a unit, a ticket with only their
+            # number is still a ticket.
+            await self._ensure_owner(ch, call, optional=True)
+        digit = await self._choose(ch, call, [intro], {d: [c.prompt] for d, c in cats.items()}, label=kind.value)
+        if digit is None:
+            return await self._to_agent(ch, call, reason=f"{kind.value}-attempts", skill=kind.value)
+        category = cats[digit]
+        call.path.append(digit)
+        voice_file: str | None = None
+        hung_up = False
+        try:
+            voice_file = await self._record(ch, call, f"record-{kind.value}", kind.value)
+        except CallerHungUp:
+            hung_up = True  # what they said so far is kept: the ticket is still made
+            voice_file = self._record_path(call, kind.value)
+            call.path.append("rec:hangup")
+        ticket = await self._make_ticket(ch, call, kind, category, voice_file, hung_up=hung_up)
+        if ticket is None:
+            return await self._to_agent(ch, call, reason="ticket-not-saved", skill=category.skill)
+        await self._read_back(ch, call, ticket)
+        await self._say(ch, call, ["thank-you", "goodbye"])
+        return Outcome.DONE
+
+    async def _emergency(self, ch: Channel, call: CallInfo) -> Outcome:
+        cats = self.ivr.emergency_categories
+        digit = await self._choose(ch, call, ["emergency-menu-intro"], {d: [c.prompt] for d, c in cats.items()}, label="emergency")
+        category = cats[digit] if digit is not None else Category(code="unspecified", prompt="menu-emergency", priority="major")
+        call.path.append(digit or "emg:unspecified")
+        await self._make_ticket(ch, call, TicketKind.EMERGENCY, category, None, priority=Priority.MAJOR)
+        await self._say(ch, call, ["emergency-connecting"])
+        return await self._to_agent(ch, call, reason="emergency", skill=category.skill, emergency=True)
+
+    def _record_path(self, call: CallInfo, what: str) -> str:
+        day = self.clock.now().astimezone(self.tz).strftime("%Y%m%d")
+        safe_id = re.sub(r"[^0-9A-Za-z]", "-", call.uniqueid)
+        return f"{self.ivr.record_dir.rstrip('/')}/{day}/{safe_id}-{what}"
+
+    async def _record(self, ch: Channel, call: CallInfo, prompt: str, what: str) -> str:
+        await self._say(ch, call, [prompt])
+        path = self._record_path(call, what)
+        result = await ch.record(path, self.ivr.record_format, self.ivr.record_max_seconds, self.ivr.record_silence_seconds)
+        call.path.append(f"rec:{result.ended_by}")
+        self.log.info("message recorded", file=path, ended_by=result.ended_by, endpos=result.endpos)
+        return f"{path}.{self.ivr.record_format}"
+
+    async def _make_ticket(
+        self,
+        ch: Channel,
+        call: CallInfo,
+        kind: TicketKind,
+        category: Category,
+        voice_file: str | None,
+        *,
+        priority: Priority | None = None,
+        hung_up: bool = False,
+    ) -> Ticket | None:
+        if call.linkedid is None and not hung_up:
+            try:
+                call.linkedid = await ch.get_variable("CHANNEL(linkedid)") or None
+            except ChannelError:
+                call.linkedid = None
+        prio = priority or Priority(category.priority)
+        owner = call.owner
+        draft = TicketDraft(
+            kind=kind,
+            category=category.code,
+            priority=prio,
+            caller_id_raw=call.caller_id_raw,
+            caller_id=call.caller_id,
+            call_uniqueid=call.uniqueid,
+            call_linkedid=call.linkedid,
+            owner_id=owner.owner_id if owner else None,
+            unit_id=owner.unit_id if owner else None,
+            caller_name=call.caller_name or None,
+            voice_file=voice_file,
+            ivr_path=call.ivr_path,
+            channel=call.channel,
+            source="ivr-hangup" if hung_up else "ivr",
+        )
+        deadline = promise_deadline(self.cfg.tickets.promises, prio, category.code, self.clock.now())
+        # Shielded: a hang-up that cancels this task must not cut the commit in half.
+        task = asyncio.ensure_future(self.tickets.create_ticket(draft, deadline))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        try:
+            ticket = await asyncio.shield(task)
+        except StorageUnavailable as exc:
+            self.log.error("ticket not saved", error=str(exc), kind=kind.value, category=category.code, draft=_draft_log(draft))
+            if not hung_up:
+                await self._say(ch, call, ["system-busy-agent"])
+            return None
+        call.tickets.append(ticket.number)
+        self.log.info("ticket created", ticket=ticket.number, kind=kind.value, category=category.code, priority=prio.value,
+                      owner_id=draft.owner_id, promised_by=deadline.isoformat())
+        if hung_up:
+            raise CallerHungUp()
+        return ticket
+
+    async def _read_back(self, ch: Channel, call: CallInfo, ticket: Ticket) -> None:
+        lang = call.language
+        words = ["ticket-created", *speech.ticket_number(ticket.number, lang)]
+        if ticket.promised_by is not None:
+            local = ticket.promised_by.astimezone(self.tz)
+            words.append("promise-by")
+            if local.date() != self.clock.now().astimezone(self.tz).date():
+                words += speech.date(local.date(), lang)
+            words += speech.clock_time(local.hour, local.minute, lang)
+        await self._say(ch, call, words)
+
+    # ------------------------------------------------------------------ agents
+
+    async def _to_agent(self, ch: Channel, call: CallInfo, *, reason: str, skill: str | None, emergency: bool = False) -> Outcome:
+        if not emergency:
+            await self._say(ch, call, ["transfer-agent"])
+        self.log.info("to agent", reason=reason, skill=skill, emergency=emergency)
+        try:
+            return await self.connector.connect(ch, call, reason=reason, skill=skill, emergency=emergency)
+        except (ChannelError, StorageUnavailable) as exc:
+            self.log.error("call distribution failed, falling back to the dialplan queue", error=str(exc))
+            return await self._fallback.connect(ch, call, reason="acd-error", skill=skill, emergency=emergency)
+
+    async def drain(self) -> None:
+        """Wait for ticket writes still in flight (called at shutdown)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _press(digit: str) -> str:
+    return {"*": "press-star", "#": "press-hash"}.get(digit, f"press-{digit}")
+
+
+def _draft_log(d: TicketDraft) -> dict[str, object]:
+    """Everything needed to re-create a ticket by hand from the log if the database stayed down."""
+    return {
+        "kind": d.kind.value,
+        "category": d.category,
+        "priority": d.priority.value,
+        "caller_id_raw": d.caller_id_raw,
+        "caller_id": d.caller_id,
+        "uniqueid": d.call_uniqueid,
+        "owner_id": d.owner_id,
+        "unit_id": d.unit_id,
+        "voice_file": d.voice_file,
+        "ivr_path": d.ivr_path,
+    }
+
+
+def required_prompts(cfg: Config) -> set[str]:
+    """Every prompt name this IVR can play with this configuration (checked by the tests)."""
+    names = {
+        "greeting", "main-menu-intro", "invalid-choice", "no-input", "transfer-agent", "goodbye", "thank-you",
+        "system-busy-agent", "unknown-caller", "enter-building", "enter-unit", "you-entered", "building",
+        "unit-word", "confirm-or-retry", "unit-not-found", "enter-pin", "pin-wrong", "fee-balance-is",
+        "fee-nothing-owed", "fee-due-by", "no-open-ticket", "latest-ticket-is", "ticket-status-is",
+        "repair-menu-intro", "complaint-menu-intro", "emergency-menu-intro", "record-repair", "record-complaint",
+        "ticket-created", "promise-by", "emergency-connecting", "apology", "language-switched", "menu-emergency",
+    }
+    names |= {f"status-{s.value}" for s in TicketStatus}
+    names |= {f"menu-{a.replace('_', '-')}" for a in cfg.ivr.menu.values()}
+    names |= {_press(d) for d in "0123456789*#"}
+    for cats in (cfg.ivr.repair_categories, cfg.ivr.complaint_categories, cfg.ivr.emergency_categories):
+        names |= {c.prompt for c in cats.values()}
+    names |= set(speech.ALL_PROMPTS)
+    return names
+
+
+__all__ = ["HotlineIVR", "AgentConnector", "DialplanQueueConnector", "CallInfo", "Outcome", "required_prompts", "RESULT_VARIABLE"]
