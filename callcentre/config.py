@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CALLCENTRE_"
 
@@ -301,19 +301,25 @@ class Config(_Section):
     tickets: TicketsConfig = TicketsConfig()
     acd: ACDConfig = ACDConfig()
     logging: LoggingConfig = LoggingConfig()
+    # The environment the configuration was loaded from (secrets are read from it).
+    _environ: dict[str, str] | None = PrivateAttr(default=None)
 
     def ami_secret(self) -> str | None:
         """The AMI secret from CALLCENTRE_AMI_SECRET, else ami.secret_file, else ami.secret."""
-        return _secret(ENV_PREFIX + "AMI_SECRET", self.ami.secret_file, self.ami.secret, "ami.secret_file")
+        return _secret(self._env(), ENV_PREFIX + "AMI_SECRET", self.ami.secret_file, self.ami.secret, "ami.secret_file")
 
     def web_session_key(self) -> str | None:
         return _secret(
-            ENV_PREFIX + "WEB_SESSION_KEY", self.web.session_key_file, self.web.session_key, "web.session_key_file"
+            self._env(), ENV_PREFIX + "WEB_SESSION_KEY", self.web.session_key_file, self.web.session_key,
+            "web.session_key_file",
         )
 
+    def _env(self) -> dict[str, str]:
+        return self._environ if self._environ is not None else dict(os.environ)
 
-def _secret(env_name: str, path: Path | None, inline: str | None, key: str) -> str | None:
-    value = os.environ.get(env_name)
+
+def _secret(environ: dict[str, str], env_name: str, path: Path | None, inline: str | None, key: str) -> str | None:
+    value = environ.get(env_name)
     if value:
         return value
     if path is not None:
@@ -391,6 +397,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
+    cfg._environ = environ
     # Resolve secrets early so a missing secret file is reported at start-up.
     cfg.ami_secret()
     cfg.web_session_key()

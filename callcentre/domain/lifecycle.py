@@ -128,6 +128,9 @@ class TicketState:
     status: TicketStatus
     created_at: datetime
     promised_by: datetime | None
+    # When the current promise was made: creation, or the reopening that made a new promise. The
+    # 80 % warning is measured from here, not from the original creation.
+    promise_from: datetime | None = None
     agent: str | None = None  # the agent who handled the call; a reopened ticket goes back to them
     department: str | None = None
     worker: str | None = None
@@ -268,6 +271,7 @@ def transition(
             state,
             priority=priority,
             promised_by=event.promised_by if event.promised_by is not None else state.promised_by,
+            promise_from=at if event.promised_by is not None else state.promise_from,
             # The old promise is spent: a new one gets its own warning and escalation.
             warned_at=None if event.promised_by is not None else state.warned_at,
             escalated_at=None if event.promised_by is not None else state.escalated_at,

@@ -27,9 +27,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
+import structlog
+
 from callcentre.config import PromisesConfig
 from callcentre.domain.lifecycle import TicketState
 from callcentre.domain.model import Priority
+
+
+log = structlog.get_logger(__name__)
 
 
 class PromiseState(str, enum.Enum):
@@ -126,15 +131,25 @@ def due_escalations(
 ) -> list[PromiseAlert]:
     """Alerts due at ``now``: breaches not yet escalated, and warnings not yet raised.
 
-    Only open tickets with a promise count. A ticket already past its deadline and never warned gets
-    the breach only (a warning after the fact is noise). Ordered by deadline, oldest first.
+    Only open tickets with a promise count. The warning is measured from when the current promise was
+    made (``promise_from``, else creation). A ticket already past its deadline and never warned gets
+    the breach only (a warning after the fact is noise). A ticket whose stored promise is not after
+    its start (bad data) can still breach but never warns, and does not stop the others.
+    Ordered by deadline, oldest first.
     """
     _aware(now, "now")
     alerts: list[PromiseAlert] = []
     for t in tickets:
         if t.promised_by is None or not t.status.is_open:
             continue
-        status = promise_status(t.created_at, t.promised_by, now, warn_fraction)
+        start = t.promise_from or t.created_at
+        if t.promised_by <= start:
+            log.warning("promise not after its start", ticket=t.number, promised_by=t.promised_by.isoformat())
+            if now > t.promised_by and t.escalated_at is None:
+                remaining = (t.promised_by - now).total_seconds()
+                alerts.append(PromiseAlert(t.number, AlertKind.BREACH, t.promised_by, remaining, t.agent, t.worker))
+            continue
+        status = promise_status(start, t.promised_by, now, warn_fraction)
         if status.state is PromiseState.BREACHED:
             if t.escalated_at is None:
                 alerts.append(

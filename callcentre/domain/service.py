@@ -415,3 +415,36 @@ def apply_survey(
     )
     route = state.agent if outcome.answer is SurveyAnswer.NOT_SOLVED else None
     return SurveyDecision(new, record, route)
+
+
+# The architecture names service.py as the home of the service loop; re-export its parts so either
+# import path works.
+from callcentre.domain.lifecycle import (  # noqa: E402
+    Acknowledge,
+    Dispatch,
+    Escalate,
+    EventName,
+    Resolve,
+    StartWork,
+    TransitionRefused,
+    allowed_events,
+    note_warning,
+)
+from callcentre.domain.promises import (  # noqa: E402
+    PromiseAlert,
+    PromiseState,
+    PromiseStatus,
+    due_escalations,
+    evaluation_time,
+    promise_status,
+)
+
+__all__ = [
+    "Acknowledge", "ConfirmClosed", "Dispatch", "Escalate", "EventName", "Reopen", "Resolve", "StartWork",
+    "TicketState", "TransitionRecord", "TransitionRefused", "allowed_events", "note_warning", "transition",
+    "PromiseAlert", "PromiseState", "PromiseStatus", "due_escalations", "evaluation_time", "promise_deadline",
+    "promise_status",
+    "CallbackPolicy", "CallbackResult", "Department", "DispatchInvalid", "RepeatVerdict", "ServiceConfig",
+    "SurveyAnswer", "SurveyDecision", "SurveyOutcome", "TicketFacts", "Worker", "apply_survey", "check_dispatch",
+    "department_for", "find_repeats", "needs_person", "next_attempt", "originate_result", "survey_outcome",
+]

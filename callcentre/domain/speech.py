@@ -33,7 +33,7 @@ LANGS: tuple[Lang, ...] = ("zh", "en")
 
 MAX_NUMBER = 99_999_999
 
-_TICKET = re.compile(r"^[A-Za-z]{0,8}(\d{4})(\d{2})(\d{2})-(\d{1,8})$")
+_TICKET = re.compile(r"[A-Za-z]{0,8}([0-9]{4})([0-9]{2})([0-9]{2})-([0-9]{1,8})")
 
 
 def _check_lang(lang: str) -> Lang:
@@ -45,7 +45,7 @@ def _check_lang(lang: str) -> Lang:
 def digits(s: str, lang: Lang) -> list[str]:
     """Speak a string of decimal digits one by one (phone numbers, unit numbers, ticket counters)."""
     _check_lang(lang)
-    if not s or not s.isascii() or not s.isdigit():
+    if not isinstance(s, str) or not s or not s.isascii() or not s.isdigit():
         raise ValueError(f"digits() needs a non-empty string of 0-9, got {s!r}")
     return [f"digit-{c}" for c in s]
 
@@ -231,7 +231,7 @@ def ticket_number(number: str, lang: Lang) -> list[str]:
     The prefix and year are left out: callers only need what they can key in or quote back.
     """
     _check_lang(lang)
-    m = _TICKET.match(number) if isinstance(number, str) else None
+    m = _TICKET.fullmatch(number) if isinstance(number, str) else None
     if m is None:
         raise ValueError(f"not a ticket number: {number!r} (expected e.g. R20261124-0007)")
     _year, month, day, counter = m.groups()
@@ -245,7 +245,7 @@ def unit_address(building: str, unit: str, lang: Lang) -> list[str]:
     The building is a cardinal number; the unit is read digit by digit, as people quote it.
     """
     _check_lang(lang)
-    if not building or not building.isascii() or not building.isdigit() or len(building) > 8:
+    if not isinstance(building, str) or not building.isascii() or not building.isdigit() or len(building) > 8:
         raise ValueError(f"building must be 1-8 digits, got {building!r}")
     b = number(int(building), lang)
     u = digits(unit, lang)

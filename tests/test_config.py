@@ -1,0 +1,72 @@
+"""Configuration: validated at start-up, named errors, environment overrides, secrets outside git."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callcentre.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_is_valid_and_matches_the_documented_defaults():
+    cfg = load_config(REPO / "config.yaml", environ={})
+    assert cfg.acd.rings_target == 2 and cfg.acd.ring_cycle_seconds == 5
+    assert cfg.acd.ring_timeout_seconds == 10
+    assert cfg.tickets.promises.general_minutes == 30 and cfg.tickets.promises.major_minutes == 360
+    assert cfg.database.url.startswith("sqlite+aiosqlite://")
+    assert cfg.ami_secret() is None  # no secret ships in the repository
+
+
+def test_environment_overrides_a_key():
+    cfg = load_config(REPO / "config.yaml", environ={"CALLCENTRE_ACD__RING_CYCLE_SECONDS": "6", "CALLCENTRE_AMI__HOST": "10.1.2.3"})
+    assert cfg.acd.ring_cycle_seconds == 6 and cfg.acd.ring_timeout_seconds == 12
+    assert cfg.ami.host == "10.1.2.3"
+
+
+@pytest.mark.parametrize(
+    "yaml_text, key, reason",
+    [
+        ("acd:\n  ring_cycle_seconds: -1\n", "acd.ring_cycle_seconds", "greater than 0"),
+        ("agi:\n  allowed_peers: [not-an-ip]\n", "agi.allowed_peers", "not an IP address"),
+        ("ivr:\n  menu: {'1': repair}\n", "ivr", "lead to 'agent'"),
+        ("ivr:\n  menu: {'12': agent}\n", "ivr.menu", "one DTMF digit"),
+        ("centre:\n  timezone: Mars/Olympus\n", "centre.timezone", "unknown time zone"),
+        ("database:\n  url: mysql://x\n", "database.url", "must start with"),
+        ("amii:\n  host: x\n", "amii", "unknown key"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_reason(tmp_path, yaml_text, key, reason):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_config(p, environ={})
+    assert key in str(err.value) and reason in str(err.value)
+
+
+def test_unreadable_or_invalid_yaml_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml", environ={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("acd: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, environ={})
+
+
+def test_secrets_come_from_environment_or_file(tmp_path):
+    secret_file = tmp_path / "ami-secret"
+    secret_file.write_text("s3cret\n")
+    p = tmp_path / "c.yaml"
+    p.write_text(f"ami:\n  secret_file: {secret_file}\n")
+    assert load_config(p, environ={}).ami_secret() == "s3cret"
+    assert load_config(p, environ={"CALLCENTRE_AMI_SECRET": "fromenv"}).ami_secret() == "fromenv"
+    p.write_text(f"ami:\n  secret_file: {tmp_path / 'nope'}\n")
+    with pytest.raises(ConfigError, match="ami.secret_file"):
+        load_config(p, environ={})
+
+
+def test_secrets_are_not_in_the_repr():
+    cfg = load_config(None, environ={"CALLCENTRE_AMI__SECRET": "hunter2"})
+    assert "hunter2" not in repr(cfg)
