@@ -196,7 +196,8 @@ class HotlineIVR:
     # ------------------------------------------------------------------ prompts
 
     def _p(self, call: CallInfo, names: Sequence[str]) -> list[str]:
-        return [f"{call.language}/{n}" for n in names]
+        """Prefix the caller's language; a name that already names its language is kept."""
+        return [n if "/" in n else f"{call.language}/{n}" for n in names]
 
     async def _say(self, ch: Channel, call: CallInfo, names: Sequence[str]) -> None:
         await ch.play(self._p(call, names))
@@ -208,7 +209,8 @@ class HotlineIVR:
         menu: list[str] = list(intro)
         for digit, item in options.items():
             menu.extend(item)
-            menu.append(_press(digit))
+            if not any(n.endswith(_press(digit)) for n in item):
+                menu.append(_press(digit))
         for attempt in range(1, self.ivr.max_attempts + 1):
             result = await ch.get_digits(self._p(call, menu), self.ivr.digit_timeout_ms, 1)
             digit = result.digits[:1]
@@ -228,13 +230,22 @@ class HotlineIVR:
 
     # ------------------------------------------------------------------ main menu
 
-    def _menu_options(self) -> dict[str, list[str]]:
-        return {d: [f"menu-{a.replace('_', '-')}"] for d, a in self.ivr.menu.items()}
+    def _menu_options(self, call: CallInfo) -> dict[str, list[str]]:
+        options = {}
+        for d, a in self.ivr.menu.items():
+            if a == "english":
+                if call.language == "en":
+                    continue  # already in English: no point offering it
+                # Offered in English to someone who does not understand the rest of the menu.
+                options[d] = ["en/menu-english", f"en/{_press(d)}"]
+            else:
+                options[d] = [f"menu-{a.replace('_', '-')}"]
+        return options
 
     async def _main_menu(self, ch: Channel, call: CallInfo, greet: bool) -> Outcome:
         intro = ["greeting", "main-menu-intro"] if greet else ["main-menu-intro"]
         while True:
-            digit = await self._choose(ch, call, intro, self._menu_options(), label="menu")
+            digit = await self._choose(ch, call, intro, self._menu_options(call), label="menu")
             if digit is None:
                 call.path.append("menu:max-attempts")
                 return await self._to_agent(ch, call, reason="menu-attempts", skill=None)

@@ -13,175 +13,23 @@ does (关闭反馈 / 回访).
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Iterable, Literal
+from typing import Iterable
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from callcentre.config import PromisesConfig
+from callcentre.config import (  # noqa: F401  (re-exported: the service section lives in config)
+    CallbackPolicy,
+    Department,
+    PromisesConfig,
+    ServiceConfig,
+    Worker,
+    _parse_hhmm,
+)
 from callcentre.domain.lifecycle import ConfirmClosed, Reopen, TicketState, TransitionRecord, transition
 from callcentre.domain.model import Priority, TicketKind
 from callcentre.domain.promises import promise_deadline
-
-# --- configuration (proposed for config.py) ----------------------------------------------------------
-
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_CODE = re.compile(r"^[a-z0-9_\-]+$")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _parse_hhmm(v: str) -> time:
-    hours, minutes = v.split(":")
-    return time(int(hours), int(minutes))
-
-
-class Worker(_Section):
-    id: str
-    name: str
-    phone: str | None = None  # for the dispatch webhook (SMS / WeChat Work); never dialled unescaped
-
-    @field_validator("id")
-    @classmethod
-    def _code(cls, v: str) -> str:
-        if not _CODE.match(v):
-            raise ValueError("only lower-case letters, digits, '_' and '-'")
-        return v
-
-
-class Department(_Section):
-    code: str
-    name: str
-    # Category codes this department takes by default (the desk pre-selects it).
-    categories: list[str] = []
-    workers: list[Worker] = []
-
-    @field_validator("code")
-    @classmethod
-    def _code(cls, v: str) -> str:
-        if not _CODE.match(v):
-            raise ValueError("only lower-case letters, digits, '_' and '-'")
-        return v
-
-
-CallbackResultName = Literal["no_answer", "busy", "failed", "hung_up", "congestion", "no_input"]
-
-
-class CallbackPolicy(_Section):
-    """When the closing call-back (回访) is placed and retried."""
-
-    # Minutes after the ticket is resolved before the first call (let the worker leave the flat).
-    first_delay_minutes: int = Field(5, ge=0, le=24 * 60)
-    # Minutes after a failed attempt before the next; the last value repeats if attempts remain.
-    retry_delays_minutes: list[int] = [30, 120, 24 * 60]
-    max_attempts: int = Field(4, ge=1, le=20)
-    # Local to centre.timezone: no call is placed before start or from end on.
-    calling_hours_start: str = "09:00"
-    calling_hours_end: str = "20:00"
-    calling_days: list[int] = [0, 1, 2, 3, 4, 5, 6]  # 0 = Monday
-    # Which results are worth another try; anything else is flagged for a person at once
-    # ("failed" is usually a wrong number, so by default a person looks at it).
-    retry_on: list[CallbackResultName] = ["no_answer", "busy", "hung_up", "congestion", "no_input"]
-    # Originate Timeout: how long the owner's phone rings.
-    ring_seconds: int = Field(30, ge=5, le=120)
-
-    @field_validator("calling_hours_start", "calling_hours_end")
-    @classmethod
-    def _hhmm(cls, v: str) -> str:
-        if not _HHMM.match(v):
-            raise ValueError("must be HH:MM (00:00 to 23:59)")
-        return v
-
-    @field_validator("retry_delays_minutes")
-    @classmethod
-    def _delays(cls, v: list[int]) -> list[int]:
-        if not v or any(d < 1 for d in v):
-            raise ValueError("needs at least one delay, each at least 1 minute")
-        return v
-
-    @field_validator("calling_days")
-    @classmethod
-    def _days(cls, v: list[int]) -> list[int]:
-        if not v or any(d not in range(7) for d in v):
-            raise ValueError("days are 0 (Monday) to 6 (Sunday); at least one")
-        return v
-
-    @model_validator(mode="after")
-    def _window(self) -> "CallbackPolicy":
-        if _parse_hhmm(self.calling_hours_start) >= _parse_hhmm(self.calling_hours_end):
-            raise ValueError("calling_hours_start must be before calling_hours_end")
-        return self
-
-
-def _default_departments() -> list[Department]:
-    return [
-        Department(
-            code="engineering",
-            name="Engineering",
-            categories=["water", "electrical", "lift", "doors", "equipment", "water_leak", "lift_entrapment", "gas"],
-            workers=[Worker(id="eng-duty", name="Engineering duty")],
-        ),
-        Department(
-            code="cleaning",
-            name="Cleaning",
-            categories=["public_areas", "environment"],
-            workers=[Worker(id="clean-duty", name="Cleaning duty")],
-        ),
-        Department(
-            code="security",
-            name="Security",
-            categories=["security"],
-            workers=[Worker(id="sec-duty", name="Security duty")],
-        ),
-        Department(code="greening", name="Greening", workers=[Worker(id="green-duty", name="Greening duty")]),
-        Department(
-            code="customer_service",
-            name="Customer service",
-            categories=["property", "government", "building", "services", "disputes", "other"],
-            workers=[Worker(id="cs-duty", name="Customer service duty")],
-        ),
-    ]
-
-
-class ServiceConfig(_Section):
-    """Proposed ``service`` section: departments and workers, call-backs, repeats, reconciliation."""
-
-    departments: list[Department] = Field(default_factory=_default_departments)
-    callback: CallbackPolicy = CallbackPolicy()
-    # Same owner or unit, same category, within this many days: a repeat complaint.
-    # (tickets.repeat_complaint_days already exists; the lead should keep only one of the two.)
-    repeat_days: int = Field(30, ge=1, le=365)
-    # Local time of the daily reconciliation (当日盘点).
-    reconciliation_time: str = "22:00"
-    # How often the promise evaluator runs, and how fast it catches up after a wall-clock step.
-    escalation_check_seconds: float = Field(15.0, ge=1, le=300)
-    clock_catch_up: float = Field(1.0, ge=0, le=60)
-
-    @field_validator("reconciliation_time")
-    @classmethod
-    def _hhmm(cls, v: str) -> str:
-        if not _HHMM.match(v):
-            raise ValueError("must be HH:MM (00:00 to 23:59)")
-        return v
-
-    @model_validator(mode="after")
-    def _unique(self) -> "ServiceConfig":
-        codes = [d.code for d in self.departments]
-        dup = {c for c in codes if codes.count(c) > 1}
-        if dup:
-            raise ValueError(f"departments: code(s) used twice: {', '.join(sorted(dup))}")
-        workers = [w.id for d in self.departments for w in d.workers]
-        dup = {w for w in workers if workers.count(w) > 1}
-        if dup:
-            raise ValueError(f"departments: worker id(s) used twice: {', '.join(sorted(dup))}")
-        return self
-
-
 class DispatchInvalid(ValueError):
     """The department or worker is unknown, or the worker is not in that department."""
 
