@@ -408,7 +408,6 @@ class ServiceConfig(_Section):
     departments: list[Department] = Field(default_factory=_default_departments)
     callback: CallbackPolicy = CallbackPolicy()
     # Same owner or unit, same category, within this many days: a repeat complaint.
-    # (tickets.repeat_complaint_days already exists; the lead should keep only one of the two.)
     repeat_days: int = Field(30, ge=1, le=365)
     # Local time of the daily reconciliation (当日盘点).
     reconciliation_time: str = "22:00"
