@@ -43,6 +43,7 @@ class Services:
     ami: AMILink | None = None
     tracker: CallTracker = field(default_factory=CallTracker)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    on_resync: Any = None  # called after every AMI resynchronisation (call distribution hooks in)
 
 
 SERVICES = web.AppKey("services", Services)
@@ -124,11 +125,28 @@ def _on_event(services: Services):
 
 def _on_login(services: Services):
     async def on_login() -> None:
-        """Resynchronise on every login: Asterisk may have restarted and forgotten every call."""
-        assert services.ami is not None
-        channels = await services.ami.send({"Action": "CoreShowChannels"})
-        services.tracker.resync(channels if isinstance(channels, list) else [])
-        log.info("ami resynchronised", channels=len(services.tracker.calls))
+        """Resynchronise on every login: Asterisk may have restarted and forgotten every call.
+
+        CoreShowChannels rebuilds the call records (phantoms are closed, unknown channels added);
+        QueueStatus and Status are read for the fallback queue and the channels' details. Each is
+        best effort: a PBX without app_queue answers QueueStatus with an error, which is logged.
+        """
+        from callcentre.ami.link import AMIError
+
+        ami = services.ami
+        assert ami is not None
+        channels = await ami.core_show_channels()
+        services.tracker.resync(channels, services.clock.monotonic())
+        summary = {"channels": sum(1 for m in channels if m.get("Event") == "CoreShowChannel")}
+        for name, action in (("queue_entries", ami.queue_status(services.cfg.acd.fallback_queue)), ("status", ami.channel_status())):
+            try:
+                events = await action
+                summary[name] = len(events) - 1
+            except AMIError as exc:
+                log.warning("ami resync step failed", step=name, error=str(exc))
+        if services.on_resync is not None:
+            services.on_resync()
+        log.info("ami resynchronised", **summary)
 
     return on_login
 

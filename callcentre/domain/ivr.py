@@ -169,7 +169,8 @@ class HotlineIVR:
 
     async def _finish(self, ch: Channel, call: CallInfo, outcome: Outcome, log) -> None:
         """Runs once per call, whatever happened: tells the dialplan and records the call."""
-        if outcome is Outcome.DONE:
+        if outcome in (Outcome.DONE, Outcome.HUNG_UP):
+            # SET VARIABLE still works on a dead channel; a caller who hung up must not be queued.
             try:
                 await ch.set_variable(RESULT_VARIABLE, "done")
             except (CallerHungUp, ChannelError):
