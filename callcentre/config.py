@@ -457,7 +457,13 @@ class Config(_Section):
 
     def ami_secret(self) -> str | None:
         """The AMI secret from CALLCENTRE_AMI_SECRET, else ami.secret_file, else ami.secret."""
-        return _secret(self._env(), ENV_PREFIX + "AMI_SECRET", self.ami.secret_file, self.ami.secret, "ami.secret_file")
+        value = _secret(self._env(), ENV_PREFIX + "AMI_SECRET", self.ami.secret_file, self.ami.secret, "ami.secret_file")
+        if value and value.startswith("CHANGE-ME"):
+            raise ConfigError(
+                "ami secret: still the placeholder from dialplans/manager_callcentre.conf; "
+                "set a real secret there and in CALLCENTRE_AMI_SECRET"
+            )
+        return value
 
     def web_session_key(self) -> str | None:
         return _secret(

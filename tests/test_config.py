@@ -70,3 +70,8 @@ def test_secrets_come_from_environment_or_file(tmp_path):
 def test_secrets_are_not_in_the_repr():
     cfg = load_config(None, environ={"CALLCENTRE_AMI__SECRET": "hunter2"})
     assert "hunter2" not in repr(cfg)
+
+
+def test_the_placeholder_ami_secret_is_refused():
+    with pytest.raises(ConfigError, match="placeholder"):
+        load_config(None, environ={"CALLCENTRE_AMI_SECRET": "CHANGE-ME-callcentre-ami-secret"})

@@ -64,6 +64,24 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
+# Modules that declare tables on :class:`Base`; Alembic's autogenerate and the schema test need them
+# all imported. Add a module here when it declares tables.
+MODEL_MODULES = ("callcentre.storage.models", "callcentre.storage.users")
+
+
+def load_all_models() -> MetaData:
+    """Import every module that declares tables and return the complete metadata."""
+    import importlib
+
+    for name in MODEL_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real import error inside the module, not an absent module
+                raise
+    return Base.metadata
+
+
 class Role(str, enum.Enum):
     OWNER = "owner"
     TENANT = "tenant"

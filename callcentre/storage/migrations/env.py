@@ -13,10 +13,10 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from callcentre.storage.models import Base
+from callcentre.storage.models import load_all_models
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = load_all_models()
 
 
 def _configure(connection: Connection) -> None:
