@@ -134,6 +134,7 @@ def owners_import(ctx: click.Context, csv_file: Path) -> None:
                 csv_file,
                 country_code=cfg.centre.country_code,
                 trunk_prefix=cfg.centre.trunk_prefix,
+                area_code=cfg.centre.area_code,
                 progress=lambda msg: click.echo(msg, err=True),
             )
         finally:

@@ -41,6 +41,8 @@ class CentreConfig(_Section):
     country_code: str = "86"
     trunk_prefix: str = "0"
     international_prefix: str = "00"
+    # Local landline numbers that arrive without an area code get this one (e.g. "10" for Beijing).
+    area_code: str | None = None
 
     @field_validator("timezone")
     @classmethod

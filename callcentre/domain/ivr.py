@@ -129,6 +129,7 @@ class HotlineIVR:
                 country_code=self.cfg.centre.country_code,
                 trunk_prefix=self.cfg.centre.trunk_prefix,
                 intl_prefix=self.cfg.centre.international_prefix,
+                area_code=self.cfg.centre.area_code,
             ),
             caller_name=callerid.safe_display_name(ch.caller_name or ""),
             language=self.ivr.default_language,
