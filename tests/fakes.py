@@ -87,11 +87,15 @@ class FakeChannel:
         d = self._next()
         return RecordResult(ended_by="dtmf" if d else "timeout", digit=d[:1] or None, endpos=8000)
 
-    async def set_variable(self, name, value):
+    async def set_variable(self, name, value, *, allow_dead=False):
+        if self._hung_up and not allow_dead:
+            raise CallerHungUp()
         self._op("set_variable", name, value)
         self.variables[name] = value
 
-    async def get_variable(self, name):
+    async def get_variable(self, name, *, allow_dead=False):
+        if self._hung_up and not allow_dead:
+            raise CallerHungUp()
         self._op("get_variable", name)
         return self.variables.get(name)
 

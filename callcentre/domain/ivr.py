@@ -152,6 +152,11 @@ class HotlineIVR:
     async def _run(self, ch: Channel, call: CallInfo, log) -> Outcome:
         await ch.answer()
         log.info("call answered", caller_raw=call.caller_id_raw, caller_name=call.caller_name)
+        # Read now, not when a ticket is made: after a recording the next await may already be a hang-up.
+        try:
+            call.linkedid = await ch.get_variable("CHANNEL(linkedid)") or None
+        except ChannelError:
+            call.linkedid = None
         try:
             if call.caller_id:
                 call.matches = await self.directory.find_by_phone(call.caller_id)
@@ -173,7 +178,7 @@ class HotlineIVR:
         if outcome in (Outcome.DONE, Outcome.HUNG_UP):
             # SET VARIABLE still works on a dead channel; a caller who hung up must not be queued.
             try:
-                await ch.set_variable(RESULT_VARIABLE, "done")
+                await ch.set_variable(RESULT_VARIABLE, "done", allow_dead=True)
             except (CallerHungUp, ChannelError):
                 pass
         try:
@@ -437,11 +442,8 @@ class HotlineIVR:
         priority: Priority | None = None,
         hung_up: bool = False,
     ) -> Ticket | None:
-        if call.linkedid is None and not hung_up:
-            try:
-                call.linkedid = await ch.get_variable("CHANNEL(linkedid)") or None
-            except ChannelError:
-                call.linkedid = None
+        # No await may come before the ticket task is started: a hang-up right after the recording
+        # must not lose what the caller said.
         prio = priority or Priority(category.priority)
         owner = call.owner
         draft = TicketDraft(
