@@ -258,7 +258,43 @@ class BusinessHours(_Section):
         return v
 
 
+class AgentConfig(_Section):
+    """An agent defined in the configuration (agents can also be created in the database)."""
+
+    id: str
+    name: str
+    # The agent's phone as an Asterisk dial string: Local/agent1@callcentre-agents, SIP/agent1, PJSIP/agent1
+    interface: str
+    skills: list[str] = ["repair", "complaint", "fees"]
+    languages: list[str] = ["zh"]
+    vip_capable: bool = False
+    senior: bool = False
+    # State at server start when no earlier state is recorded.
+    start: Literal["ready", "logged_out"] = "logged_out"
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_\-]{1,32}", v):
+            raise ValueError("1-32 letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("interface")
+    @classmethod
+    def _interface(cls, v: str) -> str:
+        if not re.fullmatch(r"(Local|SIP|PJSIP|IAX2|DAHDI)/[A-Za-z0-9_\-+.@#*]{1,100}", v):
+            raise ValueError("must look like Local/agent1@callcentre-agents, SIP/agent1 or PJSIP/agent1")
+        return v
+
+
 class ACDConfig(_Section):
+    # Off: a caller who asks for a person is handed back to the dialplan's fallback queue.
+    enabled: bool = True
+    agents: list[AgentConfig] = []
+    # How the server dials an owner back (call-back requests): {national} or {e164} digits only.
+    outbound_template: str = "Local/{national}@callcentre-outbound"
+    # After the agent hangs up, ask the caller to rate the service from 1 to 5.
+    satisfaction_survey: bool = True
     rings_target: int = Field(2, ge=1, le=10)
     ring_cycle_seconds: float = Field(5.0, gt=0, le=30)
     wrapup_seconds: float = Field(15.0, ge=0, le=3600)
@@ -281,6 +317,23 @@ class ACDConfig(_Section):
         if not _DIGIT.match(v):
             raise ValueError("must be one DTMF digit")
         return v
+
+    @field_validator("outbound_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if not re.fullmatch(r"(Local|SIP|PJSIP|IAX2|DAHDI)/[A-Za-z0-9_\-+.@#*{}/]{1,100}", v) or (
+            "{national}" not in v and "{e164}" not in v
+        ):
+            raise ValueError("must be a dial string containing {national} or {e164}, e.g. Local/{national}@outbound")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_agents(self) -> "ACDConfig":
+        ids = [a.id for a in self.agents]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"agents: id(s) used twice: {', '.join(dup)}")
+        return self
 
     @property
     def ring_timeout_seconds(self) -> float:

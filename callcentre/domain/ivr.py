@@ -51,6 +51,7 @@ class Outcome(str, enum.Enum):
     DONE = "done"  # the call was fully handled here
     AGENT = "agent"  # handed to an agent (call distribution or the dialplan's queue)
     HUNG_UP = "hung_up"
+    MESSAGE = "message"  # nobody can answer now: the caller leaves a voice message (a ticket)
 
 
 @dataclass
@@ -499,10 +500,32 @@ class HotlineIVR:
             await self._say(ch, call, ["transfer-agent"])
         self.log.info("to agent", reason=reason, skill=skill, emergency=emergency)
         try:
-            return await self.connector.connect(ch, call, reason=reason, skill=skill, emergency=emergency)
+            outcome = await self.connector.connect(ch, call, reason=reason, skill=skill, emergency=emergency)
         except (ChannelError, StorageUnavailable) as exc:
             self.log.error("call distribution failed, falling back to the dialplan queue", error=str(exc))
             return await self._fallback.connect(ch, call, reason="acd-error", skill=skill, emergency=emergency)
+        if outcome is Outcome.MESSAGE:
+            return await self._take_message(ch, call, reason)
+        return outcome
+
+    async def _take_message(self, ch: Channel, call: CallInfo, reason: str) -> Outcome:
+        """Nobody can answer now (no agent, night, maximum wait): a voice message becomes a ticket."""
+        call.path.append("message")
+        category = Category(code="callback_request", prompt="leave-message")
+        voice_file: str | None = None
+        hung_up = False
+        try:
+            voice_file = await self._record(ch, call, "leave-message", "message")
+        except CallerHungUp:
+            hung_up = True
+            voice_file = self._record_path(call, "message")
+        ticket = await self._make_ticket(ch, call, TicketKind.MESSAGE, category, voice_file, hung_up=hung_up)
+        if ticket is None:
+            return await self._fallback.connect(ch, call, reason="message-not-saved", skill=None, emergency=False)
+        await self._say(ch, call, ["message-saved"])
+        await self._read_back(ch, call, ticket)
+        await self._say(ch, call, ["goodbye"])
+        return Outcome.DONE
 
     async def drain(self) -> None:
         """Wait for ticket writes still in flight (called at shutdown)."""
@@ -539,6 +562,10 @@ def required_prompts(cfg: Config) -> set[str]:
         "fee-nothing-owed", "fee-due-by", "no-open-ticket", "latest-ticket-is", "ticket-status-is",
         "repair-menu-intro", "complaint-menu-intro", "emergency-menu-intro", "record-repair", "record-complaint",
         "ticket-created", "promise-by", "emergency-connecting", "apology", "language-switched", "menu-emergency",
+        "leave-message", "message-saved",
+        # call distribution (callcentre/distribution.py)
+        "queue-position", "queue-expected-wait", "minutes-word", "callback-offer", "callback-registered",
+        "no-agents", "closed-hours", "max-wait-reached", "rate-service", "thanks-rating", "please-wait",
     }
     names |= {f"status-{s.value}" for s in TicketStatus}
     names |= {f"menu-{a.replace('_', '-')}" for a in cfg.ivr.menu.values()}
