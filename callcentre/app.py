@@ -1,15 +1,17 @@
 """The composition root: builds every part from the configuration, and nothing else does.
 
-The aiohttp application owns the resources through ``cleanup_ctx`` (database engine, FastAGI
-listener, AMI link), so they start in order, stop in reverse order, and their tasks are cancelled and
-awaited at shutdown.
+The aiohttp application owns the resources through ``cleanup_ctx`` (database and services, call
+distribution, FastAGI listener, AMI link, background loops), so they start in order, stop in
+reverse order, and their tasks are cancelled and awaited at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, AsyncIterator
 
 import structlog
@@ -17,13 +19,16 @@ from aiohttp import web
 
 from callcentre import __version__
 from callcentre.agi.server import FastAGIServer
-from callcentre.ami.calls import CallTracker
+from callcentre.ami.calls import CallListener, CallTracker
 from callcentre.ami.link import AMILink
 from callcentre.config import Config
+from callcentre.domain.acd import Agent
 from callcentre.domain.ivr import HotlineIVR
-from callcentre.domain.ports import Clock, SystemClock
+from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock
 from callcentre.storage import db as storage_db
 from callcentre.storage.repo import SqlDirectory, SqlTicketStore
+from callcentre.web.auth import public
+from callcentre.web.hub import Hub
 
 log = structlog.get_logger("callcentre.app")
 
@@ -38,54 +43,177 @@ class Services:
     session_factory: Any = None
     directory: SqlDirectory | None = None
     tickets: SqlTicketStore | None = None
+    ticket_service: Any = None
+    users: Any = None
     ivr: HotlineIVR | None = None
+    acd: Any = None  # callcentre.distribution.ACDService when call distribution is on
     agi: FastAGIServer | None = None
     ami: AMILink | None = None
+    callbacks: Any = None
+    escalation: Any = None
+    webhooks: Any = None
+    survey: Any = None
+    hub: Hub | None = None
     tracker: CallTracker = field(default_factory=CallTracker)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    on_resync: Any = None  # called after every AMI resynchronisation (call distribution hooks in)
+    draining: bool = False
 
 
 SERVICES = web.AppKey("services", Services)
 
 
-def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True) -> web.Application:
+class _TrackerToACD(CallListener):
+    """AMI call events the distributor needs (ring and answer times, DTMF, originate outcomes)."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def dial_begin(self, caller_uniqueid, dest_uniqueid, dest_channel, at) -> None:
+        if self.s.acd is not None:
+            self.s.acd.dial_begin(caller_uniqueid, dest_uniqueid, dest_channel, at)
+
+    def dial_end(self, caller_uniqueid, dest_uniqueid, dial_status, at) -> None:
+        if self.s.acd is not None:
+            self.s.acd.dial_end(caller_uniqueid, dest_uniqueid, dial_status, at)
+
+    def hangup(self, uniqueid, cause, at) -> None:
+        if self.s.acd is not None:
+            self.s.acd.hangup(uniqueid, cause, at)
+
+    def dtmf(self, uniqueid, digit, at) -> None:
+        if self.s.acd is not None:
+            self.s.acd.dtmf(uniqueid, digit, at)
+
+    def originate_response(self, action_id, response, reason, uniqueid, at) -> None:
+        if self.s.acd is not None:
+            self.s.acd.originate_response(action_id, response, reason, uniqueid, at)
+
+
+def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, web_ui: bool = True) -> web.Application:
     services = Services(cfg=cfg, clock=clock or SystemClock())
+    services.hub = Hub(cfg.web.websocket_queue_max)
+    services.tracker.add_listener(_TrackerToACD(services))
     app = web.Application()
     app[SERVICES] = services
 
+    def publish(topic: str, payload: dict) -> None:
+        assert services.hub is not None
+        services.hub.publish(topic, dict(payload))
+
     async def database(app: web.Application) -> AsyncIterator[None]:
+        from callcentre.service.tickets import TicketService
+        from callcentre.storage.users_repo import UsersRepo
+
         if migrate:
             await storage_db.upgrade(cfg.database.url, progress=lambda msg: log.info("migration", step=msg))
         services.engine = storage_db.create_engine(cfg.database)
-        services.session_factory = storage_db.session_factory(services.engine)
-        services.directory = SqlDirectory(services.session_factory)
-        services.tickets = SqlTicketStore(
-            services.session_factory, services.clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix)
-        )
-        services.ivr = HotlineIVR(cfg, services.directory, services.tickets, services.clock)
+        sf = services.session_factory = storage_db.session_factory(services.engine)
+        services.directory = SqlDirectory(sf)
+        services.tickets = SqlTicketStore(sf, services.clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix))
+        services.ticket_service = TicketService(sf, cfg, services.clock, webhook_urls=tuple(cfg.webhooks.urls))
+        services.users = UsersRepo(sf, services.clock)
         yield
-        if services.ivr is not None:
-            await services.ivr.drain()
         await services.engine.dispose()
 
+    async def distribution(app: web.Application) -> AsyncIterator[None]:
+        connector = None
+        if cfg.acd.enabled:
+            from callcentre.distribution import ACDService
+
+            users = services.users
+
+            async def persist(changes) -> None:
+                for c in changes:
+                    await users.record_state(int(c.agent_id), c.from_state.value, c.to_state.value, c.reason or c.event, c.at)
+
+            async def supervisor_phone(user_id: int) -> str | None:
+                u = await users.get(user_id)
+                return u.supervisor_interface if u is not None else None
+
+            acd = ACDService(
+                cfg, services.clock, services.tickets, publish=publish, persist_history=persist,
+                last_call_at=services.tickets.last_call_at, supervisor_interface=supervisor_phone,
+            )
+            await _load_agents(services, acd)
+            await acd.start()
+            services.acd = connector = acd
+        else:
+            log.warning("call distribution is off (acd.enabled: false): callers who ask for a person go to the dialplan's queue")
+        services.ivr = HotlineIVR(cfg, services.directory, services.tickets, services.clock, connector)
+        yield
+        await services.ivr.drain()
+        if services.acd is not None:
+            await services.acd.stop()
+
+    async def service_loop(app: web.Application) -> AsyncIterator[None]:
+        from callcentre.service.callbacks import CallbackScheduler
+        from callcentre.service.escalation import EscalationLoop
+        from callcentre.service.survey import SurveyScript
+        from callcentre.service.webhooks import WebhookSender, WebhookSettings, load_secret
+
+        async def originate(channel, context, exten, variables, caller_id, timeout_ms) -> str:
+            if services.ami is None:
+                from callcentre.ami.link import AMIDisconnected
+
+                raise AMIDisconnected("the AMI link is not configured")
+            return await services.ami.originate(
+                channel=channel, context=context, exten=exten, variables=variables, caller_id=caller_id, timeout_ms=timeout_ms
+            )
+
+        sf = services.session_factory
+        services.callbacks = CallbackScheduler(
+            sf, services.ticket_service, cfg, services.clock, originate, publish=publish,
+            dial_template=cfg.centre.outbound_template,
+        )
+        services.survey = SurveyScript(services.ticket_service, services.callbacks, default_language=cfg.ivr.default_language)
+        services.escalation = EscalationLoop(services.ticket_service, cfg, services.clock, publish)
+        started = [services.callbacks, services.escalation]
+        if cfg.webhooks.urls:
+            w = cfg.webhooks
+            settings = WebhookSettings(
+                urls=tuple(w.urls), secret=load_secret(cfg._env(), w.secret_file), timeout_seconds=w.timeout_seconds,
+                retry_base_seconds=w.retry_base_seconds, retry_max_seconds=w.retry_max_seconds,
+                max_attempts=w.max_attempts, poll_seconds=w.poll_seconds,
+            )
+            services.webhooks = WebhookSender(sf, settings, services.clock)
+            started.append(services.webhooks)
+        for part in started:
+            await part.start()
+        yield
+        for part in reversed(started):
+            await part.stop()
+
     async def agi_listener(app: web.Application) -> AsyncIterator[None]:
-        assert services.ivr is not None
         ivr = services.ivr
+        assert ivr is not None
 
         async def hotline(channel) -> None:
             await ivr.run(channel)
 
-        routes = {"hotline": hotline}
+        async def survey(channel) -> None:
+            await services.survey.run(channel)
+
+        async def callback(channel) -> None:
+            try:
+                if services.acd is not None:
+                    await services.acd.callback_script(channel)
+            finally:
+                await channel.set_result("done")
+
+        routes = {"hotline": hotline, "survey": survey, "callback": callback}
 
         def router(env):
+            if services.draining and env.script == "hotline":
+                return None  # shutting down: the dialplan's fallback queue takes new callers
             return routes.get(env.script)
 
         services.agi = FastAGIServer(cfg.agi, router, prompt_path=cfg.prompts.asterisk_path)
         await services.agi.start()
         log.info("fastagi listening", host=cfg.agi.host, port=services.agi.port)
         yield
-        await services.agi.stop(grace_seconds=10.0)
+        services.draining = True
+        services.agi.stop_accepting()
+        await services.agi.stop(grace_seconds=30.0)
 
     async def ami_link(app: web.Application) -> AsyncIterator[None]:
         if not cfg.ami.enabled:
@@ -94,12 +222,12 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True) 
             return
         secret = cfg.ami_secret()
         if not secret:
-            log.warning(
-                "no AMI secret: set CALLCENTRE_AMI_SECRET or ami.secret_file; the AMI link stays off"
-            )
+            log.warning("no AMI secret: set CALLCENTRE_AMI_SECRET or ami.secret_file; the AMI link stays off")
             yield
             return
         services.ami = AMILink(cfg.ami, secret, on_event=_on_event(services), on_login=_on_login(services))
+        if services.acd is not None:
+            services.acd.ami = services.ami
         await services.ami.start()
         yield
         await services.ami.stop()
@@ -108,9 +236,66 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True) 
         services.ready.set()
         yield
 
-    app.cleanup_ctx.extend([database, agi_listener, ami_link, mark_ready])
-    app.router.add_get("/health", health)
+    app.cleanup_ctx.extend([database, distribution, service_loop, agi_listener, ami_link, mark_ready])
+    # Open to monitoring without a log-in (they carry no owner data); bind web.host to a private address.
+    app.router.add_get("/health", public(health))
+    app.router.add_get("/metrics", public(metrics))
+    if web_ui:
+        from callcentre.web import setup_web
+
+        setup_web(app, services)
     return app
+
+
+async def _load_agents(services: Services, acd) -> None:
+    """Agents come from the users table; agents in config.yaml are created there if missing."""
+    from callcentre.storage.users_repo import UserExists, UserInvalid, create_user
+
+    cfg = services.cfg
+    users = services.users
+    start_ready: set[str] = set()
+    for a in cfg.acd.agents:
+        existing = await users.by_login(a.id)
+        if existing is None:
+            try:
+                existing = await create_user(
+                    services.session_factory, a.id, a.name, "agent", secrets.token_urlsafe(24), interface=a.interface,
+                    skills=a.skills, languages=a.languages, senior=a.senior, clock=services.clock,
+                )
+                log.info("agent from config.yaml added; set a password to log in", login=a.id,
+                         command=f"callcentre user passwd {a.id}")
+            except UserExists:
+                existing = await users.by_login(a.id)
+            except UserInvalid as exc:
+                log.error("agent in config.yaml refused", login=a.id, error=str(exc))
+                continue
+        if existing is not None and a.start == "ready":
+            start_ready.add(str(existing.id))
+    agents: list[Agent] = []
+    last: dict[str, tuple[str, datetime, str | None]] = {}
+    for u in await users.agents():
+        if not u.interface:
+            continue
+        try:
+            agents.append(
+                Agent(
+                    agent_id=str(u.id), name=u.name, login=u.login, interface=u.interface, skills=frozenset(u.skills),
+                    languages=frozenset(u.languages), vip_capable=u.senior, senior=u.senior,
+                )
+            )
+        except ValueError as exc:
+            log.error("agent not loaded", login=u.login, error=str(exc))
+            continue
+        try:
+            history = await users.state_history(u.id, limit=1)
+        except StorageUnavailable:
+            history = []
+        if history:
+            h = history[0]
+            at = h["at"] if isinstance(h["at"], datetime) else datetime.fromisoformat(str(h["at"]))
+            last[str(u.id)] = (h["to_state"], at, h.get("reason"))
+    acd.load_agents(agents, last, start_ready)
+    log.info("agents loaded", agents=len(agents), restored=len(last))
 
 
 def _on_event(services: Services):
@@ -119,6 +304,10 @@ def _on_event(services: Services):
 
     def on_event(message) -> None:
         tracker.feed(message, clock.monotonic())
+        if services.acd is not None:
+            services.acd.on_ami_event(message)
+        if services.callbacks is not None:
+            services.callbacks.feed(message)
 
     return on_event
 
@@ -144,8 +333,8 @@ def _on_login(services: Services):
                 summary[name] = len(events) - 1
             except AMIError as exc:
                 log.warning("ami resync step failed", step=name, error=str(exc))
-        if services.on_resync is not None:
-            services.on_resync()
+        if services.acd is not None:
+            services.acd.on_resync(services.tracker.open_calls())
         log.info("ami resynchronised", **summary)
 
     return on_login
@@ -165,10 +354,18 @@ async def health(request: web.Request) -> web.Response:
             "active_sessions": agi.active_sessions if agi else 0,
         },
         "ami": ami.status() if ami else {"connected": False, "enabled": False},
+        "acd": {"enabled": services.acd is not None},
     }
     ok = body["database"].get("ok") and body["fastagi"]["ok"] and (ami is None or ami.connected)
     body["ok"] = bool(ok)
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from callcentre.metrics import render
+
+    body, content_type = render(request.app[SERVICES])
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def serve(cfg: Config) -> None:
@@ -178,7 +375,7 @@ async def serve(cfg: Config) -> None:
     await runner.setup()
     site = web.TCPSite(runner, cfg.web.host, cfg.web.port)
     await site.start()
-    log.info("web listening", host=cfg.web.host, port=cfg.web.port)
+    log.info("web listening", url=f"http://{cfg.web.host}:{cfg.web.port}/")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

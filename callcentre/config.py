@@ -43,6 +43,16 @@ class CentreConfig(_Section):
     international_prefix: str = "00"
     # Local landline numbers that arrive without an area code get this one (e.g. "10" for Beijing).
     area_code: str | None = None
+    # How the server dials an owner (call-backs): {number} is the E.164 number (+8613800138000),
+    # checked to be '+' and digits only; the dialplan context rewrites it for the carrier.
+    outbound_template: str = "Local/{number}@callcentre-outbound"
+
+    @field_validator("outbound_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{number}" not in v or not re.fullmatch(r"(Local|SIP|PJSIP|IAX2|DAHDI)/[A-Za-z0-9_\-+.@#*{}/]{1,100}", v):
+            raise ValueError("must be a dial string containing {number}, e.g. Local/{number}@callcentre-outbound")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -291,8 +301,6 @@ class ACDConfig(_Section):
     # Off: a caller who asks for a person is handed back to the dialplan's fallback queue.
     enabled: bool = True
     agents: list[AgentConfig] = []
-    # How the server dials an owner back (call-back requests): {national} or {e164} digits only.
-    outbound_template: str = "Local/{national}@callcentre-outbound"
     # After the agent hangs up, ask the caller to rate the service from 1 to 5.
     satisfaction_survey: bool = True
     rings_target: int = Field(2, ge=1, le=10)
@@ -316,15 +324,6 @@ class ACDConfig(_Section):
     def _one_digit(cls, v: str) -> str:
         if not _DIGIT.match(v):
             raise ValueError("must be one DTMF digit")
-        return v
-
-    @field_validator("outbound_template")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        if not re.fullmatch(r"(Local|SIP|PJSIP|IAX2|DAHDI)/[A-Za-z0-9_\-+.@#*{}/]{1,100}", v) or (
-            "{national}" not in v and "{e164}" not in v
-        ):
-            raise ValueError("must be a dial string containing {national} or {e164}, e.g. Local/{national}@outbound")
         return v
 
     @model_validator(mode="after")
@@ -490,6 +489,27 @@ class ServiceConfig(_Section):
         return self
 
 
+class WebhooksConfig(_Section):
+    """Dispatch out: a signed JSON POST to each URL when a ticket is dispatched to a worker."""
+
+    urls: list[str] = []
+    # The signing secret: CALLCENTRE_WEBHOOK_SECRET, or this file (outside git).
+    secret_file: Path | None = None
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+    retry_base_seconds: float = Field(10.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    max_attempts: int = Field(8, ge=1, le=100)
+    poll_seconds: float = Field(5.0, gt=0)
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.match(r"^https?://[^\s]+$", url):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return v
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -506,6 +526,7 @@ class Config(_Section):
     tickets: TicketsConfig = TicketsConfig()
     acd: ACDConfig = ACDConfig()
     service: ServiceConfig = ServiceConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     logging: LoggingConfig = LoggingConfig()
     # The environment the configuration was loaded from (secrets are read from it).
     _environ: dict[str, str] | None = PrivateAttr(default=None)

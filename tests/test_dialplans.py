@@ -280,8 +280,11 @@ def test_contexts_and_entry_points(dialplan: Dialplan) -> None:
         "callcentre-agents",
         "callcentre-callback",
         "callcentre-fallback",
+        "callcentre-outbound",
     }
     assert {"s", "_X."} <= set(dialplan.contexts["callcentre-hotline"])
+    # Call-backs: Local/<E.164>@callcentre-outbound (config centre.outbound_template)
+    assert "_+86X." in dialplan.contexts["callcentre-outbound"]
     assert {"survey", "callback"} <= set(dialplan.contexts["callcentre-callback"])
     assert {"s", "agent-leg"} <= set(dialplan.contexts["callcentre-fallback"])
     # Agent names as the server and the capture use them are matched by the agents context.

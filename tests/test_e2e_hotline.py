@@ -70,8 +70,20 @@ async def test_self_service_reads_the_balance_after_the_unit_check(stack):
 
     expected = ["fee-balance-is", *speech.amount(256000, "zh"), "fee-due-by", *speech.date(date(2026, 9, 30), "zh")]
     assert prompts[i : i + len(expected)] == [f"callcentre/zh/{n}" for n in expected]
-    assert not result.cc_result  # asked for an agent: the dialplan's queue takes over
+    # then 0 for a person: nobody is logged in, so the caller is told at once and leaves a message
+    assert "callcentre/zh/no-agents" in prompts and "callcentre/zh/leave-message" in prompts
+    [t] = await stack.tickets()
+    assert t.kind == "message" and t.number.startswith("M")
+    assert result.cc_result == "done" and not result.fallback_queue
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__ENABLED="false")
+async def test_without_call_distribution_a_person_is_reached_through_the_dialplan_queue(stack):
+    result = await stack.pbx.place_call(CallerScript("13800138000", inputs=["0"]))
+    assert result.error is None
+    assert not result.cc_result  # not done: the dialplan sends the caller to hotline-fallback
     assert result.fallback_queue
+    assert "callcentre/zh/transfer-agent" in streamed(result)
 
 
 async def test_unknown_caller_keys_in_a_unit(stack):

@@ -168,6 +168,17 @@ class HotlineIVR:
             return await self._to_agent(ch, call, reason="storage-unavailable", skill=None)
         if len(call.matches) == 1:
             call.owner = call.matches[0]
+        await self.tickets.record_call_event(
+            call.uniqueid,
+            "started",
+            {
+                "linkedid": call.linkedid,
+                "caller_id_raw": call.caller_id_raw,
+                "caller_id": call.caller_id,
+                "owner_id": call.owner.owner_id if call.owner else None,
+                "started_at": self.clock.now(),
+            },
+        )
         langs = {m.language for m in call.matches if m.language}
         if len(langs) == 1:
             call.language = langs.pop() or call.language

@@ -396,6 +396,23 @@ class SqlTicketStore:
         except (StorageUnavailable, SQLAlchemyError) as exc:
             blog.warning("call event not recorded", error=str(exc))
 
+    async def last_call_at(
+        self, caller_id: str | None, owner_id: int | None, exclude_uniqueid: str | None = None
+    ) -> datetime | None:
+        """When this number or owner last called (for the repeat-caller priority)."""
+        conds = []
+        if owner_id is not None:
+            conds.append(CallRow.owner_id == owner_id)
+        if caller_id:
+            conds.append(CallRow.caller_id == caller_id)
+        if not conds:
+            return None
+        q = select(func.max(CallRow.started_at)).where(or_(*conds))
+        if exclude_uniqueid:
+            q = q.where(CallRow.uniqueid != exclude_uniqueid)
+        async with _storage_errors("read calls"), self._sessions() as s:
+            return (await s.execute(q)).scalar_one_or_none()
+
     async def get_call(self, uniqueid: str) -> CallRow | None:
         async with _storage_errors("read a call"), self._sessions() as s:
             return await s.get(CallRow, uniqueid)

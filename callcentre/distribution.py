@@ -1,0 +1,736 @@
+"""Call distribution, the adapter: drives the pure :class:`~callcentre.domain.acd.Distributor`.
+
+The caller stays in our FastAGI session while waiting: music on hold plays (Asterisk keeps playing it
+while the session is idle after ``SET MUSIC ON``), announcements interrupt it every
+``acd.announce_every_seconds``, and the moment an agent is chosen the session writes
+``EXEC Dial <agent>,<two rings>``. The ring timeout *is* the two-ring rule: Asterisk stops ringing
+after ``rings_target × ring_cycle_seconds`` and the next agent is tried at once.
+
+Ring and answer times come from AMI ``DialBegin`` / ``DialEnd`` (not ``ANSWEREDTIME``, which the
+captures show is wrong for Local channels). Without AMI the Dial still runs and is measured from our
+own clock, with a warning. A key pressed while waiting is seen as an AMI ``DTMFEnd`` on the
+caller's channel (the session is idle, so it cannot read it) and turns the wait into a call-back
+request that keeps its place: when its turn comes, the agent's phone is rung with an AMI Originate
+into the ``callback`` script, which then dials the owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable, Mapping
+
+import structlog
+
+from callcentre.config import Config
+from callcentre.domain import speech
+from callcentre.domain.acd import (
+    AcdError,
+    Agent,
+    AgentPaused,
+    AgentState,
+    Alert,
+    Announce,
+    CancelOffer,
+    Decision,
+    Distributor,
+    MakeOffer,
+    MaxWaitReached,
+    NoAgentAvailable,
+    Offer,
+    PauseReason,
+    RingOnDuty,
+    StateChange,
+    WaitingCall,
+    WithdrawReason,
+    classify_priority,
+)
+from callcentre.domain.ivr import CallInfo, Outcome
+from callcentre.domain.ports import CallerHungUp, Channel, ChannelError, Clock, StorageUnavailable, TicketStore
+
+log = structlog.get_logger("callcentre.acd")
+
+Publish = Callable[[str, Mapping[str, Any]], None]
+_CALLBACK = "callback-key"
+_SKILL = re.compile(r"^[a-z0-9_\-]{1,32}$")
+_DIGITS = re.compile(r"^\+?[0-9]{3,20}$")
+
+
+@dataclass
+class _Waiter:
+    ch: Channel
+    call: CallInfo
+    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    answered: bool = False
+    callback: bool = False
+    offer_id: str | None = None  # the offer whose Dial is in progress
+    agent_id: str | None = None  # who answered
+
+
+@dataclass
+class _CallbackRequest:
+    call: CallInfo
+    number: str  # E.164, validated digits
+    offer: Offer | None = None
+    action_id: str | None = None
+
+
+class ACDService:
+    """Implements the IVR's AgentConnector with our own call distribution."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock,
+        tickets: TicketStore,
+        *,
+        publish: Publish | None = None,
+        persist_history: Callable[[list[StateChange]], Awaitable[None]] | None = None,
+        last_call_at: Callable[[str | None, int | None, str | None], Awaitable[datetime | None]] | None = None,
+        supervisor_interface: Callable[[int], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.tickets = tickets
+        self.dist = Distributor(cfg.acd, clock, timezone=cfg.centre.timezone)
+        self.publish: Publish = publish or (lambda topic, payload: None)
+        self.persist_history = persist_history
+        self.last_call_at = last_call_at
+        self.ami: Any = None  # AMILink, set by the application when the link exists
+        self._waiters: dict[str, _Waiter] = {}
+        self._offer_by_caller: dict[str, str] = {}  # caller uniqueid -> offer being dialled
+        self._dest_channel: dict[str, str] = {}  # offer id -> agent-leg channel (for cancelling)
+        self._our_legs: set[str] = set()  # agent-leg uniqueids of our own offers
+        self._elsewhere: dict[str, str] = {}  # channel uniqueid -> agent id busy on a call we did not route
+        self._cancelled: set[str] = set()
+        self._callbacks: dict[str, _CallbackRequest] = {}
+        self._callback_by_action: dict[str, str] = {}
+        self._previous_agent: dict[str, str] = {}  # owner/caller key -> last agent who answered them
+        self._tasks: set[asyncio.Task] = set()
+        self._ticker: asyncio.Task | None = None
+        self._dirty = asyncio.Event()
+        self._history: list[StateChange] = []
+        self._supervisor_interface = supervisor_interface
+
+    def load_agents(self, agents: list[Agent], last_states: Mapping[str, tuple[str, datetime, str | None]],
+                    start_ready: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Add the agents and rebuild their states after a restart (not reset them).
+
+        An agent who was ringing, on a call or wrapping up when the server stopped is READY again
+        (those calls went to the dialplan's fallback queue); a paused agent stays paused with the
+        same reason; a logged-out agent stays logged out. AMI resynchronisation then marks agents
+        still busy on a live call.
+        """
+        for agent in agents:
+            self.dist.add_agent(agent)
+            last = last_states.get(agent.agent_id)
+            if last is None:
+                if agent.agent_id in start_ready:
+                    self._apply(self.dist.agent_ready(agent.agent_id))
+                continue
+            state, since, reason = last
+            if state in (AgentState.RINGING.value, AgentState.ON_CALL.value, AgentState.WRAP_UP.value):
+                state = AgentState.READY.value
+            pause = None
+            if state == AgentState.PAUSED.value:
+                try:
+                    pause = PauseReason(reason or "other")
+                except ValueError:
+                    pause = PauseReason.OTHER
+            try:
+                self.dist.restore(agent.agent_id, AgentState(state), since, pause)
+            except (AcdError, ValueError) as exc:
+                log.warning("agent state not restored", agent=agent.agent_id, error=str(exc))
+        self._history.clear()  # restoring is not a change to record again
+        self.dist.take_history()
+        self._dirty.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_loop(), name="acd-ticker")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._ticker, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._ticker = None
+        await self._flush_history()
+
+    async def _tick_loop(self) -> None:
+        last_publish = 0.0
+        while True:
+            await asyncio.sleep(0.2)
+            try:
+                self._apply(self.dist.tick(self.clock.monotonic()))
+            except Exception:  # the loop must survive a bug in one decision
+                log.exception("acd tick failed")
+            now = self.clock.monotonic()
+            if self._dirty.is_set() or now - last_publish >= 5.0:
+                self._dirty.clear()
+                last_publish = now
+                self.publish("wallboard", {"type": "snapshot", "snapshot": self.snapshot()})
+            await self._flush_history()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("acd task failed", task=task.get_name(), error=repr(task.exception()))
+
+    # ------------------------------------------------------------------ decisions
+
+    def _apply(self, decisions: list[Decision] | tuple[Decision, ...]) -> None:
+        for d in decisions:
+            if isinstance(d, MakeOffer):
+                offer = d.offer
+                if offer.callback:
+                    self._spawn(self._ring_callback(offer), f"callback-{offer.offer_id}")
+                    continue
+                waiter = self._waiters.get(offer.call_id)
+                if waiter is None:  # the caller is gone; the domain will hear of it through withdraw
+                    log.warning("offer for a call no longer waiting", offer=offer.offer_id)
+                    continue
+                waiter.inbox.put_nowait(d)
+                self._screen_pop(offer, waiter.call)
+            elif isinstance(d, CancelOffer):
+                self._cancelled.add(d.offer_id)
+                self._cancel_leg(d.offer_id, d.reason)
+            elif isinstance(d, (Announce, MaxWaitReached, NoAgentAvailable, RingOnDuty)):
+                waiter = self._waiters.get(d.call_id)
+                if waiter is not None:
+                    waiter.inbox.put_nowait(d)
+            elif isinstance(d, Alert):
+                log.warning("service alert", kind=d.kind.value if hasattr(d.kind, "value") else str(d.kind), detail=_plain(d))
+                self.publish("wallboard", {"type": "alert", "alert": _plain(d)})
+            elif isinstance(d, AgentPaused):
+                log.warning("agent paused", agent=d.agent_id, reason=d.reason.value, automatic=d.automatic)
+                self.publish(f"agent:{d.agent_id}", {"type": "state", "state": "paused", "reason": d.reason.value})
+        self._drain_history()
+        self._dirty.set()
+
+    def _drain_history(self) -> None:
+        changes = self.dist.take_history()
+        for c in changes:
+            log.info("agent state", agent=c.agent_id, old=c.from_state.value, new=c.to_state.value, trigger=c.event, reason=c.reason)
+            self.publish(f"agent:{c.agent_id}", {"type": "state", "state": c.to_state.value, "reason": c.reason})
+        self._history.extend(changes)
+
+    async def _flush_history(self) -> None:
+        if not self._history or self.persist_history is None:
+            self._history.clear()
+            return
+        batch, self._history = self._history, []
+        try:
+            await self.persist_history(batch)
+        except StorageUnavailable as exc:
+            log.warning("agent history not saved; will retry", error=str(exc), changes=len(batch))
+            self._history[:0] = batch[-5000:]
+
+    def _screen_pop(self, offer: Offer, call: CallInfo) -> None:
+        owner = call.owner
+        self.publish(
+            f"agent:{offer.agent_id}",
+            {
+                "type": "screen_pop",
+                "offer_id": offer.offer_id,
+                "call": {
+                    "uniqueid": call.uniqueid,
+                    "caller_id": call.caller_id,
+                    "caller_id_raw": call.caller_id_raw,
+                    "caller_name": call.caller_name,
+                    "owner_id": owner.owner_id if owner else None,
+                    "owner_ids": sorted({m.owner_id for m in call.matches}),
+                    "unit_id": owner.unit_id if owner else None,
+                    "ivr_path": call.ivr_path,
+                    "tickets": list(call.tickets),
+                    "language": call.language,
+                },
+            },
+        )
+
+    def _cancel_leg(self, offer_id: str, reason: str) -> None:
+        channel = self._dest_channel.get(offer_id)
+        if channel is None or self.ami is None or not self.ami.connected:
+            log.info("offer cancelled; its Dial ends at its own ring timeout", offer=offer_id, reason=reason)
+            return
+
+        async def hang_up() -> None:
+            from callcentre.ami.link import AMIError
+
+            try:
+                await self.ami.hangup(channel)
+            except AMIError as exc:
+                log.warning("could not stop the agent's phone ringing", offer=offer_id, error=str(exc))
+
+        self._spawn(hang_up(), f"cancel-{offer_id}")
+
+    # ------------------------------------------------------------------ AgentConnector
+
+    async def connect(self, ch: Channel, call: CallInfo, *, reason: str, skill: str | None, emergency: bool) -> Outcome:
+        now = self.clock.now()
+        last = None
+        if self.last_call_at is not None:
+            try:
+                last = await self.last_call_at(call.caller_id, call.owner.owner_id if call.owner else None, call.uniqueid)
+            except StorageUnavailable:
+                last = None
+        level = classify_priority(
+            emergency=emergency, vip=bool(call.owner and call.owner.vip), last_call_at=last, now=now,
+            repeat_caller_hours=self.cfg.acd.repeat_caller_hours,
+        )
+        owner = call.owner
+        key = _who(call)
+        wc = WaitingCall(
+            call_id=call.uniqueid,
+            uniqueid=call.uniqueid,
+            caller_id=call.caller_id,
+            owner_id=owner.owner_id if owner else None,
+            language=call.language if _SKILL.match(call.language or "") else None,
+            required_skill=skill if skill and _SKILL.match(skill) else None,
+            priority_level=level,
+            entered_at=now,
+            previous_agent_id=self._previous_agent.get(key) if key and self.cfg.acd.prefer_previous_agent else None,
+            caller_name=(owner.owner_name if owner else call.caller_name) or "",
+            unit=f"{owner.building}-{owner.unit}" if owner else "",
+        )
+        waiter = _Waiter(ch=ch, call=call)
+        self._waiters[wc.call_id] = waiter
+        clog = log.bind(uniqueid=call.uniqueid, caller=call.caller_id or "withheld")
+        clog.info("caller waiting for an agent", level=level.name, skill=wc.required_skill, reason=reason)
+        try:
+            self._apply(self.dist.enqueue(wc))
+            return await self._wait(waiter, clog)
+        finally:
+            await self._leave(waiter, clog)
+
+    async def _leave(self, waiter: _Waiter, clog) -> None:
+        call_id = waiter.call.uniqueid
+        self._waiters.pop(call_id, None)
+        offer_id = waiter.offer_id
+        if offer_id is not None:
+            # The caller left during a Dial (hang-up). GET VARIABLE still answers on a dead channel.
+            status = None
+            try:
+                status = await waiter.ch.get_variable("DIALSTATUS", allow_dead=True)
+            except (CallerHungUp, ChannelError, asyncio.CancelledError):
+                status = None
+            self._offer_by_caller.pop(call_id, None)
+            if status == "ANSWER" or waiter.answered:
+                waiter.answered = True
+                self._answered(waiter, offer_id, None)
+                self._apply(self.dist.on_call_ended(offer_id))
+        if not waiter.answered and not waiter.callback:
+            result = self.dist.withdraw(call_id, WithdrawReason.ABANDONED if waiter.ch.hung_up else WithdrawReason.OTHER)
+            self._apply(result.decisions)
+            if not result.already_withdrawn:
+                clog.info("caller left the queue", waited=round(result.waited_seconds, 1), offers=result.offers)
+
+    async def _wait(self, waiter: _Waiter, clog) -> Outcome:
+        ch = waiter.ch
+        acd = self.cfg.acd
+        music = False
+        while True:
+            if not music:
+                await ch.music_on(acd.music_class)
+                music = True
+            item = await waiter.inbox.get()
+            if isinstance(item, MakeOffer):
+                if item.offer.offer_id in self._cancelled:
+                    continue
+                await ch.music_off()
+                music = False
+                if await self._ring(waiter, item.offer, clog):
+                    return await self._after_call(waiter, clog)
+            elif isinstance(item, Announce):
+                await ch.music_off()
+                music = False
+                if await self._announce(waiter, item):
+                    return await self._register_callback(waiter, clog)
+            elif item == _CALLBACK:
+                if waiter.call.caller_id and _DIGITS.match(waiter.call.caller_id):
+                    await ch.music_off()
+                    music = False
+                    return await self._register_callback(waiter, clog)
+            elif isinstance(item, NoAgentAvailable):
+                await ch.music_off()
+                await self._say(ch, waiter.call, ["closed-hours" if item.reason == "closed" else "no-agents"])
+                self._apply(self.dist.withdraw(item.call_id, WithdrawReason.CLOSED if item.reason == "closed" else WithdrawReason.NO_AGENTS).decisions)
+                return Outcome.MESSAGE
+            elif isinstance(item, MaxWaitReached):
+                await ch.music_off()
+                await self._say(ch, waiter.call, ["max-wait-reached"])
+                self._apply(self.dist.withdraw(item.call_id, WithdrawReason.MAX_WAIT).decisions)
+                return Outcome.MESSAGE
+            elif isinstance(item, RingOnDuty):
+                await ch.music_off()
+                music = False
+                status = await self._dial(ch, item.interface, max(30, int(acd.ring_timeout_seconds)))
+                if status == "ANSWER":
+                    waiter.answered = True
+                    self.dist.withdraw(item.call_id, WithdrawReason.TRANSFERRED)
+                    return Outcome.DONE
+                self._apply(self.dist.withdraw(item.call_id, WithdrawReason.CLOSED).decisions)
+                return Outcome.MESSAGE
+
+    async def _say(self, ch: Channel, call: CallInfo, names: list[str], escape: str = "") -> str | None:
+        return await ch.play([f"{call.language}/{n}" for n in names], escape)
+
+    async def _announce(self, waiter: _Waiter, a: Announce) -> bool:
+        """Position and expected wait; returns True if the caller pressed the call-back key."""
+        lang = waiter.call.language
+        words = ["queue-position", *speech.number(max(1, a.position), lang)]
+        if a.expected_wait_seconds is not None:
+            minutes = max(1, math.ceil(a.expected_wait_seconds / 60))
+            words += ["queue-expected-wait", *speech.number(minutes, lang), "minutes-word"]
+        can_callback = bool(waiter.call.caller_id and _DIGITS.match(waiter.call.caller_id))
+        if can_callback:
+            words.append("callback-offer")
+        key = self.cfg.acd.callback_digit
+        pressed = await self._say(waiter.ch, waiter.call, words, key if can_callback else "")
+        return pressed == key
+
+    async def _register_callback(self, waiter: _Waiter, clog) -> Outcome:
+        call = waiter.call
+        position = self.dist.request_callback(call.uniqueid)
+        waiter.callback = True
+        assert call.caller_id is not None
+        self._callbacks[call.uniqueid] = _CallbackRequest(call=call, number=call.caller_id)
+        clog.info("call-back requested", position=position)
+        await self._say(waiter.ch, call, ["callback-registered", "goodbye"])
+        return Outcome.DONE
+
+    async def _dial(self, ch: Channel, interface: str, ring_seconds: int) -> str | None:
+        """EXEC Dial: Asterisk stops ringing after ``ring_seconds``; returns DIALSTATUS."""
+        await ch.exec("Dial", interface, str(ring_seconds))
+        return await ch.get_variable("DIALSTATUS")
+
+    async def _ring(self, waiter: _Waiter, offer: Offer, clog) -> bool:
+        """Ring one agent for at most two rings; True when the agent answered (the call is over now)."""
+        ch = waiter.ch
+        try:
+            await ch.set_variable("CALLERID(name)", offer.caller_display[:64])
+        except ChannelError:
+            pass
+        waiter.offer_id = offer.offer_id
+        self._offer_by_caller[ch.uniqueid] = offer.offer_id
+        timeout = max(1, math.ceil(offer.ring_timeout_seconds))
+        clog.info("offering call", agent=offer.agent_id, offer=offer.offer_id, ring_timeout=timeout)
+        written = self.clock.now()
+        status = await self._dial(ch, offer.interface, timeout)
+        self._offer_by_caller.pop(ch.uniqueid, None)
+        waiter.offer_id = None
+        if offer.offer_id in self._cancelled:
+            clog.info("offer ended after cancel", offer=offer.offer_id, dial_status=status)
+            return False
+        if status == "ANSWER":
+            waiter.answered = True
+            self._answered(waiter, offer.offer_id, written)
+            self._apply(self.dist.on_call_ended(offer.offer_id))
+            clog.info("call answered by agent and finished", agent=offer.agent_id)
+            return True
+        if status in ("BUSY", "CONGESTION", "CHANUNAVAIL"):
+            self._apply(self.dist.on_offer_failed(offer.offer_id, status))
+        else:  # NOANSWER, or anything unexpected: the next agent at once
+            self._apply(self.dist.on_ring_timeout(offer.offer_id))
+        clog.info("offer not answered", agent=offer.agent_id, dial_status=status)
+        return False
+
+    def _answered(self, waiter: _Waiter, offer_id: str, fallback_at: datetime | None) -> None:
+        """Make sure the domain knows the offer was answered (AMI normally told it at the answer)."""
+        try:
+            offer = self.dist.offer(offer_id)
+        except AcdError:
+            return
+        waiter.agent_id = offer.agent_id
+        key = _who(waiter.call)
+        if key:
+            self._previous_agent[key] = offer.agent_id
+        if self.dist.agent_state(offer.agent_id) is AgentState.RINGING:
+            log.warning("answer not seen on AMI; measured from our own clock", offer=offer_id)
+            self._apply(self.dist.on_answered(offer_id, fallback_at))
+
+    async def _after_call(self, waiter: _Waiter, clog) -> Outcome:
+        """The agent hung up first and the caller is still here: ask for a rating (1 to 5)."""
+        ch = waiter.ch
+        if not self.cfg.acd.satisfaction_survey:
+            return Outcome.DONE
+        lang = waiter.call.language
+        result = await ch.get_digits([f"{lang}/rate-service"], 5000, 1)
+        rating = result.digits[:1]
+        if rating in ("1", "2", "3", "4", "5"):
+            await self._say(ch, waiter.call, ["thanks-rating", "goodbye"])
+            clog.info("satisfaction rated", rating=int(rating), agent=waiter.agent_id)
+            try:
+                await self.tickets.record_call_event(
+                    waiter.call.uniqueid, "satisfaction",
+                    {"rating": int(rating), "agent_id": waiter.agent_id, "tickets": list(waiter.call.tickets)},
+                )
+            except StorageUnavailable:
+                clog.warning("rating not saved", rating=int(rating))
+        return Outcome.DONE
+
+    # ------------------------------------------------------------------ call-back requests
+
+    async def _ring_callback(self, offer: Offer) -> None:
+        """The call-back request's turn: ring the agent (Originate), whose script then dials the owner."""
+        req = self._callbacks.get(offer.call_id)
+        if req is None or self.ami is None or not self.ami.connected:
+            log.warning("call-back cannot be placed now", offer=offer.offer_id, ami=bool(self.ami and self.ami.connected))
+            self._apply(self.dist.on_offer_failed(offer.offer_id, "CHANUNAVAIL" if req else "CANCEL"))
+            return
+        from callcentre.ami.link import AMIError
+
+        req.offer = offer
+        self._screen_pop(offer, req.call)
+        try:
+            action_id = await self.ami.originate(
+                channel=offer.interface,
+                context="callcentre-callback",
+                exten="callback",
+                caller_id=f'"{offer.caller_display[:40]}" <{req.number.lstrip("+")}>',
+                timeout_ms=int(offer.ring_timeout_seconds * 1000),
+                variables={"CC_CALL": _safe_var(offer.call_id), "CC_OFFER": _safe_var(offer.offer_id)},
+            )
+        except AMIError as exc:
+            log.warning("call-back originate failed", offer=offer.offer_id, error=str(exc))
+            self._apply(self.dist.on_offer_failed(offer.offer_id, "CHANUNAVAIL"))
+            return
+        req.action_id = action_id
+        self._callback_by_action[action_id] = offer.call_id
+        self._apply(self.dist.on_ringing(offer.offer_id))
+
+    def on_originate_response(self, action_id: str, response: str, reason: str | None) -> None:
+        call_id = self._callback_by_action.pop(action_id, None)
+        if call_id is None:
+            return
+        req = self._callbacks.get(call_id)
+        if req is None or req.offer is None:
+            return
+        offer_id = req.offer.offer_id
+        if response == "Success":
+            self._apply(self.dist.on_answered(offer_id))
+        elif str(reason) == "5":
+            self._apply(self.dist.on_offer_failed(offer_id, "BUSY"))
+        elif str(reason) == "3":
+            self._apply(self.dist.on_ring_timeout(offer_id))
+        else:
+            self._apply(self.dist.on_offer_failed(offer_id, "CHANUNAVAIL"))
+
+    async def callback_script(self, ch: Channel) -> None:
+        """FastAGI ``callback``: runs on the agent's answered phone; dials the owner."""
+        call_id = await ch.get_variable("CC_CALL") or ""
+        req = self._callbacks.get(call_id)
+        if req is None or req.offer is None:
+            log.warning("call-back script for an unknown request", call=call_id)
+            return
+        offer_id = req.offer.offer_id
+        if not _DIGITS.match(req.number):
+            log.warning("call-back number is not diallable", call=call_id)
+            return
+        interface = self.cfg.centre.outbound_template.format(number=req.number)
+        try:
+            await ch.play([f"{req.call.language}/please-wait"])
+            status = await self._dial(ch, interface, 40)
+            log.info("call-back placed", call=call_id, dial_status=status)
+            await self.tickets.record_call_event(call_id, "callback", {"dial_status": status, "agent_id": req.offer.agent_id})
+        finally:
+            self._callbacks.pop(call_id, None)
+            self._apply(self.dist.on_call_ended(offer_id))
+            self._apply(self.dist.withdraw(call_id, WithdrawReason.TRANSFERRED).decisions)
+
+    # ------------------------------------------------------------------ AMI events
+
+    def dial_begin(self, caller_uniqueid: str | None, dest_uniqueid: str, dest_channel: str, at: float) -> None:
+        offer_id = self._offer_by_caller.get(caller_uniqueid or "")
+        if offer_id is None:
+            return
+        self._dest_channel[offer_id] = dest_channel
+        self._our_legs.add(dest_uniqueid)
+        self._apply(self.dist.on_ringing(offer_id, self._wall(at)))
+
+    def dial_end(self, caller_uniqueid: str | None, dest_uniqueid: str, dial_status: str, at: float) -> None:
+        offer_id = self._offer_by_caller.get(caller_uniqueid or "")
+        if offer_id is None:
+            return
+        if dial_status == "ANSWER":
+            self._apply(self.dist.on_answered(offer_id, self._wall(at)))
+            waiter = self._waiters.get(caller_uniqueid or "")
+            if waiter is not None:
+                waiter.answered = True
+        # NOANSWER / BUSY / CANCEL are handled when the Dial returns in the AGI session, with DIALSTATUS.
+
+    def hangup(self, uniqueid: str, cause: int | None, at: float) -> None:
+        self._our_legs.discard(uniqueid)
+        agent_id = self._elsewhere.pop(uniqueid, None)
+        if agent_id is not None:
+            self._apply(self.dist.free_elsewhere(agent_id, uniqueid))
+
+    def dtmf(self, uniqueid: str, digit: str, at: float) -> None:
+        waiter = self._waiters.get(uniqueid)
+        if waiter is not None and digit == self.cfg.acd.callback_digit and waiter.offer_id is None:
+            waiter.inbox.put_nowait(_CALLBACK)
+
+    def originate_response(self, action_id: str, response: str, reason: Any, uniqueid: str | None, at: float) -> None:
+        self.on_originate_response(action_id, response, None if reason is None else str(reason))
+
+    def on_ami_event(self, event: Mapping[str, Any]) -> None:
+        """An agent's phone in use on a call we did not route is not offered another."""
+        if event.get("Event") != "Newstate" or event.get("ChannelStateDesc") != "Up":
+            return
+        uniqueid = str(event.get("Uniqueid") or "")
+        if not uniqueid or uniqueid in self._our_legs or uniqueid in self._elsewhere:
+            return
+        agent_id = self._agent_for_channel(str(event.get("Channel") or ""))
+        if agent_id is None or self.dist.agent_state(agent_id) in (AgentState.RINGING, AgentState.ON_CALL):
+            return
+        self._elsewhere[uniqueid] = agent_id
+        self._apply(self.dist.busy_elsewhere(agent_id, uniqueid))
+
+    def on_resync(self, open_calls: list[Any]) -> None:
+        """After an AMI (re)login: rebuild which agents are busy on calls we did not route."""
+        refs: dict[str, set[str]] = {}
+        for rec in open_calls:
+            agent_id = self._agent_for_channel(rec.channel)
+            if agent_id and rec.uniqueid not in self._our_legs and getattr(rec, "answered_at", None) is not None:
+                refs.setdefault(agent_id, set()).add(rec.uniqueid)
+        self._elsewhere = {u: a for a, us in refs.items() for u in us}
+        for view in self.dist.snapshot().agents:
+            self._apply(self.dist.resync_elsewhere(view.agent_id, refs.get(view.agent_id, set())))
+
+    def _agent_for_channel(self, channel: str) -> str | None:
+        for view in self.dist.snapshot().agents:
+            iface = self.dist.agent(view.agent_id).interface
+            if channel.startswith(iface + "-"):
+                return view.agent_id
+        return None
+
+    def _wall(self, mono: float) -> datetime:
+        return self.clock.now() - timedelta(seconds=max(0.0, self.clock.monotonic() - mono))
+
+    # ------------------------------------------------------------------ control (web API)
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.dist.snapshot()
+        metrics = snap.metrics.to_dict() if hasattr(snap.metrics, "to_dict") else _plain(snap.metrics)
+        queue = []
+        for q in snap.queue:
+            w = self._waiters.get(q.call_id)
+            req = self._callbacks.get(q.call_id)
+            call = w.call if w else (req.call if req else None)
+            owner = call.owner if call else None
+            queue.append(
+                {
+                    "call_id": q.call_id, "caller": q.caller_id, "priority": q.priority, "position": q.position,
+                    "wait_seconds": round(q.waited_seconds, 1), "callback": q.callback,
+                    "ivr_choice": q.required_skill, "language": q.language, "ringing_agent_id": q.ringing_agent_id,
+                    "owner_name": owner.owner_name if owner else None,
+                    "unit": f"{owner.building}-{owner.unit}" if owner else None,
+                }
+            )
+        agents = [
+            {
+                "agent_id": a.agent_id, "name": a.name, "state": a.state.value,
+                "reason": a.pause_reason.value if a.pause_reason else None,
+                "seconds_in_state": round(a.seconds_in_state, 1), "current_call_id": a.current_call_id,
+                "busy_elsewhere": a.busy_elsewhere, "answered_today": a.answered_today, "missed_today": a.missed_today,
+                "offers_today": a.offers_today, "two_ring_share": a.two_ring_share,
+            }
+            for a in snap.agents
+        ]
+        return {"at": snap.at.isoformat(), "queue": queue, "agents": agents, "figures": metrics}
+
+    def metrics(self) -> dict[str, Any]:
+        m = self.dist.metrics_snapshot()
+        return m.to_dict() if hasattr(m, "to_dict") else _plain(m)
+
+    async def agent_action(self, agent_id: str, action: str, reason: str | None = None) -> None:
+        """ready / pause / unpause / end_wrapup / login / logout; raises ValueError when not allowed."""
+        agent_id = str(agent_id)
+        try:
+            if action in ("ready", "end_wrapup", "unpause"):
+                decisions = self.dist.agent_ready(agent_id)
+            elif action == "pause":
+                try:
+                    pr = PauseReason(reason or "other")
+                except ValueError:
+                    raise ValueError(f"unknown pause reason {reason!r}") from None
+                decisions = self.dist.pause(agent_id, pr)
+            elif action == "login":
+                decisions = self.dist.login(agent_id)
+            elif action == "logout":
+                decisions = self.dist.logout(agent_id)
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        except AcdError as exc:
+            raise ValueError(str(exc)) from exc
+        self._apply(decisions)
+
+    async def supervise(self, supervisor_id: int, agent_id: int | str, mode: str) -> None:
+        """Listen (q), whisper (qw) or barge (qB) on an agent's call, rung on the supervisor's own phone.
+
+        The browser picks only the agent and one of three modes: the application (ChanSpy), its
+        channel prefix (the agent's validated interface) and the phone rung (the supervisor's
+        validated interface, from the database) are all ours."""
+        from callcentre.ami.link import AMIError
+
+        options = {"listen": "q", "whisper": "qw", "barge": "qB"}.get(mode)
+        if options is None:
+            raise ValueError(f"unknown mode {mode!r}")
+        if self.ami is None or not self.ami.connected:
+            raise ValueError("the AMI link is down")
+        try:
+            agent = self.dist.agent(str(agent_id))
+        except AcdError as exc:
+            raise ValueError(str(exc)) from exc
+        phone = await self._supervisor_interface(int(supervisor_id)) if self._supervisor_interface else None
+        if not phone:
+            raise ValueError("no phone is set for this supervisor (users.supervisor_interface)")
+        try:
+            await self.ami.send(
+                {
+                    "Action": "Originate", "Channel": phone, "Application": "ChanSpy",
+                    "Data": f"{agent.interface},{options}", "CallerID": f'"Listen {agent.login}" <0>',
+                    "Timeout": "30000", "Async": "true",
+                }
+            )
+        except AMIError as exc:
+            raise ValueError(f"Asterisk refused: {exc}") from exc
+        log.info("supervision started", supervisor=supervisor_id, agent=agent.agent_id, mode=mode)
+
+
+def _who(call: CallInfo) -> str | None:
+    if call.owner is not None:
+        return f"owner:{call.owner.owner_id}"
+    return f"phone:{call.caller_id}" if call.caller_id else None
+
+
+def _safe_var(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.#\-]", "", value)[:64]
+
+
+def _plain(obj: Any) -> Any:
+    """A dataclass as JSON-able data (enums to values, datetimes to ISO text)."""
+    import dataclasses
+    import enum
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, (list, tuple, frozenset, set)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,67 @@
+"""``/metrics`` in the Prometheus text format, read from the live services at scrape time.
+
+A registry per scrape with one custom collector: no module-level metric objects, nothing to keep in
+step; the figures are the distributor's own (the same the API and the wallboard show).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class _Collector:
+    def __init__(self, services: Any) -> None:
+        self.s = services
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.s
+        agi = s.agi
+        up = GaugeMetricFamily("callcentre_up", "1 when the part is working", labels=["part"])
+        up.add_metric(["fastagi"], 1.0 if agi is not None and agi.listening else 0.0)
+        up.add_metric(["ami"], 1.0 if s.ami is not None and s.ami.connected else 0.0)
+        yield up
+        if agi is not None:
+            yield GaugeMetricFamily("callcentre_agi_sessions", "FastAGI sessions in progress", value=agi.active_sessions)
+            c = CounterMetricFamily("callcentre_agi_connections", "FastAGI connections by outcome", labels=["outcome"])
+            for key, value in agi.stats.as_dict().items():
+                c.add_metric([key], value)
+            yield c
+        if s.ami is not None:
+            st = s.ami.status()
+            yield CounterMetricFamily("callcentre_ami_reconnects", "AMI reconnections", value=st.get("reconnects", 0))
+        if s.acd is None:
+            return
+        m = s.acd.metrics()
+        snap = s.acd.dist
+        yield GaugeMetricFamily("callcentre_queue_waiting", "Callers waiting for an agent", value=snap.waiting_count())
+        yield GaugeMetricFamily("callcentre_agents_ready", "Agents ready", value=snap.ready_count())
+        yield GaugeMetricFamily("callcentre_agents_staffed", "Agents logged in and not paused", value=snap.staffed_count())
+        gauges = (
+            ("call_two_ring_share", "two_ring_share_calls", "Share of today's answered calls answered within the ring target"),
+            ("offer_two_ring_share", "two_ring_share_offers", "Share of today's offers answered within the ring target"),
+            ("avg_speed_of_answer", "speed_of_answer_avg_seconds", "Average speed of answer today"),
+            ("p90_speed_of_answer", "speed_of_answer_p90_seconds", "90th-percentile speed of answer today"),
+            ("abandon_rate", "abandon_rate", "Share of today's calls abandoned while waiting"),
+            ("longest_current_wait", "longest_current_wait_seconds", "Longest wait of a caller waiting now"),
+            ("calls_entered", "today_calls_entered", "Calls that asked for a person today"),
+            ("calls_answered", "today_calls_answered", "Calls answered by an agent today"),
+            ("calls_answered_within_target", "today_calls_answered_within_target", "Calls answered within two rings today"),
+            ("calls_abandoned", "today_calls_abandoned", "Calls abandoned while waiting today"),
+            ("offers", "today_offers", "Offers (agent phones rung) today"),
+            ("offers_missed", "today_offers_missed", "Offers not answered within the target today"),
+            ("breaches", "today_breaches", "Two-ring breaches today"),
+        )
+        for key, name, help_text in gauges:
+            value = m.get(key)
+            if value is not None:
+                yield GaugeMetricFamily(f"callcentre_{name}", help_text, value=float(value))
+
+
+def render(services: Any) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(services))  # type: ignore[arg-type]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

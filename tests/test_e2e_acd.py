@@ -1,0 +1,175 @@
+"""Call distribution end to end: the IVR hands the caller to our ACD, which rings agents through the
+simulated Asterisk (EXEC Dial over FastAGI, DialBegin/DialEnd over AMI). Simulated time runs 50×."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from callcentre.domain.acd import AgentState, PauseReason
+from callcentre.sim.scripts import AgentScript, CallEnd, CallerScript
+
+AGENTS = (
+    "[{id: a1, name: Agent One, interface: PJSIP/agent1, start: ready},"
+    " {id: a2, name: Agent Two, interface: PJSIP/agent2, start: ready}]"
+)
+ONE_AGENT = "[{id: a1, name: Agent One, interface: PJSIP/agent1, start: ready}]"
+
+
+async def wait_for(predicate, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+async def agent_id(stack, login: str) -> str:
+    return str((await stack.services.users.by_login(login)).id)
+
+
+def dials(result) -> list[str]:
+    return [c for c in result.commands if c.startswith("EXEC Dial")]
+
+
+def figures(stack) -> dict:
+    return stack.services.acd.metrics()
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=AGENTS, CALLCENTRE_ACD__WRAPUP_SECONDS="0")
+async def test_first_agent_misses_two_rings_and_the_second_answers(stack):
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=None))
+    stack.pbx.add_agent(AgentScript("PJSIP/agent2", answer_after=3, talk_seconds=5))
+    assert await wait_for(lambda: stack.services.ami.connected)
+    result = await stack.pbx.place_call(CallerScript("13800138000", inputs=["0", "5"]))
+    assert result.error is None
+    assert dials(result) == ["EXEC Dial PJSIP/agent1,10", "EXEC Dial PJSIP/agent2,10"]
+    assert result.variables.get("DIALSTATUS") == "ANSWER"
+    a1, a2 = await agent_id(stack, "a1"), await agent_id(stack, "a2")
+    snap = {a["agent_id"]: a for a in stack.services.acd.snapshot()["agents"]}
+    assert snap[a1]["missed_today"] == 1 and snap[a2]["answered_today"] == 1
+    f = figures(stack)
+    assert f["calls_answered"] == 1 and f["offers"] == 2 and f["offers_missed"] == 1
+    # the ring was measured from DialBegin to DialEnd: 3 simulated seconds = 0.06 s, well within two rings
+    assert f["calls_answered_within_target"] == 1
+    # the agent hung up first, the caller rated the call
+    assert any(c.startswith("GET DATA callcentre/zh/rate-service") for c in result.commands)
+    assert "callcentre/zh/thanks-rating" in " ".join(result.commands)
+    # the caller's name and unit were on the agent's phone
+    assert any(c.startswith("SET VARIABLE CALLERID(name)") and "1-1201" in c for c in result.commands)
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=AGENTS, CALLCENTRE_ACD__WRAPUP_SECONDS="0",
+                       CALLCENTRE_ACD__MISSED_OFFERS_BEFORE_PAUSE="2")
+async def test_an_agent_who_never_answers_ends_up_paused_with_an_alert(stack):
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=None))
+    stack.pbx.add_agent(AgentScript("PJSIP/agent2", answer_after=2, talk_seconds=3))
+    sub = stack.services.hub.subscribe("wallboard")
+    seen: list[str] = []
+
+    async def drain() -> None:
+        while True:
+            seen.append(await sub.get())
+
+    reader = asyncio.ensure_future(drain())
+    for caller in ("13800138000", "13912345602"):
+        result = await stack.pbx.place_call(CallerScript(caller, inputs=["0", ""]))
+        assert result.variables.get("DIALSTATUS") == "ANSWER"
+    a1 = await agent_id(stack, "a1")
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.PAUSED)
+    view = {a["agent_id"]: a for a in stack.services.acd.snapshot()["agents"]}[a1]
+    assert view["reason"] == PauseReason.MISSED_CALLS.value
+    assert await wait_for(lambda: any('"alert"' in m and "missed" in m for m in seen))
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    sub.close()
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_ACD__RING_CYCLE_SECONDS="30")
+async def test_caller_hangs_up_while_the_agent_rings(stack):
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=None))
+    a1 = await agent_id(stack, "a1")
+    call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0"])))
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.RINGING)
+    [caller] = [c for c in stack.pbx.channels.values() if c.name.startswith("SIP/owner-phone")]
+    stack.pbx.request_hangup(caller)  # the caller gives up while the agent's phone rings
+    result = await call
+    assert result.ended is CallEnd.CALLER_HUNG_UP
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.READY)
+    f = figures(stack)
+    assert f["calls_abandoned"] == 1 and f["offers_missed"] == 0  # not the agent's fault
+    view = stack.services.acd.snapshot()["agents"][0]
+    assert view["missed_today"] == 0
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=AGENTS, CALLCENTRE_ACD__RING_CYCLE_SECONDS="30",
+                       CALLCENTRE_ACD__WRAPUP_SECONDS="0")
+async def test_agent_paused_while_ringing_stops_ringing_and_the_next_agent_gets_the_call(stack):
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=None))
+    stack.pbx.add_agent(AgentScript("PJSIP/agent2", answer_after=2, talk_seconds=3))
+    assert await wait_for(lambda: stack.services.ami.connected)
+    a1 = await agent_id(stack, "a1")
+    call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.RINGING)
+    await stack.services.acd.agent_action(a1, "pause", "break")
+    result = await asyncio.wait_for(call, 20)
+    assert dials(result) == ["EXEC Dial PJSIP/agent1,60", "EXEC Dial PJSIP/agent2,60"]
+    assert result.variables.get("DIALSTATUS") == "ANSWER"
+    hangups = stack.ami_server.actions_named("Hangup")
+    assert hangups and hangups[0].get("Channel").startswith("PJSIP/agent1-")
+    assert stack.services.acd.dist.agent_state(a1) is AgentState.PAUSED
+    assert figures(stack)["offers_missed"] == 0
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_ACD__WRAPUP_SECONDS="0",
+                       CALLCENTRE_ACD__ANNOUNCE_EVERY_SECONDS="5")
+async def test_two_callers_one_agent_both_answered_in_order(stack):
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=40))
+    first = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
+    a1 = await agent_id(stack, "a1")
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    second = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", ""], silences_before_giving_up=100)))
+    r1, r2 = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert r1.variables.get("DIALSTATUS") == "ANSWER" and r2.variables.get("DIALSTATUS") == "ANSWER"
+    # the second caller waited with music and heard their place in the queue
+    assert any(c.startswith("SET MUSIC ON") for c in r2.commands)
+    assert any("queue-position" in c for c in r2.commands)
+    f = figures(stack)
+    assert f["calls_answered"] == 2 and f["calls_abandoned"] == 0
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_ACD__WRAPUP_SECONDS="0")
+async def test_ami_link_drops_during_a_call_and_nothing_is_counted_twice(stack):
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=60))
+    assert await wait_for(lambda: stack.services.ami.connected)
+    a1 = await agent_id(stack, "a1")
+    call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    before = stack.services.ami.status()["reconnects"]
+    await stack.ami_server.drop_clients()
+    assert await wait_for(lambda: stack.services.ami.status()["reconnects"] > before and stack.services.ami.connected)
+    result = await asyncio.wait_for(call, 20)
+    assert result.variables.get("DIALSTATUS") == "ANSWER"
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.READY)
+    f = figures(stack)
+    assert f["calls_answered"] == 1 and f["offers"] == 1 and f["calls_entered"] == 1
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT)
+async def test_emergency_goes_ahead_of_everyone(stack):
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=30))
+    a1 = await agent_id(stack, "a1")
+    blocker = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    normal = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", ""], silences_before_giving_up=100)))
+    assert await wait_for(lambda: stack.services.acd.dist.waiting_count() >= 1)
+    emergency = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13720000801", inputs=["8", "2", ""])))
+    assert await wait_for(lambda: stack.services.acd.dist.waiting_count() >= 2)
+    queue = stack.services.acd.snapshot()["queue"]
+    assert queue[0]["priority"].lower().startswith("emergency") and queue[0]["position"] == 1
+    await asyncio.wait_for(asyncio.gather(blocker, normal, emergency), 40)
+    tickets = await stack.tickets()
+    assert any(t.kind == "emergency" and t.priority == "major" for t in tickets)
