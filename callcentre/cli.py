@@ -151,33 +151,205 @@ def owners_import(ctx: click.Context, csv_file: Path) -> None:
 
 
 @main.command()
-@click.option("--ami", "ami_listen", default="127.0.0.1:5038", show_default=True, help="Where the simulated AMI listens (host:port).")
+@click.option("--ami", "ami_listen", default="127.0.0.1:5038", show_default=True, help="Where the simulated AMI listens (host:port; port 0 picks one).")
 @click.option("--agi", "agi_target", default="127.0.0.1:4573", show_default=True, help="The callcentre FastAGI server to call (host:port).")
-@click.option("--calls", default=20, show_default=True, type=click.IntRange(0), help="How many calls to place (0: none, just run the PBX).")
+@click.option("--calls", default=20, show_default=True, type=click.IntRange(0), help="How many calls to place (0: none, just run the PBX until Ctrl-C).")
 @click.option("--concurrency", default=5, show_default=True, type=click.IntRange(1), help="Calls in progress at once.")
 @click.option("--speed", default=10.0, show_default=True, type=click.FloatRange(0.1), help="Time speed-up: prompts and waits take duration/speed.")
-@click.option("--secret", envvar="CALLCENTRE_AMI_SECRET", default="demo-secret", show_default=True, help="AMI secret the simulator accepts.")
 @click.option("--seed", default=1, show_default=True, help="Random seed for the caller mix.")
-def simulate(ami_listen: str, agi_target: str, calls: int, concurrency: int, speed: float, secret: str, seed: int) -> None:
+def simulate(ami_listen: str, agi_target: str, calls: int, concurrency: int, speed: float, seed: int) -> None:
     """Run the PBX simulator: an AMI server and scripted callers that dial in over FastAGI.
 
-    Point a running `callcentre serve` at it (ami.host/ami.port) to see calls flow without an Asterisk;
-    also a load generator.
+    Point a running `callcentre serve` at it (ami.host/ami.port, and CALLCENTRE_AMI_SECRET as the
+    secret this simulator accepts, taken from CALLCENTRE_AMI_SECRET too) to see calls flow without an
+    Asterisk. Three simulated agents answer on PJSIP/agent1 (after 3 s), PJSIP/agent2 (after 6 s) and
+    PJSIP/agent3 (never). Also a load generator.
     """
+    import os
+
     from callcentre.logging import configure_logging
-    from callcentre.sim.runner import simulate_main
+    from callcentre.sim import runner
 
     configure_logging("warning")
+    secret = os.environ.get("CALLCENTRE_AMI_SECRET")
+    if not secret:
+        click.echo("error: set CALLCENTRE_AMI_SECRET to the secret the simulated AMI should accept", err=True)
+        sys.exit(2)
     ami_host, ami_port = _hostport(ami_listen)
     agi_host, agi_port = _hostport(agi_target)
-    rc = asyncio.run(
-        simulate_main(
-            ami_host=ami_host, ami_port=ami_port, agi_host=agi_host, agi_port=agi_port, calls=calls,
-            concurrency=concurrency, speed=speed, secret=secret, seed=seed,
-            progress=lambda m: click.echo(m),
+    if ami_host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo("error: the simulator only listens on the loopback address", err=True)
+        sys.exit(2)
+
+    async def run() -> int:
+        if calls == 0:
+            from callcentre.sim.ami_server import AMIServer
+            from callcentre.sim.pbx import SimPBX
+
+            pbx = SimPBX(agi_host, agi_port, speed=speed)
+            for agent in runner.DEFAULT_AGENTS:
+                pbx.add_agent(agent)
+            server = AMIServer(pbx, "callcentre", secret, port=ami_port)
+            port = await server.start()
+            click.echo(f"simulated Asterisk: AMI on 127.0.0.1:{port}; press Ctrl-C to stop")
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await pbx.aclose()
+                await server.stop()
+        summary = await runner.run(
+            ami_port, agi_host, agi_port, calls, concurrency, speed=speed, progress=click.echo,
+            ami_secret=secret, seed=seed,
         )
-    )
-    sys.exit(rc)
+        return 1 if summary.failed else 0
+
+    try:
+        sys.exit(asyncio.run(run()))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.group()
+def user() -> None:
+    """Agents, supervisors and administrators who log in to the web pages."""
+
+
+def _password(prompt_text: str, from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return click.prompt(prompt_text, hide_input=True, confirmation_prompt=True)
+
+
+@user.command("add")
+@click.argument("login")
+@click.option("--name", required=True, help="The name shown on the pages.")
+@click.option("--role", type=click.Choice(["agent", "supervisor", "admin"]), required=True)
+@click.option("--interface", help="Agents: the dial string of their phone, e.g. PJSIP/agent1.")
+@click.option("--skills", default="repair,complaint,fees", show_default=True, help="Agents: comma-separated skills.")
+@click.option("--languages", default="zh", show_default=True, help="Agents: comma-separated languages (zh, en).")
+@click.option("--senior", is_flag=True, help="Agents: takes repeat and emergency callers first.")
+@click.option("--supervisor-interface", help="Supervisors: their own phone, rung for listen/whisper/barge.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.pass_context
+def user_add(ctx, login, name, role, interface, skills, languages, senior, supervisor_interface, password_stdin) -> None:
+    """Create a user who can log in (the password is asked for, never given on the command line)."""
+    cfg = _load(ctx)
+    from callcentre.storage.db import create_engine, session_factory, upgrade
+    from callcentre.storage.users_repo import UserInvalid, create_user
+
+    password = _password("Password", password_stdin)
+
+    async def run():
+        await upgrade(cfg.database.url, progress=None)
+        engine = create_engine(cfg.database)
+        try:
+            return await create_user(
+                session_factory(engine), login, name, role, password, interface=interface,
+                skills=skills if role == "agent" else None, languages=languages if role == "agent" else None,
+                senior=senior, supervisor_interface=supervisor_interface,
+            )
+        finally:
+            await engine.dispose()
+
+    try:
+        created = asyncio.run(run())
+    except UserInvalid as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"user {created.login} ({created.role.value}) created with id {created.id}")
+
+
+@user.command("passwd")
+@click.argument("login")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.pass_context
+def user_passwd(ctx, login, password_stdin) -> None:
+    """Set a user's password (for example an agent defined in config.yaml)."""
+    cfg = _load(ctx)
+    from callcentre.storage.db import create_engine, session_factory
+    from callcentre.storage.users_repo import UserInvalid, set_password
+
+    password = _password("New password", password_stdin)
+
+    async def run() -> None:
+        engine = create_engine(cfg.database)
+        try:
+            await set_password(session_factory(engine), login, password)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except UserInvalid as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"password of {login} changed")
+
+
+@main.group()
+def report() -> None:
+    """Service reports: daily reconciliation and monthly statistics."""
+
+
+@report.command("daily")
+@click.option("--date", "day", help="The local date (YYYY-MM-DD); default today.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the CSV here.")
+@click.pass_context
+def report_daily(ctx, day, csv_path) -> None:
+    """当日盘点: the day's intake, what is not acknowledged or dispatched, what is past its promise,
+    and every call that chose repair or complaint without a ticket."""
+    from datetime import date as date_cls
+    from zoneinfo import ZoneInfo
+
+    cfg = _load(ctx)
+    from callcentre.domain.ports import SystemClock
+    from callcentre.service.reports_cmd import daily_report
+    from callcentre.storage.db import create_engine, session_factory
+
+    try:
+        d = date_cls.fromisoformat(day) if day else SystemClock().now().astimezone(ZoneInfo(cfg.centre.timezone)).date()
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not YYYY-MM-DD", param_hint="--date") from None
+
+    async def run():
+        engine = create_engine(cfg.database)
+        try:
+            return await daily_report(session_factory(engine), cfg, d)
+        finally:
+            await engine.dispose()
+
+    text, csv_text = asyncio.run(run())
+    click.echo(text)
+    if csv_path:
+        csv_path.write_text(csv_text, encoding="utf-8")
+        click.echo(f"CSV written to {csv_path}", err=True)
+
+
+@report.command("monthly")
+@click.option("--month", required=True, help="YYYY-MM")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
+@click.pass_context
+def report_monthly(ctx, month, out_dir) -> None:
+    """Monthly statistics by category, department, building and agent, as CSV and SVG charts."""
+    import re
+
+    cfg = _load(ctx)
+    from callcentre.service.reports_cmd import monthly_report
+    from callcentre.storage.db import create_engine, session_factory
+
+    m = re.fullmatch(r"(\d{4})-(\d{2})", month)
+    if not m or not 1 <= int(m[2]) <= 12:
+        raise click.BadParameter(f"{month!r} is not YYYY-MM", param_hint="--month")
+
+    async def run():
+        engine = create_engine(cfg.database)
+        try:
+            return await monthly_report(session_factory(engine), cfg, int(m[1]), int(m[2]), out_dir)
+        finally:
+            await engine.dispose()
+
+    for path in asyncio.run(run()):
+        click.echo(str(path))
 
 
 @main.command()

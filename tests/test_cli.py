@@ -7,7 +7,10 @@ from click.testing import CliRunner
 
 from callcentre.cli import main
 
-COMMANDS = [[], ["serve"], ["demo"], ["simulate"], ["db"], ["db", "upgrade"], ["owners"], ["owners", "import"], ["check-config"]]
+COMMANDS = [
+    [], ["serve"], ["demo"], ["simulate"], ["db"], ["db", "upgrade"], ["owners"], ["owners", "import"], ["check-config"],
+    ["user"], ["user", "add"], ["user", "passwd"], ["report"], ["report", "daily"], ["report", "monthly"],
+]
 
 
 @pytest.mark.parametrize("args", COMMANDS)
@@ -29,3 +32,42 @@ def test_check_config_hides_secrets(tmp_path):
     result = CliRunner().invoke(main, ["check-config"], env={"CALLCENTRE_AMI__SECRET": "hunter2"})
     assert result.exit_code == 0, result.output
     assert "hunter2" not in result.output and "***" in result.output
+
+
+def test_user_add_and_passwd_then_the_password_works(tmp_path):
+    import asyncio
+
+    from callcentre.config import load_config
+    from callcentre.storage.db import create_engine, session_factory
+    from callcentre.storage.users_repo import UsersRepo
+
+    env = {"CALLCENTRE_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'u.db'}"}
+    r = CliRunner().invoke(main, ["user", "add", "agent7", "--name", "Agent Seven", "--role", "agent",
+                                  "--interface", "PJSIP/agent7", "--password-stdin"], input="first-password-1\n", env=env)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["user", "passwd", "agent7", "--password-stdin"], input="second-password-2\n", env=env)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["user", "add", "bad", "--name", "X", "--role", "agent", "--password-stdin"],
+                           input="third-password-3\n", env=env)
+    assert r.exit_code == 1 and "interface" in r.output
+
+    async def check():
+        engine = create_engine(load_config(None, environ=env).database)
+        try:
+            repo = UsersRepo(session_factory(engine))
+            return (await repo.authenticate("agent7", "second-password-2")), (await repo.authenticate("agent7", "first-password-1"))
+        finally:
+            await engine.dispose()
+
+    ok, old = asyncio.run(check())
+    assert ok is not None and ok.login == "agent7" and old is None
+
+
+def test_report_daily_runs_on_an_empty_database(tmp_path):
+    env = {"CALLCENTRE_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"}
+    assert CliRunner().invoke(main, ["db", "upgrade"], env=env).exit_code == 0
+    r = CliRunner().invoke(main, ["report", "daily", "--date", "2026-11-24", "--csv", str(tmp_path / "d.csv")], env=env)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "d.csv").read_text().strip() != ""
+    r = CliRunner().invoke(main, ["report", "daily", "--date", "24/11/2026"], env=env)
+    assert r.exit_code == 2 and "YYYY-MM-DD" in r.output

@@ -7,6 +7,7 @@ simulated AMI server started here, and every simulated call reaches our FastAGI 
 from __future__ import annotations
 
 import asyncio
+import csv
 import enum
 import random
 import statistics
@@ -14,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -78,28 +80,64 @@ class RunSummary:
         ]
 
 
-def make_caller(kind: CallKind, rng: random.Random, tech: str = "PJSIP") -> CallerScript:
-    """A plausible caller of ``kind`` (leftover inputs are harmless: unused ones are ignored)."""
-    number = f"13{rng.randint(0, 999999999):09d}"
+@dataclass(frozen=True)
+class KnownOwner:
+    """A caller the owner directory knows: their phone as they dial from it, and their unit."""
+
+    phone: str
+    building: str
+    unit: str
+
+
+def load_owners(csv_path: str | Path) -> list[KnownOwner]:
+    """Phones and units from an owners CSV (docs/owners-csv.md), for realistic simulated callers."""
+    out = []
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        for row in csv.DictReader(f):
+            building = (row.get("building") or "").strip().lstrip("0") or "0"
+            unit = (row.get("unit") or "").strip().lstrip("0") or "0"
+            if not (building.isdigit() and unit.isdigit()):
+                continue
+            for phone in (row.get("phones") or "").split(";"):
+                digits = "".join(ch for ch in phone if ch.isdigit())
+                if digits:
+                    out.append(KnownOwner(digits, building, unit))
+    return out
+
+
+def make_caller(
+    kind: CallKind, rng: random.Random, tech: str = "PJSIP", owners: Sequence[KnownOwner] = ()
+) -> CallerScript:
+    """A plausible caller of ``kind``; most are owners from ``owners`` when given (the IVR knows them).
+
+    Inputs follow the default IVR (config.IVRConfig): an unknown caller skips the unit question of a
+    repair or complaint by keying nothing, and keys in building and unit for self-service.
+    """
+    known = rng.choice(owners) if owners and rng.random() < 0.85 else None
+    number = known.phone if known else f"13{rng.randint(0, 999999999):09d}"
     name = rng.choice(["Zhang San", "Li Si", "Wang Wu", "Zhao Liu", ""])
+    building = known.building if known else str(rng.randint(1, 30))
+    unit = known.unit if known else f"{rng.randint(1, 20)}{rng.randint(1, 4):02d}"
+    skip_unit: list[CallerInput] = [] if known else [Silence()]
     inputs: list[CallerInput]
     hangup_after: float | None = None
     if kind is CallKind.REPAIR:
-        inputs = ["2", str(rng.randint(1, 6)), Record(rng.uniform(2, 6), "#"), "1", "1"]
+        inputs = ["2", *skip_unit, str(rng.randint(1, 6)), Record(rng.uniform(2, 6), "#"), Hangup()]
     elif kind is CallKind.COMPLAINT:
-        inputs = ["3", str(rng.randint(1, 8)), Record(rng.uniform(3, 8), "#"), "1", "1"]
+        inputs = ["3", *skip_unit, str(rng.randint(1, 8)), Record(rng.uniform(3, 8), "#"), Hangup()]
     elif kind is CallKind.SELF_SERVICE:
-        inputs = ["1", f"{rng.randint(1, 30)}{rng.randint(1, 20):02d}{rng.randint(1, 4):02d}#", "1", Silence()]
+        inputs = ["1", f"{building}#", f"{unit}#", "1", Hangup()]
     elif kind is CallKind.AGENT:
-        inputs = ["0"]
-        hangup_after = rng.uniform(40, 90)
+        inputs = ["0", Silence(), rng.choice(["4", "5", "3"])]
+        hangup_after = rng.uniform(60, 120)
     elif kind is CallKind.UNKNOWN_CALLER:
         number, name = "anonymous", ""
-        inputs = [rng.choice(["2", "0", "3"]), "1", Record(2, "#"), "1"]
+        inputs = [rng.choice(["2", "3"]), Silence(), "1", Record(2, "#"), Hangup()]
     else:
         inputs = [rng.choice([Hangup(), Silence()])]
         hangup_after = rng.uniform(1, 8)
-    return CallerScript(number, name, channel_tech=tech, inputs=inputs, hangup_after=hangup_after)  # type: ignore[arg-type]
+    return CallerScript(number, name, channel_tech=tech, inputs=inputs, hangup_after=hangup_after,  # type: ignore[arg-type]
+                        silences_before_giving_up=30)
 
 
 def _pick(rng: random.Random, mix: Mapping[CallKind, float]) -> CallKind:
@@ -123,6 +161,7 @@ async def run(
     seed: int | None = None,
     ami_ready: Callable[[int], None] | None = None,
     call_gap_seconds: float = 0.5,
+    owners: Sequence[KnownOwner] = (),
 ) -> RunSummary:
     """Start a simulated Asterisk (AMI server on 127.0.0.1:``ami_port``, 0 = any) and place
     ``calls`` scripted calls to the FastAGI server at ``agi_host:agi_port``, ``concurrency`` at a time.
@@ -155,7 +194,7 @@ async def run(
                 summary.placed += 1
                 summary.by_kind[kind.value] += 1
                 try:
-                    result: CallResult = await pbx.place_call(make_caller(kind, rng))
+                    result: CallResult = await pbx.place_call(make_caller(kind, rng, owners=owners))
                 except (OSError, ValueError, RuntimeError) as exc:
                     summary.failed += 1
                     log.warning("simulated call failed", call=i, error=str(exc))

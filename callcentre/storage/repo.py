@@ -413,6 +413,12 @@ class SqlTicketStore:
         async with _storage_errors("read calls"), self._sessions() as s:
             return (await s.execute(q)).scalar_one_or_none()
 
+    async def numbers_for_call(self, uniqueid: str) -> list[str]:
+        """The numbers of the tickets made during one call."""
+        q = select(TicketRow.number).where(TicketRow.call_uniqueid == uniqueid).order_by(TicketRow.id)
+        async with _storage_errors("read tickets"), self._sessions() as s:
+            return list((await s.execute(q)).scalars())
+
     async def get_call(self, uniqueid: str) -> CallRow | None:
         async with _storage_errors("read a call"), self._sessions() as s:
             return await s.get(CallRow, uniqueid)

@@ -1,0 +1,157 @@
+// The supervisor wallboard: live queue, agents, headline figures, alerts, and actions.
+"use strict";
+
+const wall = {
+  me: null,
+  received: 0,          // ms epoch of the last snapshot (waits tick from it)
+  target: 10,           // seconds: beyond this a caller has waited more than two rings
+  alerts: [],
+};
+const $ = (id) => document.getElementById(id);
+const MAX_ALERTS = 20;
+
+function say(text, isError) {
+  const m = $("message");
+  cc.setText(m, text);
+  m.className = "message" + (isError ? " error" : "");
+}
+
+function level(value, amber, red, higherIsWorse) {
+  if (value === null || value === undefined) return "";
+  if (higherIsWorse) return value >= red ? "red" : value >= amber ? "amber" : "ok";
+  return value <= red ? "red" : value <= amber ? "amber" : "ok";
+}
+
+function figure(id, text, cls) {
+  const box = $(id);
+  cc.setText(box.querySelector(".value"), text);
+  box.className = "figure " + (cls || "");
+}
+
+function renderFigures(f, queueLen, readyCount) {
+  const waiting = f.waiting ?? queueLen;
+  const ready = f.agents_ready ?? readyCount;
+  figure("fig-two-ring", cc.percent(f.two_ring_share_today), level(f.two_ring_share_today, 0.9, 0.8, false));
+  figure("fig-avg-wait", cc.duration(f.avg_wait), level(f.avg_wait, wall.target * 0.7, wall.target, true));
+  figure("fig-longest", cc.duration(f.longest_wait), level(f.longest_wait, wall.target * 0.7, wall.target, true));
+  figure("fig-abandon", cc.percent(f.abandon_rate), level(f.abandon_rate, 0.05, 0.1, true));
+  figure("fig-waiting", String(waiting ?? "–"), waiting > 0 && ready === 0 ? "red" : waiting > 0 ? "amber" : "ok");
+  figure("fig-ready", String(ready ?? "–"), ready === 0 && waiting > 0 ? "red" : "ok");
+}
+
+function renderQueue(queue) {
+  $("queue-empty").hidden = queue.length > 0;
+  $("queue-body").replaceChildren(...queue.map((q) => {
+    const start = wall.received - (Number(q.wait_seconds) || 0) * 1000;
+    return cc.el("tr", { class: "caller-row prio-" + cc.clean(q.priority), dataset: { callId: cc.clean(q.call_id) } },
+      cc.el("td", { class: "wait", dataset: { start: String(start) } }, cc.duration(q.wait_seconds)),
+      cc.el("td", { class: "caller" }, q.caller || "withheld"),
+      cc.el("td", { class: "owner" }, [q.owner_name, q.unit].filter(Boolean).join(" · ") || "unknown"),
+      cc.el("td", {}, cc.label(q.ivr_choice || "–")),
+      cc.el("td", { class: "priority" }, cc.label(q.priority || "normal")));
+  }));
+}
+
+async function act(agent, body, path) {
+  try {
+    await cc.api("POST", path, body);
+    say("");
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+function agentButtons(a) {
+  const id = a.agent_id;
+  const buttons = [];
+  if (a.state === "paused") {
+    buttons.push(cc.el("button", { class: "small go", onclick: () => act(a, { action: "ready" }, "/api/agents/" + id + "/state") }, "Unpause"));
+  } else if (a.state !== "logged_out") {
+    buttons.push(cc.el("button", { class: "small", onclick: () => act(a, { action: "pause", reason: "other" }, "/api/agents/" + id + "/state") }, "Pause"));
+  }
+  if (a.state === "on_call") {
+    for (const mode of ["listen", "whisper", "barge"]) {
+      buttons.push(cc.el("button", { class: "small spy", onclick: () => act(a, { agent_id: Number(id), mode }, "/api/supervise") },
+        mode[0].toUpperCase() + mode.slice(1)));
+    }
+  }
+  return buttons;
+}
+
+function renderAgents(agents) {
+  $("agents-body").replaceChildren(...agents.map((a) => {
+    const since = cc.sinceMs(a.since);
+    const stateCls = "state state-" + cc.clean(a.state).replace(/[^a-z_]/g, "") +
+      (a.reason === "missed_calls" ? " breach" : "");
+    return cc.el("tr", { class: "agent-row", dataset: { agentId: cc.clean(a.agent_id) } },
+      cc.el("td", { class: "agent-name" }, a.name),
+      cc.el("td", {}, cc.el("span", { class: stateCls }, cc.label(a.state) + (a.reason ? " · " + cc.label(a.reason) : ""))),
+      cc.el("td", { class: "in-state", dataset: since ? { since: String(since) } : {} }, since ? cc.duration((cc.serverNow() - since) / 1000) : "–"),
+      cc.el("td", {}, a.current_caller || ""),
+      cc.el("td", { class: "num" }, String(a.answered_today ?? 0)),
+      cc.el("td", { class: "num" + (a.missed_today > 0 ? " amber-text" : "") }, String(a.missed_today ?? 0)),
+      cc.el("td", { class: "num" }, cc.percent(a.two_ring_share)),
+      cc.el("td", { class: "actions" }, agentButtons(a)));
+  }));
+}
+
+function renderAlerts() {
+  $("alerts").replaceChildren(...wall.alerts.map((a) => cc.el("li", { class: "alert" },
+    cc.el("span", { class: "at" }, a.at ? new Date(a.at).toLocaleTimeString() : ""), " ",
+    a.message || cc.label(a.kind))));
+}
+
+function tick() {
+  const now = Date.now();
+  cc.setText($("clock"), new Date(now).toLocaleTimeString());
+  for (const cell of document.querySelectorAll("td.wait[data-start]")) {
+    const seconds = (now - Number(cell.dataset.start)) / 1000;
+    cc.setText(cell, cc.duration(seconds));
+    cell.parentElement.classList.toggle("red", seconds > wall.target);
+    cell.parentElement.classList.toggle("amber", seconds > wall.target * 0.7 && seconds <= wall.target);
+  }
+  for (const cell of document.querySelectorAll("td.in-state[data-since]")) {
+    cc.setText(cell, cc.duration((cc.serverNow() - Number(cell.dataset.since)) / 1000));
+  }
+}
+
+function onMessage(msg) {
+  if (msg.server_time) cc.syncClock(msg.server_time);
+  if (msg.type === "snapshot") {
+    wall.received = Date.now();
+    const f = msg.figures || {};
+    if (f.target_wait_seconds) wall.target = Number(f.target_wait_seconds);
+    const queue = msg.queue || [];
+    const agents = msg.agents || [];
+    renderQueue(queue);
+    renderAgents(agents);
+    renderFigures(f, queue.length, agents.filter((a) => a.state === "ready").length);
+    if (Array.isArray(msg.alerts)) {
+      wall.alerts = msg.alerts.slice(-MAX_ALERTS).reverse();
+      renderAlerts();
+    }
+    if (msg.acd === "unavailable") say("Call distribution is not running.", true);
+    tick();
+  } else if (msg.type === "alert") {
+    wall.alerts.unshift(msg.alert || msg);
+    wall.alerts = wall.alerts.slice(0, MAX_ALERTS);
+    renderAlerts();
+  }
+}
+
+async function main() {
+  try {
+    wall.me = await cc.whoami();
+  } catch (e) {
+    return;
+  }
+  cc.setText($("centre"), wall.me.centre);
+  $("btn-signout").addEventListener("click", async () => {
+    try { await cc.api("POST", "/api/logout"); } finally { location.assign("/login"); }
+  });
+  cc.live("/ws/wallboard", onMessage, (s) => cc.setText($("live"), s));
+  setInterval(tick, 1000);
+  tick();
+}
+
+main();
