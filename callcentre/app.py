@@ -130,19 +130,34 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
                 u = await users.get(user_id)
                 return u.supervisor_interface if u is not None else None
 
+            from callcentre.storage.desk_repo import DeskRepo
+            from callcentre.web.hub import build_screen_pop
+
+            desk = DeskRepo(
+                services.session_factory, services.clock, tz=cfg.centre.timezone,
+                prefixes=dict(cfg.tickets.number_prefix), repeat_caller_hours=cfg.acd.repeat_caller_hours,
+            )
+
+            async def screen_pop(call) -> dict:
+                return await build_screen_pop(desk, call)
+
             acd = ACDService(
                 cfg, services.clock, services.tickets, publish=publish, persist_history=persist,
                 last_call_at=services.tickets.last_call_at, supervisor_interface=supervisor_phone,
+                screen_pop=screen_pop,
             )
             await _load_agents(services, acd)
             await acd.start()
             services.acd = connector = acd
+            sync_task = asyncio.create_task(_sync_agents_forever(services, acd), name="agent-sync")
         else:
             log.warning("call distribution is off (acd.enabled: false): callers who ask for a person go to the dialplan's queue")
         services.ivr = HotlineIVR(cfg, services.directory, services.tickets, services.clock, connector)
         yield
         await services.ivr.drain()
         if services.acd is not None:
+            sync_task.cancel()
+            await asyncio.gather(sync_task, return_exceptions=True)
             await services.acd.stop()
 
     async def service_loop(app: web.Application) -> AsyncIterator[None]:
@@ -277,12 +292,7 @@ async def _load_agents(services: Services, acd) -> None:
         if not u.interface:
             continue
         try:
-            agents.append(
-                Agent(
-                    agent_id=str(u.id), name=u.name, login=u.login, interface=u.interface, skills=frozenset(u.skills),
-                    languages=frozenset(u.languages), vip_capable=u.senior, senior=u.senior,
-                )
-            )
+            agents.append(_agent_from_user(u))
         except ValueError as exc:
             log.error("agent not loaded", login=u.login, error=str(exc))
             continue
@@ -296,6 +306,30 @@ async def _load_agents(services: Services, acd) -> None:
             last[str(u.id)] = (h["to_state"], at, h.get("reason"))
     acd.load_agents(agents, last, start_ready)
     log.info("agents loaded", agents=len(agents), restored=len(last))
+
+
+def _agent_from_user(u) -> Agent:
+    return Agent(
+        agent_id=str(u.id), name=u.name, login=u.login, interface=u.interface, skills=frozenset(u.skills),
+        languages=frozenset(u.languages), vip_capable=u.senior, senior=u.senior,
+    )
+
+
+async def _sync_agents_forever(services: Services, acd, every: float = 30.0) -> None:
+    """Agents created or changed (``callcentre user add``) while the server runs join without a restart."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            agents = []
+            for u in await services.users.agents():
+                if u.interface:
+                    try:
+                        agents.append(_agent_from_user(u))
+                    except ValueError as exc:
+                        log.warning("agent not loaded", login=u.login, error=str(exc))
+            acd.sync_agents(agents)
+        except StorageUnavailable as exc:
+            log.warning("agent list not refreshed", error=str(exc))
 
 
 def _on_event(services: Services):

@@ -27,6 +27,7 @@ import structlog
 
 from callcentre.config import Config
 from callcentre.domain import speech
+from callcentre.domain.callerid import safe_display_name
 from callcentre.domain.acd import (
     AcdError,
     Agent,
@@ -91,6 +92,7 @@ class ACDService:
         persist_history: Callable[[list[StateChange]], Awaitable[None]] | None = None,
         last_call_at: Callable[[str | None, int | None, str | None], Awaitable[datetime | None]] | None = None,
         supervisor_interface: Callable[[int], Awaitable[str | None]] | None = None,
+        screen_pop: Callable[[CallInfo], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
@@ -114,6 +116,7 @@ class ACDService:
         self._dirty = asyncio.Event()
         self._history: list[StateChange] = []
         self._supervisor_interface = supervisor_interface
+        self._screen_pop_builder = screen_pop
 
     def load_agents(self, agents: list[Agent], last_states: Mapping[str, tuple[str, datetime, str | None]],
                     start_ready: set[str] = frozenset()) -> None:  # type: ignore[assignment]
@@ -147,6 +150,19 @@ class ACDService:
         self._history.clear()  # restoring is not a change to record again
         self.dist.take_history()
         self._dirty.set()
+
+    def sync_agents(self, agents: list[Agent]) -> None:
+        """Add agents created since start-up and apply changed phones, skills or languages."""
+        for agent in agents:
+            try:
+                current = self.dist.agent(agent.agent_id)
+            except AcdError:
+                self.dist.add_agent(agent)
+                log.info("agent added", agent=agent.agent_id, login=agent.login)
+                continue
+            if current != agent:
+                self._apply(self.dist.update_agent(agent))
+                log.info("agent updated", agent=agent.agent_id, login=agent.login)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -237,31 +253,53 @@ class ACDService:
             self._history[:0] = batch[-5000:]
 
     def _screen_pop(self, offer: Offer, call: CallInfo) -> None:
+        """Publish the caller's record to the agent whose phone is about to ring.
+
+        The basic card (what the IVR learnt) goes out at once, before the Dial is written; the full
+        owner card from the database follows a few milliseconds later in a second message."""
+        topic = f"agent:{offer.agent_id}"
         owner = call.owner
-        self.publish(
-            f"agent:{offer.agent_id}",
-            {
-                "type": "screen_pop",
-                "offer_id": offer.offer_id,
-                "call": {
-                    "uniqueid": call.uniqueid,
-                    "caller_id": call.caller_id,
-                    "caller_id_raw": call.caller_id_raw,
-                    "caller_name": call.caller_name,
-                    "owner_id": owner.owner_id if owner else None,
-                    "owner_ids": sorted({m.owner_id for m in call.matches}),
-                    "unit_id": owner.unit_id if owner else None,
-                    "ivr_path": call.ivr_path,
-                    "tickets": list(call.tickets),
-                    "language": call.language,
-                },
-            },
-        )
+        basic = {
+            "uniqueid": call.uniqueid,
+            "caller_id": call.caller_id,
+            "caller_id_raw": safe_display_name(call.caller_id_raw or "", 64),
+            "caller_name": safe_display_name(call.caller_name or "", 64),
+            "language": call.language,
+            "identified": {"owner_id": owner.owner_id, "unit_id": owner.unit_id, "building": owner.building,
+                           "unit": owner.unit} if owner else None,
+            "ivr_path": call.path,
+            "ivr_tickets": list(call.tickets),
+            "owners": [],
+            "last_calls": [],
+            "repeat_caller": False,
+            "unowned_tickets": [],
+        }
+        self.publish(topic, {"type": "screen_pop", "offer_id": offer.offer_id, "call": basic})
+        if self._screen_pop_builder is None:
+            return
+        builder = self._screen_pop_builder
+
+        async def full() -> None:
+            try:
+                card = await builder(call)
+            except StorageUnavailable as exc:
+                log.warning("screen-pop card not built", offer=offer.offer_id, error=str(exc))
+                return
+            self.publish(topic, {"type": "screen_pop", "offer_id": offer.offer_id, "call": card})
+
+        self._spawn(full(), f"screen-pop-{offer.offer_id}")
+
+    def _end_pop(self, agent_id: str | None, offer_id: str | None) -> None:
+        if agent_id:
+            self.publish(f"agent:{agent_id}", {"type": "call_ended", "offer_id": offer_id})
 
     def _cancel_leg(self, offer_id: str, reason: str) -> None:
         channel = self._dest_channel.get(offer_id)
-        if channel is None or self.ami is None or not self.ami.connected:
-            log.info("offer cancelled; its Dial ends at its own ring timeout", offer=offer_id, reason=reason)
+        if channel is None:
+            log.info("offer cancelled before its phone rang; stopped when DialBegin arrives", offer=offer_id, reason=reason)
+            return
+        if self.ami is None or not self.ami.connected:
+            log.info("offer cancelled; its Dial ends at its own ring timeout (AMI down)", offer=offer_id, reason=reason)
             return
 
         async def hang_up() -> None:
@@ -306,7 +344,8 @@ class ACDService:
         waiter = _Waiter(ch=ch, call=call)
         self._waiters[wc.call_id] = waiter
         clog = log.bind(uniqueid=call.uniqueid, caller=call.caller_id or "withheld")
-        clog.info("caller waiting for an agent", level=level.name, skill=wc.required_skill, reason=reason)
+        clog.info("caller waiting for an agent", level=level.name, skill=wc.required_skill, reason=reason,
+                  agents_ready=self.dist.ready_count())
         try:
             self._apply(self.dist.enqueue(wc))
             return await self._wait(waiter, clog)
@@ -325,6 +364,12 @@ class ACDService:
             except (CallerHungUp, ChannelError, asyncio.CancelledError):
                 status = None
             self._offer_by_caller.pop(call_id, None)
+            self._dest_channel.pop(offer_id, None)
+            self._cancelled.discard(offer_id)
+            try:
+                self._end_pop(self.dist.offer(offer_id).agent_id, offer_id)
+            except AcdError:
+                pass
             if status == "ANSWER" or waiter.answered:
                 waiter.answered = True
                 self._answered(waiter, offer_id, None)
@@ -346,6 +391,7 @@ class ACDService:
             item = await waiter.inbox.get()
             if isinstance(item, MakeOffer):
                 if item.offer.offer_id in self._cancelled:
+                    self._cancelled.discard(item.offer.offer_id)
                     continue
                 await ch.music_off()
                 music = False
@@ -429,7 +475,11 @@ class ACDService:
         status = await self._dial(ch, offer.interface, timeout)
         self._offer_by_caller.pop(ch.uniqueid, None)
         waiter.offer_id = None
-        if offer.offer_id in self._cancelled:
+        self._end_pop(offer.agent_id, offer.offer_id)
+        self._dest_channel.pop(offer.offer_id, None)
+        was_cancelled = offer.offer_id in self._cancelled
+        self._cancelled.discard(offer.offer_id)
+        if was_cancelled:
             clog.info("offer ended after cancel", offer=offer.offer_id, dial_status=status)
             return False
         if status == "ANSWER":
@@ -556,6 +606,10 @@ class ACDService:
             return
         self._dest_channel[offer_id] = dest_channel
         self._our_legs.add(dest_uniqueid)
+        if offer_id in self._cancelled:
+            # Cancelled (agent paused, caller's turn re-offered) before the phone started ringing.
+            self._cancel_leg(offer_id, "cancelled before ringing")
+            return
         self._apply(self.dist.on_ringing(offer_id, self._wall(at)))
 
     def dial_end(self, caller_uniqueid: str | None, dest_uniqueid: str, dial_status: str, at: float) -> None:

@@ -14,12 +14,117 @@ REPO = Path(__file__).resolve().parent.parent
 AMI_SECRET = "test-secret-not-for-production"
 
 
+PG_URL_ENV = "CALLCENTRE_TEST_PG_URL"
+_PG_DB_PREFIX = "cctest_"
+_PG_DB_MARKER = ".callcentre-pg-database"  # in tmp_path: the test's database name, so a 2nd call reuses it
+_PG_STALE_SECONDS = 6 * 3600  # databases left by crashed runs are dropped after this long
+
+
+def on_postgres() -> bool:
+    """True when the suite runs against the PostgreSQL server named by CALLCENTRE_TEST_PG_URL."""
+    return bool(os.environ.get(PG_URL_ENV))
+
+
+def _pg_dsn(url: str, database: str | None = None) -> str:
+    """The asyncpg DSN (plain postgresql://) of a SQLAlchemy URL, optionally for another database."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        u = u.set(database=database)
+    return u.render_as_string(hide_password=False)
+
+
+def _run_pg(coro_fn: Any, *args: Any) -> Any:
+    """Run an asyncpg coroutine to completion from sync code, even inside a running event loop.
+
+    Tests call test_database_url from async tests (a loop is running), so asyncio.run must get
+    its own thread.
+    """
+    import asyncio
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro_fn(*args)).result(timeout=60)
+
+
+async def _pg_create_database(admin_dsn: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        # A name we generate ([a-z0-9_] only), so quoting it is enough.
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _pg_drop_databases(admin_dsn: str, pid: int, now: float) -> list[str]:
+    """Drop this process's test databases and any left over from runs older than _PG_STALE_SECONDS."""
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    dropped: list[str] = []
+    try:
+        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", _PG_DB_PREFIX + "%")
+        for row in rows:
+            name: str = row["datname"]
+            parts = name[len(_PG_DB_PREFIX):].split("_")
+            try:
+                created, owner_pid = int(parts[0]), int(parts[1])
+            except (IndexError, ValueError):
+                continue  # not one of ours
+            if owner_pid == pid or now - created > _PG_STALE_SECONDS:
+                # WITH (FORCE): a test that leaked a connection must not keep its database alive.
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                dropped.append(name)
+    finally:
+        await conn.close()
+    return dropped
+
+
 def test_database_url(tmp_path: Path) -> str:
-    """SQLite in tmp_path, or the PostgreSQL server named by CALLCENTRE_TEST_PG_URL (a fresh database)."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'callcentre.db'}"
+    """SQLite in tmp_path, or the PostgreSQL server named by CALLCENTRE_TEST_PG_URL (a fresh database).
+
+    On PostgreSQL each tmp_path gets its own database named cctest_<epoch>_<pid>_<random>, created
+    empty on first call (calling again with the same tmp_path returns the same one); the session
+    drops them at the end (pytest_sessionfinish below).
+    """
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        return f"sqlite+aiosqlite:///{tmp_path / 'callcentre.db'}"
+    import secrets
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    marker = tmp_path / _PG_DB_MARKER
+    if marker.exists():
+        name = marker.read_text().strip()
+    else:
+        name = f"{_PG_DB_PREFIX}{int(time.time())}_{os.getpid()}_{secrets.token_hex(4)}"
+        _run_pg(_pg_create_database, _pg_dsn(base), name)
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        marker.write_text(name)
+    return make_url(base).set(database=name).render_as_string(hide_password=False)
 
 
 test_database_url.__test__ = False  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    """On PostgreSQL, drop the databases this run created, so the server does not fill up."""
+    import time
+
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        return
+    try:
+        dropped = _run_pg(_pg_drop_databases, _pg_dsn(base), os.getpid(), time.time())
+    except Exception as exc:  # cleanup must not turn a green run red; say why instead
+        print(f"\nconftest: could not drop the test databases on PostgreSQL: {exc!r}")
+        return
+    print(f"\nconftest: dropped {len(dropped)} test database(s) on PostgreSQL")
 
 
 @dataclass
@@ -30,6 +135,13 @@ class Stack:
     ami_server: Any
     runner: web.AppRunner
     environ: dict[str, str]
+    url: str = ""  # the running app's web address (http://127.0.0.1:port)
+
+    def http(self):
+        """A browser-like HTTP client of the running app (keeps cookies for 127.0.0.1)."""
+        import aiohttp
+
+        return aiohttp.ClientSession(base_url=self.url, cookie_jar=aiohttp.CookieJar(unsafe=True))
 
     async def tickets(self) -> list[Any]:
         from sqlalchemy import select
@@ -82,9 +194,13 @@ async def stack(tmp_path, request):
     app = build_app(cfg)
     runner = web.AppRunner(app)
     await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     services = app[SERVICES]
     pbx.agi_port = services.agi.port
-    st = Stack(cfg=cfg, services=services, pbx=pbx, ami_server=ami_server, runner=runner, environ=environ)
+    st = Stack(cfg=cfg, services=services, pbx=pbx, ami_server=ami_server, runner=runner, environ=environ,
+               url=f"http://127.0.0.1:{port}")
     try:
         yield st
     finally:

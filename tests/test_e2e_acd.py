@@ -173,3 +173,71 @@ async def test_emergency_goes_ahead_of_everyone(stack):
     await asyncio.wait_for(asyncio.gather(blocker, normal, emergency), 40)
     tickets = await stack.tickets()
     assert any(t.kind == "emergency" and t.priority == "major" for t in tickets)
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__RING_CYCLE_SECONDS="30", CALLCENTRE_WEB__SESSION_KEY="e2e-session-key-0123456789")
+async def test_screen_pop_reaches_the_agent_desk_while_the_phone_rings(stack):
+    """A logged-in agent's websocket gets the owner's card (name, unit, balance) before answering."""
+    import json
+
+    from callcentre.domain.acd import Agent
+    from callcentre.storage.users_repo import create_user
+
+    agent = await create_user(stack.services.session_factory, "desk1", "Desk One", "agent", "desk-password-1",
+                              interface="PJSIP/desk1")
+    other = await create_user(stack.services.session_factory, "desk2", "Desk Two", "agent", "desk-password-2",
+                              interface="PJSIP/desk2")
+    stack.services.acd.load_agents(
+        [Agent(agent_id=str(u.id), name=u.name, login=u.login, interface=u.interface) for u in (agent, other)], {}
+    )
+    stack.pbx.add_agent(AgentScript("PJSIP/desk1", answer_after=20, talk_seconds=2))
+    stack.pbx.add_agent(AgentScript("PJSIP/desk2", answer_after=None))
+    async with stack.http() as c, stack.http() as c2:
+        r = await c.post("/api/login", json={"login": "desk1", "password": "desk-password-1"})
+        assert r.status == 200, await r.text()
+        csrf = (await r.json())["csrf"]
+        r = await c.post(f"/api/agents/{agent.id}/state", json={"action": "ready"},
+                         headers={"X-CSRF-Token": csrf, "Origin": stack.url})
+        assert r.status == 200, await r.text()
+        r2 = await c2.post("/api/login", json={"login": "desk2", "password": "desk-password-2"})
+        assert r2.status == 200
+        async with c.ws_connect("/ws/agent", headers={"Origin": stack.url}) as ws, \
+                c2.ws_connect("/ws/agent", headers={"Origin": stack.url}) as ws2:
+            call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
+            card = None
+            ringing_seen = False
+            while card is None:
+                msg = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+                if msg.get("type") == "screen_pop" and msg["call"]["owners"]:
+                    card = msg["call"]
+                    ringing_seen = stack.services.acd.dist.agent_state(str(agent.id)).value == "ringing"
+            assert ringing_seen  # shown while the phone rings, before it is answered
+            [owner] = [o for o in card["owners"] if o["name"] == "张伟"]
+            text = json.dumps(owner, ensure_ascii=False)
+            assert "1201" in text and "2560" in text
+            await asyncio.wait_for(call, 20)
+            # the other agent (not offered this call) received no screen-pop of it
+            others = []
+            while True:
+                try:
+                    m = await asyncio.wait_for(ws2.receive(), 0.3)
+                except asyncio.TimeoutError:
+                    break
+                others.append(json.loads(m.data))
+            assert not any(m.get("type") == "screen_pop" for m in others)
+
+
+def test_sync_agents_adds_new_and_updates_changed_agents():
+    from callcentre.config import Config
+    from callcentre.distribution import ACDService
+    from callcentre.domain.acd import Agent
+    from callcentre.domain.ports import FakeClock
+    from fakes import FakeTicketStore
+
+    acd = ACDService(Config(), FakeClock(), FakeTicketStore())
+    acd.load_agents([Agent(agent_id="1", name="A", login="a", interface="PJSIP/a")], {})
+    acd.sync_agents([Agent(agent_id="1", name="A", login="a", interface="PJSIP/a2"),
+                     Agent(agent_id="2", name="B", login="b", interface="PJSIP/b")])
+    assert acd.dist.agent("1").interface == "PJSIP/a2"
+    assert acd.dist.agent("2").login == "b"
+    assert acd.dist.agent_state("2") is AgentState.LOGGED_OUT

@@ -153,11 +153,11 @@ async def test_ami_link_logs_in_and_resynchronises_after_a_restart(stack):
 
 
 async def test_health_reports_every_part(stack):
-    from aiohttp.test_utils import TestClient, TestServer
-
     assert await wait_for(lambda: stack.services.ami.connected)
-    async with TestClient(TestServer(stack.runner.app)) as client:
+    async with stack.http() as client:
         resp = await client.get("/health")
         body = await resp.json()
+        metrics = await (await client.get("/metrics")).text()
+    assert "callcentre_up{part=\"fastagi\"} 1.0" in metrics and "callcentre_agents_ready" in metrics
     assert resp.status == 200, body
     assert body["database"]["ok"] and body["fastagi"]["ok"] and body["ami"]["connected"]
