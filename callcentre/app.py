@@ -97,8 +97,14 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
     app[SERVICES] = services
 
     def publish(topic: str, payload: dict) -> None:
+        """Everything live goes through here; wallboard events other than snapshots become alerts."""
         assert services.hub is not None
-        services.hub.publish(topic, dict(payload))
+        payload = dict(payload)
+        if topic == "wallboard" and payload.get("type") not in ("snapshot", "alert"):
+            payload = {"type": "alert", "alert": _as_alert(payload, services.clock)}
+        if topic == "wallboard" and payload.get("type") == "alert" and services.acd is not None:
+            services.acd.alerts.append(payload["alert"])
+        services.hub.publish(topic, payload)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         from callcentre.service.tickets import TicketService
@@ -306,6 +312,19 @@ async def _load_agents(services: Services, acd) -> None:
             last[str(u.id)] = (h["to_state"], at, h.get("reason"))
     acd.load_agents(agents, last, start_ready)
     log.info("agents loaded", agents=len(agents), restored=len(last))
+
+
+def _as_alert(payload: dict, clock: Clock) -> dict:
+    """A service-loop event (promise warning or breach, call-back needing a person) as a wallboard alert."""
+    kind = str(payload.get("type") or payload.get("kind") or "alert")
+    ticket = payload.get("ticket")
+    messages = {
+        "promise_warning": f"Ticket {ticket} has used 80% of its promised time",
+        "promise_breach": f"Ticket {ticket} is past its promised time: escalated to the quality department",
+    }
+    message = payload.get("message") or messages.get(kind) or (f"{kind.replace('_', ' ')}: ticket {ticket}" if ticket else kind)
+    return {**{k: v for k, v in payload.items() if isinstance(v, (str, int, float, bool)) or v is None},
+            "kind": kind, "message": str(message), "at": payload.get("at") or clock.now().isoformat()}
 
 
 def _agent_from_user(u) -> Agent:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Mapping
@@ -113,7 +114,7 @@ class ACDService:
         self._previous_agent: dict[str, str] = {}  # owner/caller key -> last agent who answered them
         self._tasks: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
-        self._dirty = asyncio.Event()
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=30)  # recent alerts, for a wallboard that (re)connects
         self._history: list[StateChange] = []
         self._supervisor_interface = supervisor_interface
         self._screen_pop_builder = screen_pop
@@ -149,7 +150,6 @@ class ACDService:
                 log.warning("agent state not restored", agent=agent.agent_id, error=str(exc))
         self._history.clear()  # restoring is not a change to record again
         self.dist.take_history()
-        self._dirty.set()
 
     def sync_agents(self, agents: list[Agent]) -> None:
         """Add agents created since start-up and apply changed phones, skills or languages."""
@@ -178,18 +178,16 @@ class ACDService:
         await self._flush_history()
 
     async def _tick_loop(self) -> None:
-        last_publish = 0.0
+        """Timers (ring deadlines, wrap-ups, announcements, maximum waits) and history writes.
+
+        Wallboard snapshots are pushed by the web layer (callcentre/web, once a second when changed);
+        alerts, agent states and screen-pops are published here at once."""
         while True:
             await asyncio.sleep(0.2)
             try:
                 self._apply(self.dist.tick(self.clock.monotonic()))
             except Exception:  # the loop must survive a bug in one decision
                 log.exception("acd tick failed")
-            now = self.clock.monotonic()
-            if self._dirty.is_set() or now - last_publish >= 5.0:
-                self._dirty.clear()
-                last_publish = now
-                self.publish("wallboard", {"type": "snapshot", "snapshot": self.snapshot()})
             await self._flush_history()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
@@ -232,7 +230,6 @@ class ACDService:
                 log.warning("agent paused", agent=d.agent_id, reason=d.reason.value, automatic=d.automatic)
                 self.publish(f"agent:{d.agent_id}", {"type": "state", "state": "paused", "reason": d.reason.value})
         self._drain_history()
-        self._dirty.set()
 
     def _drain_history(self) -> None:
         changes = self.dist.take_history()
@@ -674,8 +671,10 @@ class ACDService:
     # ------------------------------------------------------------------ control (web API)
 
     def snapshot(self) -> dict[str, Any]:
+        """The live picture for the wallboard and the API (the web layer's ACDControl contract)."""
         snap = self.dist.snapshot()
-        metrics = snap.metrics.to_dict() if hasattr(snap.metrics, "to_dict") else _plain(snap.metrics)
+        m = snap.metrics.to_dict()
+        now_wall = self.clock.now()
         queue = []
         for q in snap.queue:
             w = self._waiters.get(q.call_id)
@@ -685,27 +684,49 @@ class ACDService:
             queue.append(
                 {
                     "call_id": q.call_id, "caller": q.caller_id, "priority": q.priority, "position": q.position,
-                    "wait_seconds": round(q.waited_seconds, 1), "callback": q.callback,
-                    "ivr_choice": q.required_skill, "language": q.language, "ringing_agent_id": q.ringing_agent_id,
+                    "wait_seconds": round(q.waited_seconds, 1),
+                    "entered_at": (now_wall - timedelta(seconds=q.waited_seconds)).isoformat(),
+                    "callback": q.callback, "ivr_choice": q.required_skill or "agent", "language": q.language,
+                    "ringing_agent_id": q.ringing_agent_id,
                     "owner_name": owner.owner_name if owner else None,
                     "unit": f"{owner.building}-{owner.unit}" if owner else None,
                 }
             )
+        callers = {q["call_id"]: q["caller"] for q in queue}
         agents = [
             {
                 "agent_id": a.agent_id, "name": a.name, "state": a.state.value,
                 "reason": a.pause_reason.value if a.pause_reason else None,
-                "seconds_in_state": round(a.seconds_in_state, 1), "current_call_id": a.current_call_id,
+                "since": (now_wall - timedelta(seconds=a.seconds_in_state)).timestamp(),
+                "current_call_id": a.current_call_id,
+                "current_caller": callers.get(a.current_call_id or "") or self._caller_of(a.current_call_id),
                 "busy_elsewhere": a.busy_elsewhere, "answered_today": a.answered_today, "missed_today": a.missed_today,
                 "offers_today": a.offers_today, "two_ring_share": a.two_ring_share,
             }
             for a in snap.agents
         ]
-        return {"at": snap.at.isoformat(), "queue": queue, "agents": agents, "figures": metrics}
+        figures = {
+            "two_ring_share_today": m.get("call_two_ring_share"),
+            "offer_two_ring_share_today": m.get("offer_two_ring_share"),
+            "avg_wait": m.get("avg_speed_of_answer"),
+            "p90_wait": m.get("p90_speed_of_answer"),
+            "longest_wait": m.get("longest_current_wait"),
+            "abandon_rate": m.get("abandon_rate"),
+            "waiting": len(queue),
+            "agents_ready": sum(1 for a in agents if a["state"] == AgentState.READY.value),
+            "target_wait_seconds": self.cfg.acd.ring_timeout_seconds,
+            "today": m,
+        }
+        return {"at": snap.at.isoformat(), "queue": queue, "agents": agents, "figures": figures, "alerts": list(self.alerts)}
+
+    def _caller_of(self, call_id: str | None) -> str | None:
+        if not call_id:
+            return None
+        w = self._waiters.get(call_id)
+        return w.call.caller_id if w else None
 
     def metrics(self) -> dict[str, Any]:
-        m = self.dist.metrics_snapshot()
-        return m.to_dict() if hasattr(m, "to_dict") else _plain(m)
+        return self.dist.metrics_snapshot().to_dict()
 
     async def agent_action(self, agent_id: str, action: str, reason: str | None = None) -> None:
         """ready / pause / unpause / end_wrapup / login / logout; raises ValueError when not allowed."""

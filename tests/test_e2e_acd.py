@@ -241,3 +241,39 @@ def test_sync_agents_adds_new_and_updates_changed_agents():
     assert acd.dist.agent("1").interface == "PJSIP/a2"
     assert acd.dist.agent("2").login == "b"
     assert acd.dist.agent_state("2") is AgentState.LOGGED_OUT
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_WEB__SESSION_KEY="e2e-session-key-0123456789")
+async def test_wallboard_shows_the_waiting_caller_and_agents_from_the_real_distributor(stack):
+    import json
+
+    from callcentre.storage.users_repo import create_user
+
+    await create_user(stack.services.session_factory, "boss", "Boss", "supervisor", "boss-password-1")
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=60))
+    a1 = await agent_id(stack, "a1")
+    busy = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", ""], silences_before_giving_up=100)))
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    waiting = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""], silences_before_giving_up=100)))
+    async with stack.http() as c:
+        assert (await c.post("/api/login", json={"login": "boss", "password": "boss-password-1"})).status == 200
+        async with c.ws_connect("/ws/wallboard", headers={"Origin": stack.url}) as ws:
+            seen = None
+            for _ in range(50):
+                msg = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+                if msg.get("type") == "snapshot" and msg["queue"]:
+                    seen = msg
+                    break
+            assert seen is not None
+            [q] = seen["queue"]
+            assert q["owner_name"] == "张伟" and q["unit"] == "1-1201" and q["wait_seconds"] >= 0
+            [agent] = seen["agents"]
+            assert agent["state"] == "on_call" and agent["current_caller"] == "+8613912345602"
+            f = seen["figures"]
+            assert {"two_ring_share_today", "avg_wait", "longest_wait", "abandon_rate", "waiting", "agents_ready"} <= set(f)
+            assert f["waiting"] == 1 and f["agents_ready"] == 0 and f["target_wait_seconds"] == 10
+        r = await c.get("/api/queue")
+        assert r.status == 200 and (await r.json())["queue"][0]["owner_name"] == "张伟"
+    for t in (busy, waiting):
+        t.cancel()
+    await asyncio.gather(busy, waiting, return_exceptions=True)
