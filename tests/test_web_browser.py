@@ -6,6 +6,7 @@ adapter does when it offers a call. Screenshots go to tests/artifacts/ (git-igno
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -35,10 +36,14 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     async_playwright = None  # type: ignore[assignment]
 
+# On a developer's machine without a browser these skip; in CI (.ci/run installs chromium and
+# playwright) a missing browser is a failure, never a silent skip.
+_IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(async_playwright is None, reason="playwright for Python is not installed (pip install playwright)"),
-    pytest.mark.skipif(shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
+    pytest.mark.skipif(async_playwright is None and not _IN_CI, reason="playwright for Python is not installed (pip install playwright)"),
+    pytest.mark.skipif(shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists() and not _IN_CI,
+                       reason=f"{CHROMIUM} is not installed"),
 ]
 
 
