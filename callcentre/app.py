@@ -257,7 +257,9 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         services.ready.set()
         yield
 
-    app.cleanup_ctx.extend([database, distribution, service_loop, agi_listener, ami_link, mark_ready])
+    # Started in this order and stopped in reverse: at shutdown the FastAGI listener stops taking calls
+    # and lets calls in progress finish while the AMI link and the database are still up.
+    app.cleanup_ctx.extend([database, distribution, service_loop, ami_link, agi_listener, mark_ready])
     # Open to monitoring without a log-in (they carry no owner data); bind web.host to a private address.
     app.router.add_get("/health", public(health))
     app.router.add_get("/metrics", public(metrics))

@@ -206,3 +206,23 @@ async def test_hostile_caller_id_and_name_do_not_break_anything():
 def test_every_prompt_the_ivr_uses_is_listed():
     names = required_prompts(Config())
     assert {"greeting", "press-0", "cat-water", "ccat-disputes", "emg-gas", "status-in_progress"} <= names
+
+
+async def test_a_server_stop_leaves_cc_result_unset_so_the_dialplan_queues_the_caller():
+    import asyncio
+
+    ivr, _, store, _ = make()
+
+    class SlowChannel(FakeChannel):
+        async def get_digits(self, prompts, timeout_ms, max_digits):
+            self._op("get_digits", list(prompts), timeout_ms, max_digits)
+            await asyncio.sleep(10)  # the caller is listening to the menu
+
+    ch = SlowChannel()
+    task = asyncio.ensure_future(ivr.run(ch))
+    await asyncio.sleep(0.05)
+    task.cancel()  # what the FastAGI server does to sessions still running at the end of its grace
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "CC_RESULT" not in ch.variables
+    assert store.events[-1][2]["outcome"] == "interrupted"

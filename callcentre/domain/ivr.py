@@ -139,7 +139,7 @@ class HotlineIVR:
             uniqueid=ch.uniqueid, channel=ch.channel_name, caller=call.caller_id or "withheld"
         )
         self.log = log
-        outcome = Outcome.HUNG_UP
+        outcome: Outcome | None = None
         try:
             outcome = await self._run(ch, call, log)
             return outcome
@@ -147,6 +147,11 @@ class HotlineIVR:
             log.info("caller hung up", path=call.ivr_path)
             outcome = Outcome.HUNG_UP
             return outcome
+        except asyncio.CancelledError:
+            # A hang-up while idle cancels us; so does a server stop, and then the caller is still
+            # there: leaving CC_RESULT unset sends them to the dialplan's fallback queue.
+            outcome = Outcome.HUNG_UP if ch.hung_up else None
+            raise
         finally:
             await self._finish(ch, call, outcome, log)
 
@@ -185,8 +190,11 @@ class HotlineIVR:
         log.info("caller identified" if call.matches else "caller not in directory", matches=len(call.matches))
         return await self._main_menu(ch, call, greet=True)
 
-    async def _finish(self, ch: Channel, call: CallInfo, outcome: Outcome, log) -> None:
-        """Runs once per call, whatever happened: tells the dialplan and records the call."""
+    async def _finish(self, ch: Channel, call: CallInfo, outcome: Outcome | None, log) -> None:
+        """Runs once per call, whatever happened: tells the dialplan and records the call.
+
+        ``outcome`` None: the session was interrupted (server stopping) with the caller still on
+        the line; CC_RESULT stays unset so the dialplan's fallback queue takes them."""
         if outcome in (Outcome.DONE, Outcome.HUNG_UP):
             # SET VARIABLE still works on a dead channel; a caller who hung up must not be queued.
             try:
@@ -199,7 +207,7 @@ class HotlineIVR:
                     call.uniqueid,
                     "ivr-finished",
                     {
-                        "outcome": outcome.value,
+                        "outcome": outcome.value if outcome else "interrupted",
                         "ivr_path": call.ivr_path,
                         "caller_id_raw": call.caller_id_raw,
                         "caller_id": call.caller_id,
@@ -209,8 +217,12 @@ class HotlineIVR:
                 )
             )
         except (StorageUnavailable, asyncio.CancelledError):
-            log.warning("call record not saved", outcome=outcome.value)
-        log.info("ivr finished", outcome=outcome.value, path=call.ivr_path, tickets=call.tickets)
+            log.warning("call record not saved", outcome=outcome.value if outcome else "interrupted")
+        if outcome is None:
+            log.warning("ivr interrupted with the caller on the line; the dialplan's fallback queue takes them",
+                        path=call.ivr_path)
+        else:
+            log.info("ivr finished", outcome=outcome.value, path=call.ivr_path, tickets=call.tickets)
 
     # ------------------------------------------------------------------ prompts
 
