@@ -119,6 +119,9 @@ class AMIConfig(_Section):
     # After this many failed logins in a row, retries slow to reconnect_max_seconds and an error is logged once.
     login_failures_before_backoff: int = Field(3, ge=1)
     action_timeout_seconds: float = Field(10.0, gt=0)
+    # Connecting and reading the banner: kept short so a PBX that accepts but stays silent does not
+    # hold up a reconnection.
+    connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
     value_max_length: int = Field(1024, ge=16)
 
 

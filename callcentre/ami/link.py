@@ -416,10 +416,10 @@ class AMILink:
         cfg = self._cfg
         self._session_no += 1
         self._session_logged_in = False
-        async with asyncio.timeout(cfg.action_timeout_seconds):
+        async with asyncio.timeout(cfg.connect_timeout_seconds):
             reader, writer = await asyncio.open_connection(cfg.host, cfg.port, limit=MESSAGE_MAX_BYTES)
         self._writer = writer
-        async with asyncio.timeout(cfg.action_timeout_seconds):
+        async with asyncio.timeout(cfg.connect_timeout_seconds):
             banner = (await reader.readline()).decode("utf-8", "replace")
         if not banner.startswith(BANNER_PREFIX):
             raise _SessionEnded(f"not an AMI server (banner {banner[:60]!r})")

@@ -516,6 +516,9 @@ class Distributor:
         self.clock = clock
         self.timezone = timezone
         self.metrics = AcdMetrics(config.rings_target, config.ring_cycle_seconds, timezone)
+        # Ring times are measured on a steady timeline (wall time at start-up + monotonic seconds), so
+        # a wall-clock step (NTP) between DialBegin and DialEnd cannot distort them.
+        self._anchor = (clock.now(), clock.monotonic())
         self._agents: dict[str, _AgentRec] = {}
         self._agent_seq = itertools.count()
         self._calls: dict[str, _CallRec] = {}
@@ -800,7 +803,7 @@ class Distributor:
             return []
         if orec.state is OfferState.OFFERED:
             orec.state = OfferState.RINGING
-            orec.ring_start = at or self.clock.now()
+            orec.ring_start = self._steady_of(at)
             orec.version += 1
             orec.deadline = self.clock.monotonic() + self.cfg.ring_timeout_seconds
             self._schedule(orec.deadline, "ring", offer_id, orec.version)
@@ -1113,7 +1116,7 @@ class Distributor:
         now = self.clock.now()
         # Before DialBegin is seen, allow one ring cycle for call set-up on top of the target.
         deadline = now_mono + self.cfg.ring_timeout_seconds + self.cfg.ring_cycle_seconds
-        orec = _OfferRec(offer, OfferState.OFFERED, now, now_mono, deadline, agent_prev_idle=arec.idle_since)
+        orec = _OfferRec(offer, OfferState.OFFERED, self._steady_of(None), now_mono, deadline, agent_prev_idle=arec.idle_since)
         self._offers[offer_id] = orec
         self._unindex_call(crec)
         crec.offer_id = offer_id
@@ -1171,7 +1174,7 @@ class Distributor:
         self._close_offer(orec, state)
         offer = orec.offer
         alert = self.metrics.offer_closed(
-            offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, now, False, offer.call_id
+            offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, self._steady_of(None), False, offer.call_id
         )
         if alert:
             out.append(alert)
@@ -1221,16 +1224,33 @@ class Distributor:
                 return
         self._dispatch(out)
 
+    def _steady_of(self, at: datetime | None) -> datetime:
+        """``at`` (an event's wall time, as far in the past as ``now - at``) on the steady timeline."""
+        wall0, mono0 = self._anchor
+        mono = self.clock.monotonic()
+        if at is not None:
+            mono -= (self.clock.now() - at).total_seconds()
+        return wall0 + timedelta(seconds=mono - mono0)
+
+    def _steady(self, crec: _CallRec, at: datetime) -> datetime:
+        """``at`` re-expressed on the call's own timeline: entry time plus the monotonic time elapsed.
+
+        The speed of answer must not change when the wall clock is stepped (NTP) while a caller
+        waits; ``at`` is taken to be as far in the past as ``now - at`` says, and the wait is then
+        measured on the monotonic clock from the call's entry."""
+        at_mono = self.clock.monotonic() - (self.clock.now() - at).total_seconds()
+        return crec.call.entered_at + timedelta(seconds=max(0.0, at_mono - crec.entered_mono))
+
     def _answered(
         self, orec: _OfferRec, crec: _CallRec, arec: _AgentRec, at: datetime, out: list[Decision]
     ) -> None:
         offer = orec.offer
         alert = self.metrics.offer_closed(
-            offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, at, True, offer.call_id
+            offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, self._steady_of(at), True, offer.call_id
         )
         if alert:
             out.append(alert)
-        alert = self.metrics.call_answered(crec.call.call_id, crec.call.entered_at, at, offer.agent_id)
+        alert = self.metrics.call_answered(crec.call.call_id, crec.call.entered_at, self._steady(crec, at), offer.agent_id)
         if alert:
             out.append(alert)
         crec.offer_id = None
@@ -1299,7 +1319,7 @@ class Distributor:
         self._remove_call(crec)
         self._remember_finished(call_id, None)
         self._offers[offer_id] = orec
-        self.metrics.call_answered(call_id, crec.call.entered_at, at, agent_id)
+        self.metrics.call_answered(call_id, crec.call.entered_at, self._steady(crec, at), agent_id)
         self._go(arec, "late_answer", AgentState.ON_CALL, f"late answer {offer_id}")
         arec.offer_id = offer_id
         arec.call_id = call_id

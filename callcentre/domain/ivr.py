@@ -69,6 +69,7 @@ class CallInfo:
     path: list[str] = field(default_factory=list)
     tickets: list[str] = field(default_factory=list)  # ticket numbers made in this call
     linkedid: str | None = None
+    recording: str | None = None  # the file of the recording in progress or last made
 
     @property
     def ivr_path(self) -> str:
@@ -424,7 +425,7 @@ class HotlineIVR:
             voice_file = await self._record(ch, call, f"record-{kind.value}", kind.value)
         except CallerHungUp:
             hung_up = True  # what they said so far is kept: the ticket is still made
-            voice_file = self._record_path(call, kind.value)
+            voice_file = call.recording  # None if they hung up before the recording started
             call.path.append("rec:hangup")
         ticket = await self._make_ticket(ch, call, kind, category, voice_file, hung_up=hung_up)
         if ticket is None:
@@ -450,6 +451,7 @@ class HotlineIVR:
     async def _record(self, ch: Channel, call: CallInfo, prompt: str, what: str) -> str:
         await self._say(ch, call, [prompt])
         path = self._record_path(call, what)
+        call.recording = f"{path}.{self.ivr.record_format}"  # RECORD FILE is being sent: Asterisk writes this file
         result = await ch.record(path, self.ivr.record_format, self.ivr.record_max_seconds, self.ivr.record_silence_seconds)
         call.path.append(f"rec:{result.ended_by}")
         self.log.info("message recorded", file=path, ended_by=result.ended_by, endpos=result.endpos)
@@ -541,7 +543,7 @@ class HotlineIVR:
             voice_file = await self._record(ch, call, "leave-message", "message")
         except CallerHungUp:
             hung_up = True
-            voice_file = self._record_path(call, "message")
+            voice_file = call.recording
         ticket = await self._make_ticket(ch, call, TicketKind.MESSAGE, category, voice_file, hung_up=hung_up)
         if ticket is None:
             return await self._fallback.connect(ch, call, reason="message-not-saved", skill=None, emergency=False)
