@@ -17,9 +17,9 @@ AGENTS = (
 ONE_AGENT = "[{id: a1, name: Agent One, interface: PJSIP/agent1, start: ready}]"
 
 
-async def wait_for(predicate, timeout=10.0):
+async def wait_for(predicate, limit=10.0):
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + limit
     while loop.time() < end:
         if predicate():
             return True

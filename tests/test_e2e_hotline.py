@@ -24,9 +24,9 @@ def streamed(result) -> list[str]:
     return out
 
 
-async def wait_for(predicate, timeout=5.0):
+async def wait_for(predicate, limit=5.0):
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + limit
     while loop.time() < end:
         if predicate():
             return True
