@@ -75,3 +75,9 @@ def test_secrets_are_not_in_the_repr():
 def test_the_placeholder_ami_secret_is_refused():
     with pytest.raises(ConfigError, match="placeholder"):
         load_config(None, environ={"CALLCENTRE_AMI_SECRET": "CHANGE-ME-callcentre-ami-secret"})
+
+
+def test_times_in_environment_overrides_stay_times():
+    cfg = load_config(None, environ={"CALLCENTRE_SERVICE__CALLBACK__CALLING_HOURS_END": "21:30",
+                                     "CALLCENTRE_ACD__BUSINESS_HOURS__OPEN": "08:00"})
+    assert cfg.service.callback.calling_hours_end == "21:30" and cfg.acd.business_hours.open == "08:00"

@@ -97,6 +97,7 @@ class StubServices:
     ami: Any = None
     acd: Any = None
     hub: Any = None
+    ticket_service: Any = None
 
 
 @dataclass
@@ -110,6 +111,14 @@ class Env:
     @property
     def origin(self) -> str:
         return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def dept(self) -> str:
+        return self.services.cfg.service.departments[0].code
+
+    @property
+    def worker(self) -> str:
+        return self.services.cfg.service.departments[0].workers[0].id
 
     @property
     def hub(self) -> Hub:
@@ -194,7 +203,10 @@ async def env(tmp_path: Path, push_interval: float) -> AsyncIterator[Env]:
     acd.add_agent(ids["agent2"], "Agent2", "on_call")
     acd.queue.append({"call_id": "c1", "caller": "+8613900139000", "owner_name": HOSTILE, "unit": "5-101",
                       "ivr_choice": "repair", "priority": "normal", "entered_at": T0.isoformat(), "wait_seconds": 7.0})
-    services = StubServices(cfg=cfg, clock=clock, session_factory=sessions, engine=engine, acd=acd)
+    from callcentre.service.tickets import TicketService
+
+    services = StubServices(cfg=cfg, clock=clock, session_factory=sessions, engine=engine, acd=acd,
+                            ticket_service=TicketService(sessions, cfg, clock))
     app = web.Application()
     setup_web(app, services)
     app[WEB].push_interval = push_interval
@@ -502,11 +514,19 @@ async def test_tickets_create_update_and_list(env: Env) -> None:
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_category"
     resp = await c.post("/api/tickets", headers=h, json={"kind": "enquiry", "category": "general", "resolved_first_contact": True})
     assert (await resp.json())["ticket"]["status"] == "resolved"
-    resp = await c.patch(f"/api/tickets/{t['number']}", headers=h, json={"status": "in_progress", "priority": "major", "notes": "plumber sent"})
+    # status changes go through the ticket lifecycle (checked, recorded, with their consequences)
+    resp = await c.patch(f"/api/tickets/{t['number']}", headers=h, json={"status": "in_progress"})
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "transition_refused"
+    resp = await c.patch(f"/api/tickets/{t['number']}", headers=h, json={"status": "acknowledged"})
     assert resp.status == 200
+    resp = await c.patch(f"/api/tickets/{t['number']}", headers=h, json={"status": "dispatched", "department": "nowhere", "worker": "x"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_dispatch"
+    resp = await c.patch(f"/api/tickets/{t['number']}", headers=h, json={
+        "status": "dispatched", "department": env.dept, "worker": env.worker, "priority": "major", "notes": "plumber sent"})
+    assert resp.status == 200, await resp.text()
     upd = (await resp.json())["ticket"]
-    assert (upd["status"], upd["priority"]) == ("in_progress", "major") and "plumber sent" in upd["description"]
-    resp = await c.patch(f"/api/tickets/{t['number']}", headers=h, json={"status": "closed"})
+    assert (upd["status"], upd["priority"]) == ("dispatched", "major")
+    resp = await c.patch(f"/api/tickets/{t['number']}", headers=h, json={"status": "wrong"})
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_status"
     resp = await c.patch("/api/tickets/C20261120-0003", headers=h, json={"notes": "again"})
     assert resp.status == 409 and (await resp.json())["error"]["code"] == "ticket_closed"

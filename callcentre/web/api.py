@@ -42,7 +42,10 @@ _TICKET_NO = re.compile(r"^[A-Z]{1,4}\d{8}-\d{4,6}$")
 _UNIQUEID = re.compile(r"^[0-9A-Za-z.\-_]{1,64}$")
 NOTES_MAX = 2000
 # What an agent may set from the desk; closing and reopening belong to the service desk (issue 5).
-DESK_STATUSES = (TicketStatus.ACKNOWLEDGED, TicketStatus.IN_PROGRESS, TicketStatus.RESOLVED)
+DESK_STATUSES = (
+    TicketStatus.ACKNOWLEDGED, TicketStatus.DISPATCHED, TicketStatus.IN_PROGRESS, TicketStatus.RESOLVED,
+    TicketStatus.CLOSED, TicketStatus.REOPENED,
+)
 
 
 def _state(request: web.Request) -> WebState:
@@ -412,8 +415,55 @@ async def ticket_update(request: web.Request) -> web.Response:
         note = (note + "\n" if note else "") + "resolved at first contact"
     if status is None and priority is None and category is None and not note:
         raise ApiError(400, "invalid_request", "nothing to change")
-    ticket = await state.desk.update_ticket(number, status=status, priority=priority, category=category, note=note, by=user.login)
+    if status is not None:
+        await _transition(state, user, number, status, body, note, first_contact=body.get("resolved_first_contact") is True)
+        note = None  # recorded with the transition
+    ticket = await state.desk.update_ticket(number, priority=priority, category=category, note=note, by=user.login)
     return json_response({"ticket": ticket})
+
+
+async def _transition(state: WebState, user: UserView, number: str, status: str, body: dict, note: str | None,
+                      *, first_contact: bool) -> None:
+    """A status change goes through the ticket lifecycle: it is checked, recorded with who and when,
+    and has its consequences (dispatch webhook; on resolve, the closure call-back to the owner)."""
+    from callcentre.domain.lifecycle import (
+        Acknowledge, ConfirmClosed, Dispatch, Reopen, Resolve, StartWork, TransitionRefused,
+    )
+    from callcentre.domain.service import DispatchInvalid
+    from callcentre.service.tickets import ConcurrentChange
+
+    svc = getattr(state.services, "ticket_service", None)
+    if svc is None:
+        raise ApiError(503, "starting", "the ticket service is not running")
+    ticket_id = await svc.id_for_number(number)
+    if ticket_id is None:
+        raise ApiError(404, "not_found", f"ticket {number} does not exist")
+    if status == TicketStatus.DISPATCHED.value:
+        department, worker = body.get("department"), body.get("worker")
+        if not isinstance(department, str) or not isinstance(worker, str):
+            raise ApiError(400, "invalid_dispatch", "dispatch needs a department and a worker")
+        event: Any = Dispatch(department, worker)
+    else:
+        event = {
+            TicketStatus.ACKNOWLEDGED.value: Acknowledge(),
+            TicketStatus.IN_PROGRESS.value: StartWork(),
+            TicketStatus.RESOLVED.value: Resolve(first_contact=first_contact),
+            TicketStatus.CLOSED.value: ConfirmClosed(),
+            TicketStatus.REOPENED.value: Reopen(reason=note or f"reopened by {user.login}"),
+        }[status]
+    try:
+        if user.role is UserRole.AGENT:
+            await svc.set_agent(ticket_id, user.login)
+        await svc.apply(ticket_id, event, user.login, note or "")
+    except TransitionRefused as exc:
+        raise ApiError(409, "transition_refused", str(exc)) from None
+    except DispatchInvalid as exc:
+        raise ApiError(400, "invalid_dispatch", str(exc)) from None
+    except ConcurrentChange:
+        raise ApiError(409, "concurrent_change", "the ticket changed meanwhile; reload and try again") from None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+    log.info("ticket status changed at the desk", ticket=number, status=status, by=user.login)
 
 
 @public
