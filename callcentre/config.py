@@ -114,10 +114,14 @@ class AMIConfig(_Section):
     ping_interval_seconds: float = Field(5.0, gt=0)
     # A link that misses this many Ping replies in a row is treated as dead.
     missed_pings: int = Field(2, ge=1)
+    # Reconnecting after a drop or an Asterisk restart: capped exponential backoff with jitter. The cap
+    # is kept short so the link is back within seconds of Asterisk accepting connections again.
     reconnect_min_seconds: float = Field(0.5, gt=0)
-    reconnect_max_seconds: float = Field(10.0, gt=0)
-    # After this many failed logins in a row, retries slow to reconnect_max_seconds and an error is logged once.
+    reconnect_max_seconds: float = Field(4.0, gt=0)
+    # After this many failed logins in a row (a wrong secret), retries slow to login_retry_seconds and
+    # one error is logged: no flood of attempts or log lines.
     login_failures_before_backoff: int = Field(3, ge=1)
+    login_retry_seconds: float = Field(60.0, gt=0)
     action_timeout_seconds: float = Field(10.0, gt=0)
     # Connecting and reading the banner: kept short so a PBX that accepts but stays silent does not
     # hold up a reconnection.

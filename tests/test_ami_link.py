@@ -94,7 +94,8 @@ async def test_login_and_resync_hook(server: AMIReplayServer) -> None:
 
 
 async def test_bad_login_logs_one_error_and_backs_off(server: AMIReplayServer) -> None:
-    h = Harness(server, login_failures_before_backoff=2, reconnect_min_seconds=0.02, reconnect_max_seconds=0.25)
+    h = Harness(server, login_failures_before_backoff=2, reconnect_min_seconds=0.02, reconnect_max_seconds=0.25,
+                login_retry_seconds=0.25)
     link = h.link("wrong")
     with capture_logs() as logs:
         await link.start()
@@ -113,7 +114,8 @@ async def test_bad_login_logs_one_error_and_backs_off(server: AMIReplayServer) -
 
 
 def test_backoff_is_capped_and_jumps_to_max_after_login_failures(server: AMIReplayServer) -> None:
-    h = Harness(server, reconnect_min_seconds=0.5, reconnect_max_seconds=10.0, login_failures_before_backoff=3)
+    h = Harness(server, reconnect_min_seconds=0.5, reconnect_max_seconds=10.0, login_failures_before_backoff=3,
+                login_retry_seconds=10.0)
     link = h.link()
     delays = [link._backoff(n) for n in range(12)]
     assert all(0.5 <= d <= 10.0 for d in delays)

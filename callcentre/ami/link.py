@@ -360,7 +360,7 @@ class AMILink:
         """Capped exponential backoff with jitter; after repeated login failures, the maximum."""
         lo, hi = self._cfg.reconnect_min_seconds, self._cfg.reconnect_max_seconds
         if self._login_failures >= self._cfg.login_failures_before_backoff:
-            base = hi
+            base = max(hi, self._cfg.login_retry_seconds)
         else:
             base = min(hi, lo * (2 ** min(attempt, 30)))
         # Jitter in [base/2, base], never below the configured minimum.
@@ -380,7 +380,7 @@ class AMILink:
             log.warning(
                 "ami login still failing; retrying slowly",
                 failures=self._login_failures,
-                retry_seconds=self._cfg.reconnect_max_seconds,
+                retry_seconds=max(self._cfg.reconnect_max_seconds, self._cfg.login_retry_seconds),
             )
         else:
             log.debug("ami login failed again", failures=self._login_failures)
