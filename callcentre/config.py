@@ -69,8 +69,10 @@ class CentreConfig(_Section):
 class DatabaseConfig(_Section):
     url: str = "sqlite+aiosqlite:///var/callcentre.db"
     echo: bool = False
-    # Seconds a write may wait for a locked SQLite database before giving up.
+    # Seconds a write may wait for a lock before giving up (SQLite busy timeout, PostgreSQL lock_timeout).
     busy_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    # PostgreSQL: seconds to wait for a connection to the server.
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=120)
 
     @field_validator("url")
     @classmethod

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from callcentre.cli import main
+from tests.conftest import test_database_url
 
 COMMANDS = [
     [], ["serve"], ["demo"], ["simulate"], ["db"], ["db", "upgrade"], ["owners"], ["owners", "import"], ["check-config"],
@@ -41,7 +42,7 @@ def test_user_add_and_passwd_then_the_password_works(tmp_path):
     from callcentre.storage.db import create_engine, session_factory
     from callcentre.storage.users_repo import UsersRepo
 
-    env = {"CALLCENTRE_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'u.db'}"}
+    env = {"CALLCENTRE_DATABASE__URL": test_database_url(tmp_path)}
     r = CliRunner().invoke(main, ["user", "add", "agent7", "--name", "Agent Seven", "--role", "agent",
                                   "--interface", "PJSIP/agent7", "--password-stdin"], input="first-password-1\n", env=env)
     assert r.exit_code == 0, r.output
@@ -64,7 +65,7 @@ def test_user_add_and_passwd_then_the_password_works(tmp_path):
 
 
 def test_report_daily_runs_on_an_empty_database(tmp_path):
-    env = {"CALLCENTRE_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"}
+    env = {"CALLCENTRE_DATABASE__URL": test_database_url(tmp_path)}
     assert CliRunner().invoke(main, ["db", "upgrade"], env=env).exit_code == 0
     r = CliRunner().invoke(main, ["report", "daily", "--date", "2026-11-24", "--csv", str(tmp_path / "d.csv")], env=env)
     assert r.exit_code == 0, r.output

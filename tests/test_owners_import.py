@@ -14,6 +14,7 @@ from callcentre.owners_import import ImportFailed, import_owners
 from callcentre.storage import db
 from callcentre.storage.models import Owner, OwnerUnit, Phone, Unit
 from callcentre.storage.repo import SqlDirectory
+from tests.conftest import on_postgres, test_database_url
 
 FIXTURE = Path(__file__).parent / "fixtures" / "owners-sample.csv"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "owners.csv"
@@ -22,7 +23,7 @@ HEADER = "building,unit,owner_name,phones,fee_balance,fee_due_date,vip,language,
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'cc.db'}"
+    url = test_database_url(tmp_path)
     await db.upgrade(url, progress=None)
     eng = db.create_engine(DatabaseConfig(url=url))
     yield eng
@@ -214,6 +215,7 @@ async def test_hostile_names_are_cleaned(sessions: async_sessionmaker[AsyncSessi
     assert [m.owner_name for m in matches] == ["张三 Action: Hangup"]
 
 
+@pytest.mark.skipif(on_postgres(), reason="SQLite-specific (an exclusive SQLite file lock); see the PostgreSQL counterpart")
 async def test_locked_database_is_storage_unavailable(tmp_path: Path) -> None:
     import sqlite3
 
@@ -231,4 +233,30 @@ async def test_locked_database_is_storage_unavailable(tmp_path: Path) -> None:
         assert await counts(db.session_factory(eng)) == (0, 0, 0, 0)
     finally:
         holder.close()
+        await eng.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL: CALLCENTRE_TEST_PG_URL not set")
+async def test_locked_table_on_postgres_is_storage_unavailable(tmp_path: Path) -> None:
+    """Counterpart of the SQLite lock test: another session holds the phones table; the import
+    gives up after the busy timeout (lock_timeout), writes nothing, and works once it lets go."""
+    from callcentre.domain.ports import StorageUnavailable
+
+    url = test_database_url(tmp_path)
+    await db.upgrade(url, progress=None)
+    eng = db.create_engine(DatabaseConfig(url=url, busy_timeout_seconds=0.2))
+    holder_eng = db.create_engine(DatabaseConfig(url=url))
+    try:
+        async with holder_eng.connect() as holder:
+            trans = await holder.begin()
+            await holder.exec_driver_sql("LOCK TABLE phones IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StorageUnavailable, match="lock timeout"):
+                await run(db.session_factory(eng), FIXTURE)
+            await trans.rollback()
+        assert await counts(db.session_factory(eng)) == (0, 0, 0, 0)
+        await run(db.session_factory(eng), FIXTURE)
+        assert (await counts(db.session_factory(eng)))[0] > 0
+    finally:
+        await holder_eng.dispose()
         await eng.dispose()

@@ -1,4 +1,7 @@
-"""The service loop's adapters over a real (temporary, migrated) SQLite database and a fake clock."""
+"""The service loop's adapters over a real (temporary, migrated) database and a fake clock.
+
+SQLite by default; PostgreSQL when CALLCENTRE_TEST_PG_URL is set (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from callcentre.storage import db
 from callcentre.storage.models import Base, TicketRow
 from callcentre.storage.repo import SqlTicketStore
 from callcentre.storage.service_models import CallbackAttempt, TicketHistory, TicketServiceState, WebhookOutbox
+from tests.conftest import test_database_url
 from tests.fakes import HANGUP, FakeChannel
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)  # 10:00 in Shanghai, a Tuesday
@@ -68,7 +72,7 @@ def make_env(engine: AsyncEngine, cfg: Config, clock: FakeClock, urls: tuple[str
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'cc.db'}"
+    url = test_database_url(tmp_path)
     await db.upgrade(url, progress=None)
     eng = db.create_engine(DatabaseConfig(url=url))
     yield eng

@@ -1,4 +1,5 @@
-"""Storage on a real SQLite file: migrations, directory look-ups, tickets, failures."""
+"""Storage on a real database (SQLite file, or PostgreSQL with CALLCENTRE_TEST_PG_URL): migrations,
+directory look-ups, tickets, failures."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ from callcentre.domain.ports import FakeClock, StorageUnavailable
 from callcentre.storage import db
 from callcentre.storage.models import Owner, OwnerUnit, Phone, TicketCounter, TicketRow, Unit, load_all_models
 from callcentre.storage.repo import SqlDirectory, SqlTicketStore, pin_hasher
+from tests.conftest import on_postgres, test_database_url
 
 PREFIXES = {"repair": "R", "complaint": "C", "emergency": "E", "message": "M", "enquiry": "Q"}
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)  # 10:00 in Shanghai
+
+
+sqlite_only = pytest.mark.skipif(
+    on_postgres(), reason="SQLite-specific (file, PRAGMAs or SQLite locking); covered by the SQLite run"
+)
+postgres_only = pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL: CALLCENTRE_TEST_PG_URL not set")
 
 
 def sqlite_url(path: Path) -> str:
@@ -33,14 +41,23 @@ def sqlite_url(path: Path) -> str:
 
 @pytest.fixture
 async def db_path(tmp_path: Path) -> Path:
+    """A migrated SQLite file, for the SQLite-only tests."""
     path = tmp_path / "data" / "callcentre.db"
     await db.upgrade(sqlite_url(path), progress=None)
     return path
 
 
 @pytest.fixture
-async def engine(db_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
+async def db_url(tmp_path: Path) -> str:
+    """A fresh migrated database on the backend under test (SQLite file or PostgreSQL)."""
+    url = test_database_url(tmp_path)
+    await db.upgrade(url, progress=None)
+    return url
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = db.create_engine(DatabaseConfig(url=db_url))
     yield eng
     await eng.dispose()
 
@@ -116,14 +133,15 @@ async def test_migration_matches_models(engine: AsyncEngine) -> None:
         assert await conn.run_sync(diff) == []
 
 
-async def test_upgrade_is_repeatable_and_check_reports(db_path: Path, engine: AsyncEngine) -> None:
+async def test_upgrade_is_repeatable_and_check_reports(db_url: str, engine: AsyncEngine) -> None:
     said: list[str] = []
-    assert await db.upgrade(sqlite_url(db_path), progress=said.append) == db.head_revision()
+    assert await db.upgrade(db_url, progress=said.append) == db.head_revision()
     assert said and "up to date" in said[0]
     health = await db.check(engine)
     assert health["ok"] is True and health["revision"] == health["head"] is not None
 
 
+@sqlite_only
 async def test_sqlite_pragmas_and_parent_folder(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "cc.db"
     eng = db.create_engine(DatabaseConfig(url=sqlite_url(path), busy_timeout_seconds=2.5))
@@ -138,8 +156,21 @@ async def test_sqlite_pragmas_and_parent_folder(tmp_path: Path) -> None:
         await eng.dispose()
 
 
+@postgres_only
+async def test_postgres_session_settings(db_url: str) -> None:
+    """The PostgreSQL counterpart of the PRAGMA test: the busy timeout becomes lock_timeout."""
+    eng = db.create_engine(DatabaseConfig(url=db_url, busy_timeout_seconds=2.5))
+    try:
+        async with eng.connect() as conn:
+            lock_timeout = (await conn.exec_driver_sql("SHOW lock_timeout")).scalar()
+            encoding = (await conn.exec_driver_sql("SHOW server_encoding")).scalar()
+        assert (lock_timeout, encoding) == ("2500ms", "UTF8")
+    finally:
+        await eng.dispose()
+
+
 async def test_check_on_empty_database_is_not_ok(tmp_path: Path) -> None:
-    eng = db.create_engine(DatabaseConfig(url=sqlite_url(tmp_path / "empty.db")))
+    eng = db.create_engine(DatabaseConfig(url=test_database_url(tmp_path)))
     try:
         health = await db.check(eng)
     finally:
@@ -220,16 +251,16 @@ async def test_ticket_fields_round_trip(sessions: async_sessionmaker[AsyncSessio
     assert got is not None and got.extra["acknowledged_to_caller"] is True
 
 
-async def test_numbering_per_local_day_and_across_restart(db_path: Path, clock: FakeClock) -> None:
-    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
+async def test_numbering_per_local_day_and_across_restart(db_url: str, clock: FakeClock) -> None:
+    eng = db.create_engine(DatabaseConfig(url=db_url))
     store = store_for(db.session_factory(eng), clock)
     a = await store.create_ticket(draft("1.1"), None)
     b = await store.create_ticket(draft("1.2", TicketKind.COMPLAINT), None)
     await eng.dispose()
     assert (a.number, b.number) == ("R20261124-0001", "C20261124-0002")
 
-    # A restart: new engine, new store, same file.
-    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
+    # A restart: new engine, new store, same database.
+    eng = db.create_engine(DatabaseConfig(url=db_url))
     try:
         store = store_for(db.session_factory(eng), clock)
         c = await store.create_ticket(draft("1.3", TicketKind.EMERGENCY), None)
@@ -343,6 +374,7 @@ async def test_naive_datetime_refused(sessions: async_sessionmaker[AsyncSession]
 # --- failures --------------------------------------------------------------------------------
 
 
+@sqlite_only
 async def test_locked_database_is_storage_unavailable(db_path: Path, clock: FakeClock) -> None:
     eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path), busy_timeout_seconds=0.2))
     store = store_for(db.session_factory(eng), clock)
@@ -361,6 +393,7 @@ async def test_locked_database_is_storage_unavailable(db_path: Path, clock: Fake
         await eng.dispose()
 
 
+@sqlite_only
 async def test_read_only_database_is_storage_unavailable(db_path: Path, clock: FakeClock) -> None:
     # Tests may run as root, which ignores file modes: open the file read-only instead.
     url = f"sqlite+aiosqlite:///file:{db_path}?mode=ro&uri=true"
@@ -373,6 +406,7 @@ async def test_read_only_database_is_storage_unavailable(db_path: Path, clock: F
         await eng.dispose()
 
 
+@sqlite_only
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 async def test_read_only_file_mode(db_path: Path, clock: FakeClock) -> None:
     eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
@@ -407,16 +441,52 @@ async def test_unreachable_postgres_is_storage_unavailable(clock: FakeClock) -> 
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not os.environ.get("CALLCENTRE_TEST_PG_URL"), reason="CALLCENTRE_TEST_PG_URL not set")
-async def test_postgres_end_to_end(clock: FakeClock) -> None:
-    url = os.environ["CALLCENTRE_TEST_PG_URL"]
-    await db.upgrade(url, progress=None)
-    eng = db.create_engine(DatabaseConfig(url=url))
+@postgres_only
+async def test_postgres_locked_table_is_storage_unavailable(db_url: str, clock: FakeClock) -> None:
+    """Counterpart of the SQLite lock test: another session holds the counter table; we give up
+    after the busy timeout (lock_timeout) with a clear reason, and succeed once it lets go."""
+    eng = db.create_engine(DatabaseConfig(url=db_url, busy_timeout_seconds=0.2))
+    holder_eng = db.create_engine(DatabaseConfig(url=db_url))
+    store = store_for(db.session_factory(eng), clock)
+    try:
+        async with holder_eng.connect() as holder:
+            trans = await holder.begin()
+            await holder.exec_driver_sql("LOCK TABLE ticket_counters IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StorageUnavailable, match="locked"):
+                await store.create_ticket(draft("6.1"), None)
+            await store.record_call_event("6.1", "ivr", {"ivr_step": "2"})  # best effort: no raise
+            await trans.rollback()
+        t = await store.create_ticket(draft("6.1"), None)
+        assert t.number == "R20261124-0001"
+    finally:
+        await holder_eng.dispose()
+        await eng.dispose()
+
+
+@pytest.mark.postgres
+@postgres_only
+async def test_postgres_read_only_is_storage_unavailable(db_url: str, clock: FakeClock) -> None:
+    """Counterpart of the read-only file: a hot standby or a database set read-only refuses writes."""
+    eng = db.create_engine(DatabaseConfig(url=db_url))
+    try:
+        async with eng.connect() as conn:
+            name = (await conn.exec_driver_sql("SELECT current_database()")).scalar()
+            await conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            await conn.commit()
+        await eng.dispose()  # the setting applies to new sessions
+        store = store_for(db.session_factory(eng), clock)
+        with pytest.raises(StorageUnavailable, match="read-only"):
+            await store.create_ticket(draft("6.2"), None)
+    finally:
+        await eng.dispose()
+
+
+@pytest.mark.postgres
+@postgres_only
+async def test_postgres_end_to_end(db_url: str, clock: FakeClock) -> None:
+    eng = db.create_engine(DatabaseConfig(url=db_url))
     try:
         sessions = db.session_factory(eng)
-        async with eng.begin() as conn:
-            for table in ("tickets", "ticket_counters", "calls", "phones", "owner_units", "owners", "units"):
-                await conn.exec_driver_sql(f"DELETE FROM {table}")
         ids = await seed(sessions)
         assert len(await SqlDirectory(sessions).find_by_phone("+862888881234")) == 2
         store = store_for(sessions, clock)

@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from conftest import test_database_url
 import pytest
 import yaml
 from aiohttp import WSMsgType, web
@@ -139,7 +140,7 @@ class Env:
 
 def make_cfg(tmp_path: Path, **web: Any) -> Config:
     return Config(
-        database=DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'cc.db'}"),
+        database=DatabaseConfig(url=test_database_url(tmp_path)),
         web=WebConfig(session_key="test-key-0123456789", login_attempts_per_minute=3, websocket_queue_max=8, **web),
     )
 

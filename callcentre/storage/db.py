@@ -39,7 +39,8 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 def create_engine(cfg: DatabaseConfig) -> AsyncEngine:
-    """Build the async engine; for SQLite make the file's folder and set WAL, busy timeout, FKs.
+    """Build the async engine; for SQLite make the file's folder and set WAL, busy timeout, FKs;
+    for PostgreSQL turn the busy timeout into lock_timeout.
 
     WAL lets the web pages read while a ticket is written; the busy timeout is how long a write
     waits for a lock before it fails (and the IVR falls back to an agent).
@@ -55,6 +56,12 @@ def create_engine(cfg: DatabaseConfig) -> AsyncEngine:
         kwargs["connect_args"] = {"timeout": cfg.busy_timeout_seconds}
     else:
         kwargs["pool_pre_ping"] = True
+        # The busy timeout means the same on PostgreSQL: a write blocked by another's lock fails
+        # after this long (lock_timeout, SQLSTATE 55P03) instead of holding a caller forever.
+        lock_ms = int(cfg.busy_timeout_seconds * 1000)
+        # A server that does not answer (down, firewalled) fails after connect_timeout_seconds instead
+        # of asyncpg's 60 s default, so a caller is sent to an agent quickly.
+        kwargs["connect_args"] = {"server_settings": {"lock_timeout": str(lock_ms)}, "timeout": cfg.connect_timeout_seconds}
     engine = create_async_engine(url, **kwargs)
     if is_sqlite:
         busy_ms = int(cfg.busy_timeout_seconds * 1000)

@@ -66,7 +66,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 # Modules that declare tables on :class:`Base`; Alembic's autogenerate and the schema test need them
 # all imported. Add a module here when it declares tables.
-MODEL_MODULES = ("callcentre.storage.models", "callcentre.storage.users")
+MODEL_MODULES = ("callcentre.storage.models", "callcentre.storage.users", "callcentre.storage.service_models")
 
 
 def load_all_models() -> MetaData:

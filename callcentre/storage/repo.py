@@ -52,7 +52,8 @@ def _reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     low = text.lower()
-    if "locked" in low or "busy" in low:
+    # SQLite says "database is locked"; PostgreSQL "canceling statement due to lock timeout".
+    if "locked" in low or "busy" in low or "lock timeout" in low:
         return f"database is locked by another process ({text})"
     if "readonly" in low or "read-only" in low or "read only" in low:
         return f"database is read-only ({text})"
