@@ -162,19 +162,41 @@ async def test_ami_link_drops_during_a_call_and_nothing_is_counted_twice(stack):
     assert f["calls_answered"] == 1 and f["offers"] == 1 and f["calls_entered"] == 1
 
 
-@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT)
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_ACD__WRAPUP_SECONDS="0.5")
 async def test_emergency_goes_ahead_of_everyone(stack):
+    import json
+
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=30))
     a1 = await agent_id(stack, "a1")
+    sub = stack.services.hub.subscribe(f"agent:{a1}")
+    seen: list[str] = []
+
+    async def drain() -> None:
+        while True:
+            seen.append(await sub.get())
+
+    reader = asyncio.ensure_future(drain())
     blocker = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
     assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
     normal = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", ""], silences_before_giving_up=100)))
     assert await wait_for(lambda: stack.services.acd.dist.waiting_count() >= 1)
-    emergency = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13720000801", inputs=["8", "2", ""])))
+    emergency = asyncio.ensure_future(stack.pbx.place_call(
+        CallerScript("13720000801", inputs=["8", "2", ""], silences_before_giving_up=100)))
     assert await wait_for(lambda: stack.services.acd.dist.waiting_count() >= 2)
     queue = stack.services.acd.snapshot()["queue"]
     assert queue[0]["priority"].lower().startswith("emergency") and queue[0]["position"] == 1
-    await asyncio.wait_for(asyncio.gather(blocker, normal, emergency), 40)
+    r_blocker, r_normal, r_emergency = await asyncio.wait_for(asyncio.gather(blocker, normal, emergency), 40)
+    statuses = [(r.variables.get("DIALSTATUS"), r.ended.value) for r in (r_blocker, r_normal, r_emergency)]
+    assert all(st == "ANSWER" for st, _ in statuses), statuses
+    # the emergency caller, who came last, was offered to the agent before the caller already waiting
+    offered = []
+    for raw in seen:
+        msg = json.loads(raw)
+        if msg.get("type") == "screen_pop" and msg["call"]["uniqueid"] not in offered:
+            offered.append(msg["call"]["uniqueid"])
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    assert offered == [r_blocker.uniqueid, r_emergency.uniqueid, r_normal.uniqueid]
     tickets = await stack.tickets()
     assert any(t.kind == "emergency" and t.priority == "major" for t in tickets)
 
