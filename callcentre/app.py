@@ -27,6 +27,7 @@ from callcentre.domain.ivr import HotlineIVR
 from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock
 from callcentre.storage import db as storage_db
 from callcentre.storage.repo import SqlDirectory, SqlTicketStore
+from callcentre.tasks import cancel_and_wait
 from callcentre.web.auth import public
 from callcentre.web.hub import Hub
 
@@ -51,6 +52,7 @@ class Services:
     ami: AMILink | None = None
     callbacks: Any = None
     escalation: Any = None
+    reconciliation: Any = None
     webhooks: Any = None
     survey: Any = None
     hub: Hub | None = None
@@ -162,8 +164,7 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         yield
         await services.ivr.drain()
         if services.acd is not None:
-            sync_task.cancel()
-            await asyncio.gather(sync_task, return_exceptions=True)
+            await cancel_and_wait(sync_task)
             await services.acd.stop()
 
     async def service_loop(app: web.Application) -> AsyncIterator[None]:
@@ -188,7 +189,18 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         )
         services.survey = SurveyScript(services.ticket_service, services.callbacks, default_language=cfg.ivr.default_language)
         services.escalation = EscalationLoop(services.ticket_service, cfg, services.clock, publish)
-        started = [services.callbacks, services.escalation]
+
+        def reconciled(day, text: str, csv_text: str) -> None:
+            """当日盘点 done: tell the supervisors (the report itself is on the reports page and CLI)."""
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            log.info("daily reconciliation", day=str(day), summary=lines[:3])
+            publish("wallboard", {"type": "daily_reconciliation", "message": f"Daily reconciliation for {day} is ready",
+                                  "day": str(day)})
+
+        from callcentre.service.reports_cmd import ReconciliationScheduler
+
+        services.reconciliation = ReconciliationScheduler(sf, cfg, services.clock, reconciled)
+        started = [services.callbacks, services.escalation, services.reconciliation]
         if cfg.webhooks.urls:
             w = cfg.webhooks
             settings = WebhookSettings(

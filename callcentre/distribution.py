@@ -52,6 +52,7 @@ from callcentre.domain.acd import (
 )
 from callcentre.domain.ivr import CallInfo, Outcome
 from callcentre.domain.ports import CallerHungUp, Channel, ChannelError, Clock, StorageUnavailable, TicketStore
+from callcentre.tasks import cancel_and_wait
 
 log = structlog.get_logger("callcentre.acd")
 
@@ -170,10 +171,7 @@ class ACDService:
         self._ticker = asyncio.create_task(self._tick_loop(), name="acd-ticker")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._ticker, *self._tasks) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._ticker, *self._tasks)
         self._ticker = None
         await self._flush_history()
 

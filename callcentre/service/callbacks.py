@@ -46,6 +46,7 @@ from callcentre.service.escalation import WALLBOARD, Publish
 from callcentre.service.tickets import DIALLABLE, TicketService, add_history, load_ticket
 from callcentre.storage.models import TicketRow
 from callcentre.storage.service_models import AttemptState, CallbackAttempt
+from callcentre.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -111,13 +112,7 @@ class CallbackScheduler:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     def feed(self, message: Mapping[str, Any]) -> None:

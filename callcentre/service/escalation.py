@@ -19,6 +19,7 @@ from callcentre.domain.lifecycle import Escalate, TransitionRefused
 from callcentre.domain.ports import Clock
 from callcentre.domain.promises import AlertKind, ClockSample, PromiseAlert, due_escalations, evaluation_time
 from callcentre.service.tickets import ConcurrentChange, TicketNotFound, TicketService
+from callcentre.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -39,13 +40,8 @@ class EscalationLoop:
         self._task = asyncio.create_task(self._run(), name="escalation-loop")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

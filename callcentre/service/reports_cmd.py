@@ -28,6 +28,7 @@ from callcentre.domain.model import TicketKind, TicketStatus
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.storage.models import CallRow, TicketRow, Unit
 from callcentre.storage.service_models import TicketServiceState
+from callcentre.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -253,13 +254,8 @@ class ReconciliationScheduler:
         self._task = asyncio.create_task(self._run(), name="daily-reconciliation")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def run_for(self, day: date) -> tuple[str, str]:
         text, csv_text = await daily_report(self._sessions, self._cfg, day, self._clock)

@@ -34,6 +34,7 @@ from callcentre.domain.lifecycle import TicketState
 from callcentre.domain.ports import Clock
 from callcentre.storage.models import TicketRow
 from callcentre.storage.service_models import OutboxState, WebhookAttempt, WebhookOutbox
+from callcentre.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -163,13 +164,8 @@ class WebhookSender:
         self._task = asyncio.create_task(self._run(), name="webhook-sender")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._own_http and self._http is not None:
             await self._http.close()
             self._http = None
