@@ -118,6 +118,7 @@ class ACDService:
         self.alerts: deque[dict[str, Any]] = deque(maxlen=30)  # recent alerts, for a wallboard that (re)connects
         self._history: list[StateChange] = []
         self._supervisor_interface = supervisor_interface
+        self._agent_by_interface: dict[str, str] = {}
         self._screen_pop_builder = screen_pop
 
     def load_agents(self, agents: list[Agent], last_states: Mapping[str, tuple[str, datetime, str | None]],
@@ -131,6 +132,7 @@ class ACDService:
         """
         for agent in agents:
             self.dist.add_agent(agent)
+            self._agent_by_interface[agent.interface] = agent.agent_id
             last = last_states.get(agent.agent_id)
             if last is None:
                 if agent.agent_id in start_ready:
@@ -159,9 +161,12 @@ class ACDService:
                 current = self.dist.agent(agent.agent_id)
             except AcdError:
                 self.dist.add_agent(agent)
+                self._agent_by_interface[agent.interface] = agent.agent_id
                 log.info("agent added", agent=agent.agent_id, login=agent.login)
                 continue
             if current != agent:
+                self._agent_by_interface.pop(current.interface, None)
+                self._agent_by_interface[agent.interface] = agent.agent_id
                 self._apply(self.dist.update_agent(agent))
                 log.info("agent updated", agent=agent.agent_id, login=agent.login)
 
@@ -657,11 +662,13 @@ class ACDService:
             self._apply(self.dist.resync_elsewhere(view.agent_id, refs.get(view.agent_id, set())))
 
     def _agent_for_channel(self, channel: str) -> str | None:
-        for view in self.dist.snapshot().agents:
-            iface = self.dist.agent(view.agent_id).interface
-            if channel.startswith(iface + "-"):
-                return view.agent_id
-        return None
+        """The agent whose phone this channel is: ``PJSIP/agent1-0000002a`` -> agent of ``PJSIP/agent1``.
+
+        A dict look-up per event (the AMI hot path), not a scan of the agents."""
+        base, sep, _seq = channel.rpartition("-")
+        if not sep:
+            return None
+        return self._agent_by_interface.get(base)
 
     def _wall(self, mono: float) -> datetime:
         return self.clock.now() - timedelta(seconds=max(0.0, self.clock.monotonic() - mono))

@@ -135,7 +135,8 @@ def chart_svg(title: str, labels: Sequence[str], series: dict[str, Sequence[floa
         except ImportError:
             pass
         else:
-            chart = pygal.Bar(title=title, x_label_rotation=30, show_legend=True, disable_xml_declaration=False)
+            chart = pygal.Bar(title=title, x_label_rotation=30, show_legend=True, disable_xml_declaration=False,
+                              js=[])  # no script from a CDN inside the SVG
             chart.x_labels = list(labels)
             for name, values in series.items():
                 chart.add(name, list(values))

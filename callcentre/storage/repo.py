@@ -82,6 +82,19 @@ async def _in_thread(func: Any, *args: Any) -> Any:
     return await asyncio.to_thread(func, *args)
 
 
+class _AlreadyMade(Exception):
+    """Internal: the insert found the call's ticket already there (rolls the transaction back)."""
+
+
+def _dialect_insert(session: AsyncSession, table: Any) -> Any:
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise StorageUnavailable(f"database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+
+
 def upsert(session: AsyncSession, table: Any, values: Mapping[str, Any], keys: list[str], set_: Mapping[str, Any]) -> Any:
     """INSERT … ON CONFLICT (keys) DO UPDATE SET … for SQLite and PostgreSQL."""
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
@@ -241,52 +254,54 @@ class SqlTicketStore:
         return f"{self._prefix(kind)}{day:%Y%m%d}-{last:04d}"
 
     async def create_ticket(self, draft: TicketDraft, promised_by: datetime | None) -> Ticket:
-        """Create and commit; the same (call_uniqueid, kind) returns the ticket already made."""
+        """Create and commit; the same (call_uniqueid, kind) returns the ticket already made.
+
+        One transaction, one connection: the day's counter is taken and the row inserted with
+        ``ON CONFLICT (call_uniqueid, kind) DO NOTHING``; if the call already has this ticket the
+        transaction is rolled back (the counter is given back) and the existing ticket returned."""
         blog = log.bind(uniqueid=draft.call_uniqueid, kind=draft.kind.value)
+        now = self._clock.now()
+        day = today_local(self._clock, self._tz)
+        values: dict[str, Any] = dict(
+            kind=draft.kind.value,
+            category=draft.category,
+            priority=draft.priority.value,
+            status=TicketStatus.NEW.value,
+            caller_id_raw=draft.caller_id_raw.replace("\x00", "")[:128],
+            caller_id=draft.caller_id,
+            caller_name=draft.caller_name[:100] if draft.caller_name else None,
+            call_uniqueid=draft.call_uniqueid or None,
+            call_linkedid=draft.call_linkedid,
+            channel=draft.channel[:128] if draft.channel else None,
+            owner_id=draft.owner_id,
+            unit_id=draft.unit_id,
+            voice_file=draft.voice_file,
+            ivr_path=draft.ivr_path[:_IVR_PATH_MAX],
+            description=draft.description,
+            source=draft.source[:16],
+            created_at=now,
+            promised_by=promised_by,
+            acknowledged_to_caller=False,
+            updated_at=now,
+        )
         async with _storage_errors("save the ticket"):
-            if draft.call_uniqueid:
-                found = await self._existing(draft.call_uniqueid, draft.kind)
+            try:
+                async with self._sessions() as s, s.begin():
+                    values["number"] = await self._next_number(s, draft.kind, day)
+                    stmt = _dialect_insert(s, TicketRow).values(**values)
+                    if draft.call_uniqueid:
+                        stmt = stmt.on_conflict_do_nothing(index_elements=["call_uniqueid", "kind"])
+                    new_id = (await s.execute(stmt.returning(TicketRow.id))).scalar_one_or_none()
+                    if new_id is None:
+                        raise _AlreadyMade()
+            except (_AlreadyMade, IntegrityError) as exc:
+                # This call already has this ticket (a retried or reconnected call, or a lost race).
+                found = await self._existing(draft.call_uniqueid, draft.kind) if draft.call_uniqueid else None
                 if found is not None:
                     blog.info("ticket already exists", ticket=found.number)
                     return _to_ticket(found)
-            now = self._clock.now()
-            day = today_local(self._clock, self._tz)
-            try:
-                async with self._sessions() as s, s.begin():
-                    number = await self._next_number(s, draft.kind, day)
-                    row = TicketRow(
-                        number=number,
-                        kind=draft.kind.value,
-                        category=draft.category,
-                        priority=draft.priority.value,
-                        status=TicketStatus.NEW.value,
-                        caller_id_raw=draft.caller_id_raw.replace("\x00", "")[:128],
-                        caller_id=draft.caller_id,
-                        caller_name=draft.caller_name[:100] if draft.caller_name else None,
-                        call_uniqueid=draft.call_uniqueid or None,
-                        call_linkedid=draft.call_linkedid,
-                        channel=draft.channel[:128] if draft.channel else None,
-                        owner_id=draft.owner_id,
-                        unit_id=draft.unit_id,
-                        voice_file=draft.voice_file,
-                        ivr_path=draft.ivr_path[:_IVR_PATH_MAX],
-                        description=draft.description,
-                        source=draft.source[:16],
-                        created_at=now,
-                        promised_by=promised_by,
-                        acknowledged_to_caller=False,
-                        updated_at=now,
-                    )
-                    s.add(row)
-                    await s.flush()
-            except IntegrityError as exc:
-                # Lost a race with another write for the same call: that ticket is ours too.
-                if draft.call_uniqueid:
-                    found = await self._existing(draft.call_uniqueid, draft.kind)
-                    if found is not None:
-                        blog.info("ticket already exists", ticket=found.number, race=True)
-                        return _to_ticket(found)
                 raise StorageUnavailable(f"cannot save the ticket: {_reason(exc)}") from exc
+        row = TicketRow(id=new_id, **values)
         blog.info("ticket created", ticket=row.number)
         return _to_ticket(row)
 

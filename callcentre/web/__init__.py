@@ -102,7 +102,7 @@ WEB = web.AppKey("callcentre_web", WebState)
 
 def setup_web(app: web.Application, services: Any) -> None:
     """Add the pages, API, websockets and their middlewares to ``app``."""
-    from callcentre.web import api, pages, ws
+    from callcentre.web import api, pages, reports, ws
     from callcentre.web.middleware import error_middleware, make_auth_middleware, security_headers
 
     cfg = services.cfg
@@ -124,6 +124,7 @@ def setup_web(app: web.Application, services: Any) -> None:
     api.add_routes(app)
     ws.add_routes(app)
     pages.add_routes(app)
+    reports.add_routes(app)
     app.cleanup_ctx.append(_live_push)
     app.on_shutdown.append(_close_sockets)
 
