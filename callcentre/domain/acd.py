@@ -46,7 +46,7 @@ from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Iterable, Union
+from typing import Callable, Iterable, Union
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -508,6 +508,63 @@ class _OfferRec:
 # ---------------------------------------------------------------------------------------------------
 # The distributor
 # ---------------------------------------------------------------------------------------------------
+class _LazyIndex:
+    """Heaps per key with lazy deletion, shared by the ready agents and the waiting calls.
+
+    An entry is a tuple ordered by its leading fields and ending in (…, id, token); it is live while
+    ``is_live(entry)`` says so (the record is still indexed with that token). Counts per key are exact,
+    stale entries are dropped when met at the top, and a heap is compacted once it holds more than four
+    times its live entries, so a decision stays O(log n) without ever scanning every record.
+    """
+
+    __slots__ = ("_heaps", "_counts", "_is_live")
+
+    def __init__(self, is_live: Callable[[tuple], bool]) -> None:
+        self._heaps: dict[tuple, list[tuple]] = {}
+        self._counts: dict[tuple, int] = {}
+        self._is_live = is_live
+
+    def add(self, keys: Iterable[tuple], entry: tuple) -> None:
+        for key in keys:
+            heap = self._heaps.setdefault(key, [])
+            heapq.heappush(heap, entry)
+            count = self._counts.get(key, 0) + 1
+            self._counts[key] = count
+            if len(heap) > 64 and len(heap) > 4 * count:
+                live = [e for e in heap if self._is_live(e)]
+                heapq.heapify(live)
+                self._heaps[key] = live
+
+    def remove(self, keys: Iterable[tuple]) -> None:
+        """The record left the index (its token changed): only the count moves now."""
+        for key in keys:
+            self._counts[key] -= 1
+
+    def count(self, key: tuple) -> int:
+        return self._counts.get(key, 0)
+
+    def peek(self, key: tuple, skip: Callable[[tuple], bool] | None = None) -> tuple | None:
+        """The first live entry under ``key`` that ``skip`` does not reject (skipped ones stay)."""
+        if not self._counts.get(key):
+            return None
+        heap = self._heaps[key]
+        skipped: list[tuple] = []
+        found: tuple | None = None
+        while heap:
+            e = heap[0]
+            if not self._is_live(e):
+                heapq.heappop(heap)
+                continue
+            if skip is not None and skip(e):
+                skipped.append(heapq.heappop(heap))
+                continue
+            found = e
+            break
+        for e in skipped:
+            heapq.heappush(heap, e)
+        return found
+
+
 class Distributor:
     """Owns agent states, the waiting queue and open offers; every method returns decisions."""
 
@@ -527,14 +584,12 @@ class Distributor:
         self._offers: dict[str, _OfferRec] = {}
         self._closed_offers: OrderedDict[str, tuple[OfferState, str]] = OrderedDict()
         self._finished_calls: OrderedDict[str, WithdrawResult | None] = OrderedDict()
-        # READY agents: key (skill|*, language|*, pref "" / "vip" / "senior") -> heap of
-        # (idle_since, seq, agent_id, token); counts of valid entries per key.
-        self._agent_heaps: dict[tuple[str, str, str], list[tuple[float, int, str, int]]] = {}
-        self._agent_counts: dict[tuple[str, str, str], int] = {}
-        # Waiting calls not ringing anyone: key (level, skill|""|*, language|""|*) -> heap of
+        # READY agents: key (skill|*, language|*, pref "" / "vip" / "senior") -> entries
+        # (idle_since, seq, agent_id, token).
+        self._agent_index = _LazyIndex(self._agent_entry_valid)
+        # Waiting calls not ringing anyone: key (level, skill|""|*, language|""|*) -> entries
         # (seq, call_id, token).
-        self._call_heaps: dict[tuple[int, str, str], list[tuple[int, str, int]]] = {}
-        self._call_counts: dict[tuple[int, str, str], int] = {}
+        self._call_index = _LazyIndex(self._call_entry_valid)
         self._timers: list[tuple[float, int, str, str, int]] = []
         self._timer_seq = itertools.count()
         self._staffed = 0
@@ -1353,50 +1408,25 @@ class Distributor:
             return
         rec.indexed = True
         rec.token += 1
-        entry = (rec.idle_since, rec.seq, rec.agent.agent_id, rec.token)
-        for key in rec.keys:
-            heap = self._agent_heaps.setdefault(key, [])
-            heapq.heappush(heap, entry)
-            count = self._agent_counts.get(key, 0) + 1
-            self._agent_counts[key] = count
-            if len(heap) > 64 and len(heap) > 4 * count:
-                self._agent_heaps[key] = [e for e in heap if self._agent_entry_valid(e)]
-                heapq.heapify(self._agent_heaps[key])
+        self._agent_index.add(rec.keys, (rec.idle_since, rec.seq, rec.agent.agent_id, rec.token))
 
     def _unindex_agent(self, rec: _AgentRec) -> None:
         if not rec.indexed:
             return
         rec.indexed = False
         rec.token += 1
-        for key in rec.keys:
-            self._agent_counts[key] -= 1
+        self._agent_index.remove(rec.keys)
 
     def _agent_entry_valid(self, e: tuple[float, int, str, int]) -> bool:
         rec = self._agents.get(e[2])
         return rec is not None and rec.indexed and rec.token == e[3]
 
     def _ready_count(self) -> int:
-        return self._agent_counts.get((_ANY, _ANY, ""), 0)
+        return self._agent_index.count((_ANY, _ANY, ""))
 
     def _peek_agent(self, key: tuple[str, str, str], exclude: set[str]) -> _AgentRec | None:
-        if not self._agent_counts.get(key):
-            return None
-        heap = self._agent_heaps[key]
-        skipped = []
-        found: _AgentRec | None = None
-        while heap:
-            e = heap[0]
-            if not self._agent_entry_valid(e):
-                heapq.heappop(heap)
-                continue
-            if e[2] in exclude:
-                skipped.append(heapq.heappop(heap))
-                continue
-            found = self._agents[e[2]]
-            break
-        for e in skipped:
-            heapq.heappush(heap, e)
-        return found
+        e = self._agent_index.peek(key, (lambda e: e[2] in exclude) if exclude else None)
+        return self._agents[e[2]] if e is not None else None
 
     @staticmethod
     def _agent_matches(rec: _AgentRec, skill: str, lang: str) -> bool:
@@ -1423,7 +1453,7 @@ class Distributor:
         )
         for exclude in (crec.missed_by, set()) if crec.missed_by else (set(),):
             for s, lang_key in tiers:
-                if not self._agent_counts.get((s, lang_key, "")):
+                if not self._agent_index.count((s, lang_key, "")):
                     continue
                 if (
                     prev is not None
@@ -1453,15 +1483,7 @@ class Distributor:
             return
         crec.indexed = True
         crec.token += 1
-        entry = (crec.seq, crec.call.call_id, crec.token)
-        for key in self._call_keys(crec):
-            heap = self._call_heaps.setdefault(key, [])
-            heapq.heappush(heap, entry)
-            count = self._call_counts.get(key, 0) + 1
-            self._call_counts[key] = count
-            if len(heap) > 64 and len(heap) > 4 * count:
-                self._call_heaps[key] = [e for e in heap if self._call_entry_valid(e)]
-                heapq.heapify(self._call_heaps[key])
+        self._call_index.add(self._call_keys(crec), (crec.seq, crec.call.call_id, crec.token))
 
     def _unindex_call(self, crec: _CallRec) -> None:
         """Only a call waiting without an offer is indexed."""
@@ -1469,26 +1491,18 @@ class Distributor:
             return
         crec.indexed = False
         crec.token += 1
-        for key in self._call_keys(crec):
-            self._call_counts[key] -= 1
+        self._call_index.remove(self._call_keys(crec))
 
     def _call_entry_valid(self, e: tuple[int, str, int]) -> bool:
         rec = self._calls.get(e[1])
         return rec is not None and rec.indexed and rec.token == e[2]
 
     def _peek_call(self, key: tuple[int, str, str]) -> _CallRec | None:
-        if not self._call_counts.get(key):
-            return None
-        heap = self._call_heaps[key]
-        while heap:
-            e = heap[0]
-            if self._call_entry_valid(e):
-                return self._calls[e[1]]
-            heapq.heappop(heap)
-        return None
+        e = self._call_index.peek(key)
+        return self._calls[e[1]] if e is not None else None
 
     def _unoffered_count(self) -> int:
-        return sum(self._call_counts.get((int(lvl), _ANY, _ANY), 0) for lvl in PriorityLevel)
+        return sum(self._call_index.count((int(lvl), _ANY, _ANY)) for lvl in PriorityLevel)
 
     def _head_call(self) -> _CallRec | None:
         for lvl in sorted(PriorityLevel, reverse=True):
@@ -1503,7 +1517,7 @@ class Distributor:
         langs = (*sorted(arec.agent.languages), _NONE)
         for lvl in sorted(PriorityLevel, reverse=True):
             lv = int(lvl)
-            if not self._call_counts.get((lv, _ANY, _ANY)):
+            if not self._call_index.count((lv, _ANY, _ANY)):
                 continue
             tiers = (
                 [(lv, s, lang) for s in skills for lang in langs],
