@@ -446,7 +446,9 @@ class HotlineIVR:
     def _record_path(self, call: CallInfo, what: str) -> str:
         day = self.clock.now().astimezone(self.tz).strftime("%Y%m%d")
         safe_id = re.sub(r"[^0-9A-Za-z]", "-", call.uniqueid)
-        return f"{self.ivr.record_dir.rstrip('/')}/{day}/{safe_id}-{what}"
+        # One flat directory (created once at set-up, docs/asterisk.md): RECORD FILE is not relied on
+        # to create missing directories.
+        return f"{self.ivr.record_dir.rstrip('/')}/{day}-{safe_id}-{what}"
 
     async def _record(self, ch: Channel, call: CallInfo, prompt: str, what: str) -> str:
         await self._say(ch, call, [prompt])
