@@ -71,6 +71,8 @@ class _Waiter:
     callback: bool = False
     offer_id: str | None = None  # the offer whose Dial is in progress
     agent_id: str | None = None  # who answered
+    entered_mono: float = 0.0  # entry into the queue, on the monotonic clock
+    answer_recorded: bool = False
 
 
 @dataclass
@@ -341,7 +343,7 @@ class ACDService:
             caller_name=(owner.owner_name if owner else call.caller_name) or "",
             unit=f"{owner.building}-{owner.unit}" if owner else "",
         )
-        waiter = _Waiter(ch=ch, call=call)
+        waiter = _Waiter(ch=ch, call=call, entered_mono=self.clock.monotonic())
         self._waiters[wc.call_id] = waiter
         clog = log.bind(uniqueid=call.uniqueid, caller=call.caller_id or "withheld")
         clog.info("caller waiting for an agent", level=level.name, skill=wc.required_skill, reason=reason,
@@ -495,6 +497,21 @@ class ACDService:
         clog.info("offer not answered", agent=offer.agent_id, dial_status=status)
         return False
 
+    def _record_answer(self, waiter: _Waiter, offer_id: str, at_mono: float | None) -> None:
+        """Keep who answered and how fast on the call's row (monthly per-agent two-ring share)."""
+        if waiter.answer_recorded:
+            return
+        waiter.answer_recorded = True
+        try:
+            agent = self.dist.agent(self.dist.offer(offer_id).agent_id)
+        except AcdError:
+            return
+        data: dict[str, object] = {"answered_by": agent.login}
+        if at_mono is not None:  # None: the answer was not seen on AMI, its time is unknown
+            seconds = max(0.0, at_mono - waiter.entered_mono)
+            data.update(answer_seconds=round(seconds, 3), within_target=seconds <= self.cfg.acd.ring_timeout_seconds)
+        self._spawn(self.tickets.record_call_event(waiter.call.uniqueid, "answered", data), f"answer-{offer_id}")
+
     def _answered(self, waiter: _Waiter, offer_id: str, fallback_at: datetime | None) -> None:
         """Make sure the domain knows the offer was answered (AMI normally told it at the answer)."""
         try:
@@ -508,6 +525,7 @@ class ACDService:
         if self.dist.agent_state(offer.agent_id) is AgentState.RINGING:
             log.warning("answer not seen on AMI; measured from our own clock", offer=offer_id)
             self._apply(self.dist.on_answered(offer_id, fallback_at))
+        self._record_answer(waiter, offer_id, None)
 
     async def _after_call(self, waiter: _Waiter, clog) -> Outcome:
         """The agent hung up first and the caller is still here: ask for a rating (1 to 5)."""
@@ -621,6 +639,7 @@ class ACDService:
             waiter = self._waiters.get(caller_uniqueid or "")
             if waiter is not None:
                 waiter.answered = True
+                self._record_answer(waiter, offer_id, at)
         # NOANSWER / BUSY / CANCEL are handled when the Dial returns in the AGI session, with DIALSTATUS.
 
     def hangup(self, uniqueid: str, cause: int | None, at: float) -> None:

@@ -60,6 +60,9 @@ async def test_first_agent_misses_two_rings_and_the_second_answers(stack):
     assert "callcentre/zh/thanks-rating" in " ".join(result.commands)
     # the caller's name and unit were on the agent's phone
     assert any(c.startswith("SET VARIABLE CALLERID(name)") and "1-1201" in c for c in result.commands)
+    # who answered and how fast is kept on the call (the monthly per-agent two-ring share)
+    row = await stack.services.tickets.get_call(result.uniqueid)
+    assert row.answered_by == "a2" and row.within_target is True and 0 <= row.answer_seconds < 10
 
 
 @pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=AGENTS, CALLCENTRE_ACD__WRAPUP_SECONDS="0",

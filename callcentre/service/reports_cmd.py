@@ -75,10 +75,10 @@ async def _load(
         )
         for t, svc, building in rows
     ]
-    # Who answered and within how many rings is the ACD's to record; until it does, those are None.
+    # Who answered and whether within the ring target: recorded by call distribution on the answer.
     call_rows = [
         reports.CallRow(uniqueid=c.uniqueid, started_at=c.started_at, caller_id=c.caller_id, ivr_path=c.ivr_path or "",
-                        linkedid=c.linkedid)
+                        linkedid=c.linkedid, agent=c.answered_by, within_target=c.within_target)
         for c in calls
         if c.started_at is not None
     ]

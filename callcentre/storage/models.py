@@ -16,6 +16,7 @@ from sqlalchemy import (
     CheckConstraint,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -202,3 +203,7 @@ class CallRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     ivr_path: Mapped[str] = mapped_column(String(256), default="")
     outcome: Mapped[str | None] = mapped_column(String(32))
+    # Set by call distribution when an agent answers (entry into the queue -> answer, monotonic).
+    answered_by: Mapped[str | None] = mapped_column(String(64))
+    answer_seconds: Mapped[float | None] = mapped_column(Float)
+    within_target: Mapped[bool | None] = mapped_column(Boolean)

@@ -29,7 +29,8 @@ from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, Role, Ti
 log = structlog.get_logger(__name__)
 
 # Fields of the calls row that record_call_event may set from its data.
-_CALL_FIELDS = ("linkedid", "caller_id_raw", "caller_id", "owner_id", "started_at", "ended_at", "ivr_path", "outcome")
+_CALL_FIELDS = ("linkedid", "caller_id_raw", "caller_id", "owner_id", "started_at", "ended_at", "ivr_path", "outcome",
+                "answered_by", "answer_seconds", "within_target")
 _IVR_PATH_MAX = 256
 
 
