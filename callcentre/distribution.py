@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Mapping
@@ -60,6 +60,7 @@ Publish = Callable[[str, Mapping[str, Any]], None]
 _CALLBACK = "callback-key"
 _SKILL = re.compile(r"^[a-z0-9_\-]{1,32}$")
 _DIGITS = re.compile(r"^\+?[0-9]{3,20}$")
+_PREVIOUS_AGENT_MAX = 100_000
 
 
 @dataclass
@@ -114,7 +115,8 @@ class ACDService:
         self._cancelled: set[str] = set()
         self._callbacks: dict[str, _CallbackRequest] = {}
         self._callback_by_action: dict[str, str] = {}
-        self._previous_agent: dict[str, str] = {}  # owner/caller key -> last agent who answered them
+        # owner/caller key -> last agent who answered them; least recently used dropped past the cap
+        self._previous_agent: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
         self.alerts: deque[dict[str, Any]] = deque(maxlen=30)  # recent alerts, for a wallboard that (re)connects
@@ -522,6 +524,9 @@ class ACDService:
         key = _who(waiter.call)
         if key:
             self._previous_agent[key] = offer.agent_id
+            self._previous_agent.move_to_end(key)
+            while len(self._previous_agent) > _PREVIOUS_AGENT_MAX:
+                self._previous_agent.popitem(last=False)
         if self.dist.agent_state(offer.agent_id) is AgentState.RINGING:
             log.warning("answer not seen on AMI; measured from our own clock", offer=offer_id)
             self._apply(self.dist.on_answered(offer_id, fallback_at))
@@ -677,6 +682,8 @@ class ACDService:
             if agent_id and rec.uniqueid not in self._our_legs and getattr(rec, "answered_at", None) is not None:
                 refs.setdefault(agent_id, set()).add(rec.uniqueid)
         self._elsewhere = {u: a for a, us in refs.items() for u in us}
+        # legs whose Hangup was lost while the link was down are gone from Asterisk: forget them
+        self._our_legs &= {rec.uniqueid for rec in open_calls}
         for view in self.dist.snapshot().agents:
             self._apply(self.dist.resync_elsewhere(view.agent_id, refs.get(view.agent_id, set())))
 

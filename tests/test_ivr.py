@@ -226,3 +226,19 @@ async def test_a_server_stop_leaves_cc_result_unset_so_the_dialplan_queues_the_c
         await task
     assert "CC_RESULT" not in ch.variables
     assert store.events[-1][2]["outcome"] == "interrupted"
+
+
+async def test_concurrent_calls_each_log_with_their_own_uniqueid():
+    """One IVR object serves every call: each call's log lines must carry that call's uniqueid."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    ivr, _, _, _ = make()
+    a = FakeChannel(uniqueid="1795351990.1", inputs=["2", "1", "#"])
+    b = FakeChannel(uniqueid="1795351990.7", inputs=["3", "2", "#"])
+    with capture_logs() as logs:
+        await asyncio.gather(ivr.run(a), ivr.run(b))
+    created = [e for e in logs if e["event"] == "ticket created"]
+    assert {(e["uniqueid"], e["kind"]) for e in created} == {("1795351990.1", "repair"), ("1795351990.7", "complaint")}
+    assert all(e["ticket"] for e in created)

@@ -24,7 +24,7 @@ import asyncio
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -70,6 +70,8 @@ class CallInfo:
     tickets: list[str] = field(default_factory=list)  # ticket numbers made in this call
     linkedid: str | None = None
     recording: str | None = None  # the file of the recording in progress or last made
+    # This call's logger (bound with uniqueid, channel, caller): never shared between calls.
+    log: Any = field(default=None, repr=False)
 
     @property
     def ivr_path(self) -> str:
@@ -139,7 +141,7 @@ class HotlineIVR:
         log = structlog.get_logger("callcentre.ivr").bind(
             uniqueid=ch.uniqueid, channel=ch.channel_name, caller=call.caller_id or "withheld"
         )
-        self.log = log
+        call.log = log
         outcome: Outcome | None = None
         try:
             outcome = await self._run(ch, call, log)
@@ -248,7 +250,7 @@ class HotlineIVR:
             digit = result.digits[:1]
             if digit in options:
                 return digit
-            self.log.info("menu input rejected", menu=label, got=digit or None, attempt=attempt)
+            call.log.info("menu input rejected", menu=label, got=digit or None, attempt=attempt)
             call.path.append(f"{label}:{'?' if digit else 'silence'}")
             if attempt < self.ivr.max_attempts:
                 await self._say(ch, call, ["invalid-choice" if digit else "no-input"])
@@ -283,7 +285,7 @@ class HotlineIVR:
                 return await self._to_agent(ch, call, reason="menu-attempts", skill=None)
             action = self.ivr.menu[digit]
             call.path.append(digit)
-            self.log.info("menu choice", digit=digit, action=action)
+            call.log.info("menu choice", digit=digit, action=action)
             intro = ["main-menu-intro"]
             if action == "english":
                 call.language = "en"
@@ -332,7 +334,7 @@ class HotlineIVR:
                 found = await self.directory.find_unit(building, unit)
             if found:
                 call.path.append(f"unit:{building}-{unit}")
-                self.log.info("caller identified by unit", building=building, unit=unit, owner_id=found[0].owner_id)
+                call.log.info("caller identified by unit", building=building, unit=unit, owner_id=found[0].owner_id)
                 return found[0]
             await self._say(ch, call, ["unit-not-found"])
         return None
@@ -381,7 +383,7 @@ class HotlineIVR:
         else:
             words = ["fee-nothing-owed"]
         await self._say(ch, call, words)
-        self.log.info("fee balance read", owner_id=owner.owner_id, unit_id=owner.unit_id)
+        call.log.info("fee balance read", owner_id=owner.owner_id, unit_id=owner.unit_id)
         try:
             ticket = await self.tickets.latest_open_ticket(owner.owner_id, call.caller_id)
         except StorageUnavailable:
@@ -456,7 +458,7 @@ class HotlineIVR:
         call.recording = f"{path}.{self.ivr.record_format}"  # RECORD FILE is being sent: Asterisk writes this file
         result = await ch.record(path, self.ivr.record_format, self.ivr.record_max_seconds, self.ivr.record_silence_seconds)
         call.path.append(f"rec:{result.ended_by}")
-        self.log.info("message recorded", file=path, ended_by=result.ended_by, endpos=result.endpos)
+        call.log.info("message recorded", file=path, ended_by=result.ended_by, endpos=result.endpos)
         return f"{path}.{self.ivr.record_format}"
 
     async def _make_ticket(
@@ -498,12 +500,13 @@ class HotlineIVR:
         try:
             ticket = await asyncio.shield(task)
         except StorageUnavailable as exc:
-            self.log.error("ticket not saved", error=str(exc), kind=kind.value, category=category.code, draft=_draft_log(draft))
+            call.log.error("ticket not saved", error=str(exc), kind=kind.value, category=category.code, draft=_draft_log(draft))
             if not hung_up:
                 await self._say(ch, call, ["system-busy-agent"])
             return None
         call.tickets.append(ticket.number)
-        self.log.info("ticket created", ticket=ticket.number, kind=kind.value, category=category.code, priority=prio.value,
+        call.log = call.log.bind(ticket=ticket.number)
+        call.log.info("ticket created", ticket=ticket.number, kind=kind.value, category=category.code, priority=prio.value,
                       owner_id=draft.owner_id, promised_by=deadline.isoformat())
         if hung_up:
             raise CallerHungUp()
@@ -525,11 +528,11 @@ class HotlineIVR:
     async def _to_agent(self, ch: Channel, call: CallInfo, *, reason: str, skill: str | None, emergency: bool = False) -> Outcome:
         if not emergency:
             await self._say(ch, call, ["transfer-agent"])
-        self.log.info("to agent", reason=reason, skill=skill, emergency=emergency)
+        call.log.info("to agent", reason=reason, skill=skill, emergency=emergency)
         try:
             outcome = await self.connector.connect(ch, call, reason=reason, skill=skill, emergency=emergency)
         except (ChannelError, StorageUnavailable) as exc:
-            self.log.error("call distribution failed, falling back to the dialplan queue", error=str(exc))
+            call.log.error("call distribution failed, falling back to the dialplan queue", error=str(exc))
             return await self._fallback.connect(ch, call, reason="acd-error", skill=skill, emergency=emergency)
         if outcome is Outcome.MESSAGE:
             return await self._take_message(ch, call, reason)
