@@ -190,6 +190,9 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         )
         services.survey = SurveyScript(services.ticket_service, services.callbacks, default_language=cfg.ivr.default_language)
         services.escalation = EscalationLoop(services.ticket_service, cfg, services.clock, publish)
+        if services.acd is not None:
+            escalation = services.escalation
+            services.acd.overdue_provider = lambda: escalation.overdue
 
         def reconciled(day, text: str, csv_text: str) -> None:
             """当日盘点 done: tell the supervisors (the report itself is on the reports page and CLI)."""

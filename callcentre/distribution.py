@@ -123,6 +123,8 @@ class ACDService:
         self._history: list[StateChange] = []
         self._supervisor_interface = supervisor_interface
         self._agent_by_interface: dict[str, str] = {}
+        # Open tickets past their promise (set by the application from the escalation loop).
+        self.overdue_provider: Callable[[], list[dict[str, Any]]] | None = None
         self._screen_pop_builder = screen_pop
 
     def load_agents(self, agents: list[Agent], last_states: Mapping[str, tuple[str, datetime, str | None]],
@@ -748,7 +750,9 @@ class ACDService:
             "target_wait_seconds": self.cfg.acd.ring_timeout_seconds,
             "today": m,
         }
-        return {"at": snap.at.isoformat(), "queue": queue, "agents": agents, "figures": figures, "alerts": list(self.alerts)}
+        overdue = self.overdue_provider() if self.overdue_provider is not None else []
+        return {"at": snap.at.isoformat(), "queue": queue, "agents": agents, "figures": figures,
+                "alerts": list(self.alerts), "overdue": overdue}
 
     def _caller_of(self, call_id: str | None) -> str | None:
         if not call_id:

@@ -103,3 +103,27 @@ async def test_owner_busy_is_retried_later_and_every_attempt_is_kept(stack):
     assert attempts[1]["scheduled_at"] > attempts[0]["started_at"]
     [t] = await stack.tickets()
     assert t.status == "resolved"
+
+
+@pytest.mark.stack_env(CALLCENTRE_WEB__SESSION_KEY="e2e-session-key-0123456789")
+async def test_a_ticket_past_its_promise_is_escalated_and_listed_as_overdue_on_the_wallboard(stack):
+    from datetime import timedelta
+
+    from callcentre.domain.model import Priority, TicketDraft, TicketKind
+
+    now = stack.services.clock.now()
+    draft = TicketDraft(kind=TicketKind.REPAIR, category="lift", priority=Priority.GENERAL, caller_id_raw="13800138000",
+                        caller_id="+8613800138000", call_uniqueid="1795999999.1")
+    late = await stack.services.tickets.create_ticket(draft, now - timedelta(minutes=5))
+    sub = stack.services.hub.subscribe("wallboard")
+    alerts = await stack.services.escalation.run_once()
+    assert [a.number for a in alerts] == [late.number]
+    snap = stack.services.acd.snapshot()
+    [row] = snap["overdue"]
+    assert row["number"] == late.number and row["late_seconds"] >= 300 and row["escalated"] is False  # state as read
+    assert any(a.get("kind") == "promise_breach" and late.number in a["message"] for a in snap["alerts"])
+    msg = await asyncio.wait_for(sub.get(), 2)
+    assert "promise_breach" in msg and late.number in msg
+    sub.close()
+    history = await stack.services.ticket_service.history(late.id)
+    assert [h.event for h in history] == ["escalate"]

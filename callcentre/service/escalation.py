@@ -60,6 +60,7 @@ class EscalationLoop:
         self._previous = ClockSample(now, sample.monotonic)
         states = await self._tickets.open_states()
         ids = {st.number: tid for tid, st in states}
+        self.overdue = _overdue(states, now)
         alerts = due_escalations([st for _tid, st in states], now, self._cfg.tickets.promises.warn_fraction)
         done: list[PromiseAlert] = []
         for alert in alerts:
@@ -74,6 +75,8 @@ class EscalationLoop:
                 done.append(alert)
                 await self._send(alert)
         return done
+
+    overdue: list[dict] = []  # open tickets past their promise, most overdue first (for the wallboard)
 
     async def _record(self, ticket_id: int, alert: PromiseAlert) -> bool:
         details = {"deadline": alert.deadline.isoformat(), "remaining_seconds": round(alert.remaining_seconds)}
@@ -103,3 +106,18 @@ class EscalationLoop:
 
 
 __all__ = ["WALLBOARD", "EscalationLoop", "Publish"]
+
+
+def _overdue(states, now, limit: int = 30) -> list[dict]:
+    """Open tickets past their promise as the wallboard shows them (no owner data: number and work)."""
+    late = [st for _tid, st in states if st.promised_by is not None and st.promised_by < now]
+    late.sort(key=lambda st: st.promised_by)
+    return [
+        {
+            "number": st.number, "kind": st.kind.value, "category": st.category, "priority": st.priority.value,
+            "status": st.status.value, "due": st.promised_by.isoformat(),
+            "late_seconds": round((now - st.promised_by).total_seconds()),
+            "department": st.department, "worker": st.worker, "escalated": st.escalated_at is not None,
+        }
+        for st in late[:limit]
+    ]

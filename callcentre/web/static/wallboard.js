@@ -95,6 +95,20 @@ function renderAgents(agents) {
   }));
 }
 
+function renderOverdue(items) {
+  const body = $("overdue-body");
+  body.replaceChildren(...items.map((t) => {
+    const due = Date.parse(t.due);
+    return cc.el("tr", { class: "red" },
+      cc.el("td", { class: "late", dataset: { due: String(due) } }, cc.duration(Number(t.late_seconds) || 0)),
+      cc.el("td", {}, t.number + (t.priority === "major" ? " (major)" : "")),
+      cc.el("td", {}, cc.label(t.category)),
+      cc.el("td", {}, cc.label(t.status) + (t.escalated ? " · escalated" : "")),
+      cc.el("td", {}, t.worker || t.department || "–"));
+  }));
+  $("overdue-empty").hidden = items.length > 0;
+}
+
 function renderAlerts() {
   $("alerts").replaceChildren(...wall.alerts.map((a) => cc.el("li", { class: "alert" },
     cc.el("span", { class: "at" }, a.at ? new Date(a.at).toLocaleTimeString() : ""), " ",
@@ -109,6 +123,9 @@ function tick() {
     cc.setText(cell, cc.duration(seconds));
     cell.parentElement.classList.toggle("red", seconds > wall.target);
     cell.parentElement.classList.toggle("amber", seconds > wall.target * 0.7 && seconds <= wall.target);
+  }
+  for (const cell of document.querySelectorAll("td.late[data-due]")) {
+    cc.setText(cell, cc.duration((cc.serverNow() - Number(cell.dataset.due)) / 1000));
   }
   for (const cell of document.querySelectorAll("td.in-state[data-since]")) {
     cc.setText(cell, cc.duration((cc.serverNow() - Number(cell.dataset.since)) / 1000));
@@ -126,6 +143,7 @@ function onMessage(msg) {
     renderQueue(queue);
     renderAgents(agents);
     renderFigures(f, queue.length, agents.filter((a) => a.state === "ready").length);
+    renderOverdue(Array.isArray(msg.overdue) ? msg.overdue : []);
     if (Array.isArray(msg.alerts)) {
       wall.alerts = msg.alerts.slice(-MAX_ALERTS).reverse();
       renderAlerts();
