@@ -234,11 +234,19 @@ async def test_concurrent_calls_each_log_with_their_own_uniqueid():
 
     from structlog.testing import capture_logs
 
+    import structlog
+
     ivr, _, _, _ = make()
     a = FakeChannel(uniqueid="1795351990.1", inputs=["2", "1", "#"])
     b = FakeChannel(uniqueid="1795351990.7", inputs=["3", "2", "#"])
-    with capture_logs() as logs:
-        await asyncio.gather(ivr.run(a), ivr.run(b))
+    saved = structlog.get_config()
+    # Another test may have configured logging at "warning" (the CLI does): capture every level here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0), cache_logger_on_first_use=False)
+    try:
+        with capture_logs() as logs:
+            await asyncio.gather(ivr.run(a), ivr.run(b))
+    finally:
+        structlog.configure(**saved)
     created = [e for e in logs if e["event"] == "ticket created"]
     assert {(e["uniqueid"], e["kind"]) for e in created} == {("1795351990.1", "repair"), ("1795351990.7", "complaint")}
     assert all(e["ticket"] for e in created)
