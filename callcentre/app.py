@@ -20,7 +20,7 @@ from aiohttp import web
 
 from callcentre import __version__
 from callcentre.agi.server import FastAGIServer
-from callcentre.ami.calls import CallListener, CallTracker
+from callcentre.ami.calls import CallTracker
 from callcentre.ami.link import AMILink
 from callcentre.config import Config
 from callcentre.domain.acd import Agent
@@ -65,37 +65,9 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 
 
-class _TrackerToACD(CallListener):
-    """AMI call events the distributor needs (ring and answer times, DTMF, originate outcomes)."""
-
-    def __init__(self, services: Services) -> None:
-        self.s = services
-
-    def dial_begin(self, caller_uniqueid, dest_uniqueid, dest_channel, at) -> None:
-        if self.s.acd is not None:
-            self.s.acd.dial_begin(caller_uniqueid, dest_uniqueid, dest_channel, at)
-
-    def dial_end(self, caller_uniqueid, dest_uniqueid, dial_status, at) -> None:
-        if self.s.acd is not None:
-            self.s.acd.dial_end(caller_uniqueid, dest_uniqueid, dial_status, at)
-
-    def hangup(self, uniqueid, cause, at) -> None:
-        if self.s.acd is not None:
-            self.s.acd.hangup(uniqueid, cause, at)
-
-    def dtmf(self, uniqueid, digit, at) -> None:
-        if self.s.acd is not None:
-            self.s.acd.dtmf(uniqueid, digit, at)
-
-    def originate_response(self, action_id, response, reason, uniqueid, at) -> None:
-        if self.s.acd is not None:
-            self.s.acd.originate_response(action_id, response, reason, uniqueid, at)
-
-
 def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, web_ui: bool = True) -> web.Application:
     services = Services(cfg=cfg, clock=clock or SystemClock())
     services.hub = Hub(cfg.web.websocket_queue_max)
-    services.tracker.add_listener(_TrackerToACD(services))
     app = web.Application()
     app[SERVICES] = services
 
@@ -158,6 +130,7 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
             await _load_agents(services, acd)
             await acd.start()
             services.acd = connector = acd
+            services.tracker.add_listener(acd)  # DialBegin/DialEnd, DTMF, hang-ups, OriginateResponse
             sync_task = asyncio.create_task(_sync_agents_forever(services, acd), name="agent-sync")
         else:
             log.warning("call distribution is off (acd.enabled: false): callers who ask for a person go to the dialplan's queue")
@@ -166,6 +139,7 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         await services.ivr.drain()
         if services.acd is not None:
             await cancel_and_wait(sync_task)
+            services.tracker.remove_listener(services.acd)
             await services.acd.stop()
 
     async def service_loop(app: web.Application) -> AsyncIterator[None]:

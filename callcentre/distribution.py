@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
+from callcentre.ami.calls import CallListener
 from callcentre.config import Config
 from callcentre.domain import speech
 from callcentre.domain.callerid import safe_display_name
@@ -84,8 +85,9 @@ class _CallbackRequest:
     action_id: str | None = None
 
 
-class ACDService:
-    """Implements the IVR's AgentConnector with our own call distribution."""
+class ACDService(CallListener):
+    """Implements the IVR's AgentConnector with our own call distribution; also listens to the AMI
+    call tracker (ring and answer times, DTMF, hang-ups, Originate outcomes)."""
 
     def __init__(
         self,
@@ -233,7 +235,7 @@ class ACDService:
                 if waiter is not None:
                     waiter.inbox.put_nowait(d)
             elif isinstance(d, Alert):
-                log.warning("service alert", kind=d.kind.value if hasattr(d.kind, "value") else str(d.kind), detail=_plain(d))
+                log.warning("service alert", kind=d.kind.value, detail=_plain(d))
                 self.publish("wallboard", {"type": "alert", "alert": _plain(d)})
             elif isinstance(d, AgentPaused):
                 log.warning("agent paused", agent=d.agent_id, reason=d.reason.value, automatic=d.automatic)
@@ -584,7 +586,9 @@ class ACDService:
         self._callback_by_action[action_id] = offer.call_id
         self._apply(self.dist.on_ringing(offer.offer_id))
 
-    def on_originate_response(self, action_id: str, response: str, reason: str | None) -> None:
+    def originate_response(self, action_id: str, response: str, reason: Any, uniqueid: str | None, at: float) -> None:
+        """The outcome of a call-back request's Originate to the agent (Reason 4 answered, 3 no answer, 5 busy)."""
+        reason = None if reason is None else str(reason)
         call_id = self._callback_by_action.pop(action_id, None)
         if call_id is None:
             return
@@ -659,9 +663,6 @@ class ACDService:
         waiter = self._waiters.get(uniqueid)
         if waiter is not None and digit == self.cfg.acd.callback_digit and waiter.offer_id is None:
             waiter.inbox.put_nowait(_CALLBACK)
-
-    def originate_response(self, action_id: str, response: str, reason: Any, uniqueid: str | None, at: float) -> None:
-        self.on_originate_response(action_id, response, None if reason is None else str(reason))
 
     def on_ami_event(self, event: Mapping[str, Any]) -> None:
         """An agent's phone in use on a call we did not route is not offered another."""
