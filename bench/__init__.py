@@ -58,32 +58,32 @@ def latency_ms(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process now (Linux /proc; ru_maxrss elsewhere, a peak)."""
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of this process (or ``pid``) now (Linux /proc; ru_maxrss elsewhere, a peak)."""
     try:
-        with open("/proc/self/statm", encoding="ascii") as f:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def open_fds() -> int:
+def open_fds(pid: int | str = "self") -> int:
     try:
-        return len(os.listdir("/proc/self/fd"))
+        return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return -1
 
 
-def open_sockets() -> int:
-    """Open sockets of this process (fds whose link is ``socket:[…]``), -1 where /proc is missing."""
+def open_sockets(pid: int | str = "self") -> int:
+    """Open sockets of this process or ``pid`` (fds whose link is ``socket:[…]``), -1 where /proc is missing."""
     try:
-        names = os.listdir("/proc/self/fd")
+        names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return -1
     count = 0
     for name in names:
         try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
                 count += 1
         except OSError:
             continue

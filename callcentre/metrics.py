@@ -6,9 +6,10 @@ step; the figures are the distributor's own (the same the API and the wallboard 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -24,6 +25,17 @@ class _Collector:
         up.add_metric(["fastagi"], 1.0 if agi is not None and agi.listening else 0.0)
         up.add_metric(["ami"], 1.0 if s.ami is not None and s.ami.connected else 0.0)
         yield up
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped outside the server's event loop
+            tasks = None
+        if tasks is not None:
+            yield GaugeMetricFamily("callcentre_event_loop_tasks", "asyncio tasks alive in the server", value=tasks)
+        engine = getattr(s, "engine", None)
+        if engine is not None and engine.url.get_backend_name() != "sqlite":
+            pool = engine.pool
+            yield GaugeMetricFamily("callcentre_db_pool_connections", "Database connections the pool holds open",
+                                    value=int(pool.checkedin()) + int(pool.checkedout()))
         if agi is not None:
             yield GaugeMetricFamily("callcentre_agi_sessions", "FastAGI sessions in progress", value=agi.active_sessions)
             c = CounterMetricFamily("callcentre_agi_connections", "FastAGI connections by outcome", labels=["outcome"])
@@ -64,4 +76,5 @@ class _Collector:
 def render(services: Any) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(services))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_open_fds… (Linux /proc)
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -277,6 +277,44 @@ async def test_hangup_while_idle_cancels_handler_and_cleanup_runs_once(start) ->
     assert cleanups == [True]
 
 
+@pytest.mark.parametrize("hang_up", [False, True])
+async def test_an_ended_session_is_freed_without_the_garbage_collector(start, hang_up: bool) -> None:
+    """A session's channel (socket, buffers, AGI environment) is freed by reference counting as soon
+    as the session ends. A reference cycle through the reader task's CancelledError kept each one
+    until a full collection and grew the heap under steady traffic (bench/soak.py)."""
+    import gc
+    import weakref
+
+    refs: list[weakref.ref[AGIChannel]] = []
+    idle = asyncio.Event()
+
+    async def handler(ch: AGIChannel) -> None:
+        refs.append(weakref.ref(ch))
+        await ch.answer()
+        if hang_up:
+            idle.set()
+            await asyncio.sleep(30)  # waiting for an agent when the caller hangs up: cancelled
+
+    server = await start(one(handler))
+    gc.collect()
+    gc.disable()
+    try:
+        peer = await Peer.connect(server, header())
+        assert await peer.expect() == b"ANSWER\n"
+        await peer.send(b"200 result=0\n")
+        if hang_up:
+            await asyncio.wait_for(idle.wait(), 3)
+            await peer.send(b"HANGUP\n")
+        await peer.eof()
+        await peer.close()
+        await until(lambda: server.active_sessions == 0)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert refs and refs[0]() is None, gc.get_referrers(refs[0]())
+    finally:
+        gc.enable()
+
+
 async def test_hangup_between_command_and_reply(start) -> None:
     outcome: dict[str, object] = {}
 

@@ -94,12 +94,16 @@ def test_soak_slope_detects_growth_and_flatness():
     assert soak.slope_per_minute(growing[:2]) == 0.0
 
 
-def test_soak_runs_briefly_and_accounts_for_every_call():
-    r = soak.run(minutes=0.01, rate=5.0, concurrency=3, speed=200.0, settle=0.1, progress=quiet)
+def test_soak_runs_briefly_and_accounts_for_every_call(tmp_path):
+    r = soak.run(minutes=0.01, rate=5.0, concurrency=3, speed=200.0, settle=0.1, progress=quiet,
+                 server_log=tmp_path / "server.log")
     recon = r["reconciliation"]
     assert r["placed"] >= 1 and recon["calls_in"] == r["placed"]
     assert recon["accounted"] == recon["calls_in"] and recon["unaccounted"] == 0
     assert r["checks"]["every_call_accounted_for"] and r["checks"]["no_leaked_tasks"]
+    # The server ran in its own process and stopped cleanly on SIGTERM.
+    assert r["server_exit_status"] == 0 and r["checks"]["clean_stop"]
+    assert r["server_rss_mib"]["baseline"] > 10 and r["tasks"]["baseline"] >= 1
 
 
 def test_results_table_marks_misses():

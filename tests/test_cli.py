@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 from click.testing import CliRunner
 
@@ -72,3 +77,14 @@ def test_report_daily_runs_on_an_empty_database(tmp_path):
     assert (tmp_path / "d.csv").read_text().strip() != ""
     r = CliRunner().invoke(main, ["report", "daily", "--date", "24/11/2026"], env=env)
     assert r.exit_code == 2 and "YYYY-MM-DD" in r.output
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are a glibc setting")
+def test_serve_limits_malloc_arenas_unless_the_operator_set_them():
+    code = "from callcentre.runtime import limit_malloc_arenas; print(limit_malloc_arenas())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "True"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "4"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -6,6 +6,8 @@ Every byte crosses a real socket in the formats of the captured Asterisk 20 traf
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 
 import pytest
 
@@ -159,5 +161,10 @@ async def test_health_reports_every_part(stack):
         body = await resp.json()
         metrics = await (await client.get("/metrics")).text()
     assert "callcentre_up{part=\"fastagi\"} 1.0" in metrics and "callcentre_agents_ready" in metrics
+    tasks = re.search(r"^callcentre_event_loop_tasks (\d+)\.0$", metrics, re.M)
+    assert tasks is not None and int(tasks.group(1)) >= 1, metrics  # at least the scrape's own task
+    if sys.platform == "linux":
+        rss = re.search(r"^process_resident_memory_bytes (\S+)$", metrics, re.M)
+        assert rss is not None and float(rss.group(1)) > 10 * 2**20, metrics
     assert resp.status == 200, body
     assert body["database"]["ok"] and body["fastagi"]["ok"] and body["ami"]["connected"]

@@ -214,6 +214,37 @@ async def test_escalation_warns_then_escalates_once(env: Env) -> None:
     assert (await env.tickets.state(tid)).escalated_at is not None
 
 
+async def test_escalation_reads_open_tickets_page_by_page_with_the_same_result(env: Env, monkeypatch) -> None:
+    """Paging (a few tickets per query, so memory does not grow with the backlog) must not change
+    which tickets are alerted or which are listed as overdue, and resolved tickets drop out."""
+    import callcentre.service.tickets as tickets_mod
+
+    async def publish(topic: str, payload: dict) -> None:
+        pass
+
+    ids = []
+    for n in range(7):
+        ids.append(await new_ticket(env, f"p{n}"))
+        env.clock.advance(60)
+    await resolve(env, ids[3])
+    pages = [len(page) async for page in env.tickets.open_states_pages(page_size=2)]
+    assert pages == [2, 2, 2]  # 1,2 | 3,5 | 6,7 (4 resolved); the empty read after the last is not a page
+    assert [tid for tid, _ in await env.tickets.open_states()] == [i for i in ids if i != ids[3]]
+
+    monkeypatch.setattr(tickets_mod.TicketService.open_states_pages, "__defaults__", (2,))
+    env.clock.advance(40 * 60)  # every open one is past its 30-minute promise
+    loop = EscalationLoop(env.tickets, env.cfg, env.clock, publish)
+    alerts = await loop.run_once()
+    expected = [await env.tickets.state(i) for i in ids if i != ids[3]]
+    assert sorted(a.number for a in alerts) == sorted(st.number for st in expected)
+    assert all(a.kind.value == "breach" for a in alerts)
+    assert [row["number"] for row in loop.overdue] == [st.number for st in expected]  # oldest promise first
+    assert all(row["escalated"] is False for row in loop.overdue)  # as read before this pass escalated them
+    await loop.run_once()
+    assert [row["number"] for row in loop.overdue] == [st.number for st in expected]
+    assert all(row["escalated"] for row in loop.overdue)
+
+
 # --- webhooks ------------------------------------------------------------------------------------
 
 

@@ -167,6 +167,10 @@ class AGIChannel:
             await asyncio.wait({reader})
             if not reader.cancelled() and reader.exception() is not None:
                 self.log.error("agi reader failed", error=repr(reader.exception()))
+        # A finished task keeps its exception (the CancelledError), whose traceback holds our frames,
+        # which hold us: a reference cycle that kept every ended session (socket, buffers, env) alive
+        # until a full garbage collection, and grew the heap under steady traffic (bench/soak.py).
+        self._reader_task = self._handler_task = None
 
     def shielded(self, aw: Awaitable[T]) -> Awaitable[T]:
         """Run ``aw`` to its end even if the handler is cancelled meanwhile (a hang-up); the

@@ -10,12 +10,14 @@ idempotent: running it twice, or after a restart, never alerts or notes twice.
 from __future__ import annotations
 
 import asyncio
+import heapq
+from datetime import datetime
 from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
 from callcentre.config import Config
-from callcentre.domain.lifecycle import Escalate, TransitionRefused
+from callcentre.domain.lifecycle import Escalate, TicketState, TransitionRefused
 from callcentre.domain.ports import Clock
 from callcentre.domain.promises import AlertKind, ClockSample, PromiseAlert, due_escalations, evaluation_time
 from callcentre.service.tickets import ConcurrentChange, TicketNotFound, TicketService
@@ -24,6 +26,7 @@ from callcentre.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 
 WALLBOARD = "wallboard"
+OVERDUE_SHOWN = 30  # rows of the wallboard's overdue list
 Publish = Callable[[str, Mapping[str, Any]], Awaitable[None] | None]
 
 
@@ -58,13 +61,18 @@ class EscalationLoop:
         sample = ClockSample(self._clock.now(), self._clock.monotonic())
         now = evaluation_time(self._previous, sample, self._cfg.service.clock_catch_up)
         self._previous = ClockSample(now, sample.monotonic)
-        states = await self._tickets.open_states()
-        ids = {st.number: tid for tid, st in states}
-        self.overdue = _overdue(states, now)
-        alerts = due_escalations([st for _tid, st in states], now, self._cfg.tickets.promises.warn_fraction)
+        warn = self._cfg.tickets.promises.warn_fraction
+        due: list[tuple[int, PromiseAlert]] = []
+        late: list[TicketState] = []
+        async for page in self._tickets.open_states_pages():
+            ids = {st.number: tid for tid, st in page}
+            states = [st for _tid, st in page]
+            due.extend((ids[a.number], a) for a in due_escalations(states, now, warn))
+            late = _most_overdue(late, states, now, OVERDUE_SHOWN)
+        due.sort(key=lambda item: (item[1].deadline, item[1].number))
+        self.overdue = _overdue_rows(late, now)
         done: list[PromiseAlert] = []
-        for alert in alerts:
-            ticket_id = ids[alert.number]
+        for ticket_id, alert in due:
             try:
                 recorded = await self._record(ticket_id, alert)
             except (TransitionRefused, ConcurrentChange, TicketNotFound) as exc:
@@ -108,10 +116,14 @@ class EscalationLoop:
 __all__ = ["WALLBOARD", "EscalationLoop", "Publish"]
 
 
-def _overdue(states, now, limit: int = 30) -> list[dict]:
+def _most_overdue(kept: list[TicketState], states: list[TicketState], now: datetime, limit: int) -> list[TicketState]:
+    """The ``limit`` most overdue of ``kept`` and the late ones of ``states``, most overdue first."""
+    late = [st for st in states if st.promised_by is not None and st.promised_by < now]
+    return heapq.nsmallest(limit, [*kept, *late], key=lambda st: (st.promised_by, st.number))
+
+
+def _overdue_rows(late: list[TicketState], now: datetime) -> list[dict]:
     """Open tickets past their promise as the wallboard shows them (no owner data: number and work)."""
-    late = [st for _tid, st in states if st.promised_by is not None and st.promised_by < now]
-    late.sort(key=lambda st: st.promised_by)
     return [
         {
             "number": st.number, "kind": st.kind.value, "category": st.category, "priority": st.priority.value,
@@ -119,5 +131,6 @@ def _overdue(states, now, limit: int = 30) -> list[dict]:
             "late_seconds": round((now - st.promised_by).total_seconds()),
             "department": st.department, "worker": st.worker, "escalated": st.escalated_at is not None,
         }
-        for st in late[:limit]
+        for st in late
+        if st.promised_by is not None
     ]

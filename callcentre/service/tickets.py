@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
 from typing import Any, Mapping, Sequence
 
 import structlog
@@ -51,6 +52,7 @@ log = structlog.get_logger(__name__)
 
 # What may be dialled: a leading '+' and digits, nothing an AMI value or a dial string could misread.
 DIALLABLE = re.compile(r"^\+?[0-9]{3,20}$")
+OPEN_STATES_PAGE = 500  # open tickets read per query by the escalation loop
 
 
 class TicketNotFound(LookupError):
@@ -214,16 +216,32 @@ class TicketService:
         async with self._sessions() as s:
             return [(n, r) for n, r in (await s.execute(q)).all()]
 
-    async def open_states(self) -> list[tuple[int, TicketState]]:
-        """Every open ticket with a promise, for the escalation loop."""
+    async def open_states_pages(self, page_size: int = OPEN_STATES_PAGE) -> AsyncIterator[list[tuple[int, TicketState]]]:
+        """Every open ticket with a promise, for the escalation loop: ``page_size`` at a time, in id
+        order, each page read in its own short transaction. Memory per pass stays flat however many
+        tickets are open (a single list of every open ticket grew the heap's high-water mark with the
+        backlog, pass after pass: bench/soak.py)."""
         open_ = [st.value for st in TicketStatus if st.is_open]
-        q = (
-            select(TicketRow, TicketServiceState)
-            .outerjoin(TicketServiceState, TicketServiceState.ticket_id == TicketRow.id)
-            .where(TicketRow.status.in_(open_), TicketRow.promised_by.is_not(None))
-        )
-        async with self._sessions() as s:
-            return [(row.id, state_of(row, svc)) for row, svc in (await s.execute(q)).all()]
+        last_id = 0
+        while True:
+            q = (
+                select(TicketRow, TicketServiceState)
+                .outerjoin(TicketServiceState, TicketServiceState.ticket_id == TicketRow.id)
+                .where(TicketRow.status.in_(open_), TicketRow.promised_by.is_not(None), TicketRow.id > last_id)
+                .order_by(TicketRow.id)
+                .limit(page_size)
+            )
+            async with self._sessions() as s:
+                page = [(row.id, state_of(row, svc)) for row, svc in (await s.execute(q)).all()]
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            last_id = page[-1][0]
+
+    async def open_states(self) -> list[tuple[int, TicketState]]:
+        """Every open ticket with a promise, in one list (for tests and small tools)."""
+        return [item async for page in self.open_states_pages() for item in page]
 
     async def routes_to_senior(self, owner_id: int | None, caller_id: str | None) -> bool:
         """Does this owner's next call go to a senior agent (an open flagged repeat/over-the-head ticket)?"""
