@@ -800,6 +800,21 @@ def test_days_are_local() -> None:
     assert [x.isoformat() for x in m.days()] == ["2026-11-25"]
 
 
+def test_past_days_keep_their_figures_but_drop_their_once_keys() -> None:
+    """A day's "counted once" keys grow with every call; kept for 31 days they held memory for
+    nothing. Yesterday keeps them (a call may span midnight); older days keep only their figures."""
+    m = AcdMetrics(2, 5.0, "UTC")
+    first = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+    for n in range(3):
+        m.call_entered(f"c{n}", first)
+    m.call_entered("d1", first + timedelta(days=1))
+    m.call_entered("c0", first)  # a repeat for the 20th, still remembered: not counted twice
+    assert m.snapshot(first.date()).to_dict()["calls_entered"] == 3
+    m.call_entered("d2", first + timedelta(days=2))  # the 22nd: the 20th is now two days back
+    assert m.snapshot(first.date()).to_dict()["calls_entered"] == 3  # figures kept
+    assert not m._days[first.date()].counted and m._days[(first + timedelta(days=1)).date()].counted
+
+
 def test_late_answer_after_timeout_is_accepted() -> None:
     d, clock = make(missed_offers_before_pause=5)
     add(d, "a1")

@@ -153,6 +153,11 @@ class AcdMetrics:
             if len(self._days) > self._keep_days:
                 for old in sorted(self._days)[: len(self._days) - self._keep_days]:
                     del self._days[old]
+            # The "counted once" keys only guard events that may still arrive late (a call that
+            # spans midnight): past yesterday, a day keeps its figures and drops its keys.
+            for past, kept in self._days.items():
+                if (d - past).days > 1:
+                    kept.counted.clear()
         return day
 
     @staticmethod
