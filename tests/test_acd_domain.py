@@ -815,6 +815,21 @@ def test_past_days_keep_their_figures_but_drop_their_once_keys() -> None:
     assert not m._days[first.date()].counted and m._days[(first + timedelta(days=1)).date()].counted
 
 
+def test_a_missed_offer_goes_to_the_next_agent_when_the_first_is_now_busy_elsewhere() -> None:
+    """Found by the state-machine test: the agent's phone went onto a call we did not route while
+    our offer rang; at the ring timeout the caller was re-queued but not offered to the ready agent."""
+    d, clock = make()
+    add(d, "a1")
+    add(d, "a2")
+    o1 = only_offer(d.enqueue(wc(clock, "c1")))
+    assert o1.agent_id == "a1"
+    assert d.busy_elsewhere("a1", "x") == []
+    o2 = only_offer(d.on_ring_timeout(o1.offer_id))
+    assert o2.agent_id == "a2" and o2.call_id == "c1"
+    assert d.agent_state("a1") is AgentState.ON_CALL
+    check_invariants(d)
+
+
 def test_late_answer_after_timeout_is_accepted() -> None:
     d, clock = make(missed_offers_before_pause=5)
     add(d, "a1")

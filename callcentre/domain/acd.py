@@ -1141,6 +1141,8 @@ class Distributor:
         """Index a newly READY agent (or move them to ON_CALL if AMI sees them busy) and dispatch."""
         if rec.elsewhere:
             self._go(rec, "busy_elsewhere", AgentState.ON_CALL, "busy on another call")
+            # Not this agent, but the call they let go of (a missed offer) still needs one.
+            self._dispatch(out)
             return
         rec.idle_since = self.clock.monotonic() if idle_since is None else idle_since
         self._index_agent(rec)
