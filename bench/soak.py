@@ -78,14 +78,14 @@ def drain_results(pbx: Any, into: list[CallSummary]) -> None:
     pbx.results.clear()
 
 
-async def reconcile(database_url: str, results: list[CallSummary], figures: dict[str, float]) -> dict[str, Any]:
+async def reconcile(db_cfg: Any, results: list[CallSummary], figures: dict[str, float]) -> dict[str, Any]:
     """Every simulated call against the server's calls and tickets tables."""
     from sqlalchemy import select
-    from sqlalchemy.ext.asyncio import create_async_engine
 
+    from callcentre.storage.db import create_engine
     from callcentre.storage.models import CallRow, TicketRow
 
-    engine = create_async_engine(database_url)
+    engine = create_engine(db_cfg)  # the server's own settings (busy timeout) while it still runs
     try:
         async with engine.connect() as conn:
             calls = {r.uniqueid: r.outcome for r in await conn.execute(select(CallRow.uniqueid, CallRow.outcome))}
@@ -167,15 +167,19 @@ class Server:
             return None
 
 
-def spawn_server(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m callcentre serve`` with ``env`` added; its output goes to ``log_path``."""
+def spawn_server(env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m callcentre serve`` configured by ``env`` alone: run in ``cwd`` (no ./config.yaml
+    of the checkout) and without CALLCENTRE_* variables of the calling shell. Output to ``log_path``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CALLCENTRE_")}
     with log_path.open("wb") as log_file:
-        return subprocess.Popen([sys.executable, "-m", "callcentre", "serve"], cwd=REPO, env={**os.environ, **env},
+        return subprocess.Popen([sys.executable, "-m", "callcentre", "serve"], cwd=cwd,
+                                env={**inherited, "PYTHONPATH": str(REPO), **env},
                                 stdout=log_file, stderr=subprocess.STDOUT)
 
 
-async def start_server(env: dict[str, str], log_path: Path, http: aiohttp.ClientSession, web_port: int) -> Server:
-    proc = spawn_server(env, log_path)
+async def start_server(env: dict[str, str], log_path: Path, http: aiohttp.ClientSession, web_port: int,
+                       cwd: Path) -> Server:
+    proc = spawn_server(env, log_path, cwd)
     server = Server(proc, f"http://127.0.0.1:{web_port}", log_path)
     loop = asyncio.get_running_loop()
     end = loop.time() + 60
@@ -232,7 +236,7 @@ async def soak(minutes: float, *, rate: float, concurrency: int, speed: float, s
         server: Server | None = None
         async with aiohttp.ClientSession() as http:
             try:
-                server = await start_server(env, server_log, http, web_port)
+                server = await start_server(env, server_log, http, web_port, tmp)
                 if not await wait_for(lambda: bool(ami_server.actions_named("CoreShowChannels")), 30.0, 0.1):
                     raise RuntimeError(f"the server did not log in to the simulated AMI; see {server_log}")
                 await asyncio.sleep(settle)
@@ -289,7 +293,7 @@ async def soak(minutes: float, *, rate: float, concurrency: int, speed: float, s
                 end_smp, end_fig = _server_sample(server), await server.metrics(http)
                 end_tasks = int(end_fig["callcentre_event_loop_tasks"])
                 end_pool = int(end_fig.get("callcentre_db_pool_connections", 0))
-                recon = await reconcile(cfg.database.url, done, end_fig)
+                recon = await reconcile(cfg.database, done, end_fig)
                 status = await server.stop()
                 say(f"soak: server stopped, exit status {status}")
             finally:

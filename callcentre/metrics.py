@@ -31,9 +31,8 @@ class _Collector:
             tasks = None
         if tasks is not None:
             yield GaugeMetricFamily("callcentre_event_loop_tasks", "asyncio tasks alive in the server", value=tasks)
-        engine = getattr(s, "engine", None)
-        if engine is not None and engine.url.get_backend_name() != "sqlite":
-            pool = engine.pool
+        if s.engine is not None and s.engine.url.get_backend_name() != "sqlite":
+            pool = s.engine.pool
             yield GaugeMetricFamily("callcentre_db_pool_connections", "Database connections the pool holds open",
                                     value=int(pool.checkedin()) + int(pool.checkedout()))
         if agi is not None:

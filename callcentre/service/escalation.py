@@ -132,5 +132,4 @@ def _overdue_rows(late: list[TicketState], now: datetime) -> list[dict]:
             "department": st.department, "worker": st.worker, "escalated": st.escalated_at is not None,
         }
         for st in late
-        if st.promised_by is not None
     ]
