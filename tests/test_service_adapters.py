@@ -5,6 +5,7 @@ SQLite by default; PostgreSQL when CALLCENTRE_TEST_PG_URL is set (tests/conftest
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -441,6 +442,54 @@ async def test_callback_no_answer_then_busy_retried_then_flagged(engine: AsyncEn
     assert published == [("wallboard", {"type": "callback_needs_person", "ticket": (await e.tickets.state(tid)).number})]
     events = [h.event for h in await e.tickets.history(tid)]
     assert events.count("callback_attempt") == 3 and events[-1] == "callback_needs_person"
+
+
+async def test_a_response_matched_while_the_originate_is_being_stored_is_not_lost(env: Env) -> None:
+    """Asterisk sends OriginateResponse before the Originate's own reply often enough (Async=true). Here the
+    event's lookup runs before the ActionID is committed and resumes only after the scheduler has looked
+    for early events: the response must still end the attempt (it was once parked and forgotten, and the
+    attempt sat in 'dialling' until the two-minute sweep)."""
+    tid, sched, orig, _ = await callback_setup(env)
+    real_sessions = sched._sessions
+    gate = asyncio.Event()
+    parked = asyncio.Event()
+    armed = False
+
+    def sessions():  # type: ignore[no-untyped-def]
+        nonlocal armed
+        s = real_sessions()
+        if armed:  # the next session opened is the event's lookup: hold it after its query has run
+            armed = False
+            real_execute = s.execute
+
+            async def held_execute(*a, **kw):  # type: ignore[no-untyped-def]
+                result = await real_execute(*a, **kw)
+                parked.set()
+                await gate.wait()
+                return result
+
+            s.execute = held_execute  # type: ignore[method-assign]
+        return s
+
+    sched._sessions = sessions  # type: ignore[assignment]
+    lookup: list[asyncio.Task] = []
+    plain = orig.__call__
+
+    async def originate(*args):  # type: ignore[no-untyped-def]
+        nonlocal armed
+        aid = await plain(*args)
+        armed = True
+        lookup.append(asyncio.create_task(sched.handle_event(response(aid, 5))))
+        await asyncio.wait_for(parked.wait(), 5)  # the event's query has run and found nothing yet
+        return aid
+
+    sched._originate = originate  # type: ignore[assignment]
+    assert await sched.run_due() == 1  # ActionID stored, early events looked for: none yet
+    gate.set()
+    await asyncio.wait_for(lookup[0], 5)
+    a1, a2 = await sched.attempts(tid)
+    assert (a1["state"], a1["result"], a1["reason_code"]) == ("done", "busy", 5)
+    assert a2["state"] == "scheduled"
 
 
 async def test_callback_outside_hours_and_bad_number(env: Env) -> None:

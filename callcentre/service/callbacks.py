@@ -8,8 +8,9 @@ transaction). :class:`CallbackScheduler` then:
    id>``. The attempt is marked ``dialling`` and committed *before* the Originate is sent, so a crash
    can never ring the owner twice for one attempt;
 2. matches the ``OriginateResponse`` by ActionID (Reason 4 answered, 3 no answer, 5 busy, 0 failed;
-   see ``ami-originate-outcomes.txt``). A response that arrives before the Originate call has returned
-   its ActionID is held briefly and matched as soon as it is stored;
+   see ``ami-originate-outcomes.txt``). Asterisk may send the response before the Originate's own reply
+   reaches us, so the ActionIDs this process sent are kept in memory the moment they are known, and a
+   response that arrives before that is held briefly and matched as soon as the ActionID is known;
 3. on anything but an answer, schedules the next try with :func:`~callcentre.domain.service.next_attempt`
    (within calling hours) or, when the policy gives up, flags the ticket for a person
    (``needs_person``) with a history note and a wallboard alert;
@@ -59,6 +60,7 @@ RESPONSE_GRACE = timedelta(seconds=120)
 # An answered call-back whose survey never reported (server restart mid-call) is closed after this.
 SURVEY_GRACE = timedelta(minutes=15)
 _EARLY_MAX = 256
+_SENT_MAX = 4096
 
 
 class Originate(Protocol):
@@ -101,6 +103,8 @@ class CallbackScheduler:
         self._poll_seconds = poll_seconds
         self._events: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue(maxsize=1000)
         self._early: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        # ActionID -> attempt id of the Originates this process sent and has not matched yet.
+        self._sent: OrderedDict[str, int] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -230,12 +234,17 @@ class CallbackScheduler:
             await self._finish(attempt_id, CallbackResult.FAILED, None, f"originate: {type(exc).__name__}: {exc}",
                                retry_as=CallbackResult.CONGESTION)
             return 0
+        action_id = str(action_id)
+        # Known in memory before the next await: an OriginateResponse being matched right now must find it.
+        self._sent[action_id] = attempt_id
+        while len(self._sent) > _SENT_MAX:
+            self._sent.popitem(last=False)
         async with self._sessions() as s, s.begin():
             attempt = await s.get(CallbackAttempt, attempt_id)
             if attempt is not None:
-                attempt.action_id = str(action_id)[:64]
+                attempt.action_id = action_id[:64]
         blog.info("call-back placed", action_id=action_id)
-        early = self._early.pop(str(action_id), None)
+        early = self._early.pop(action_id, None)
         if early is not None:
             await self.handle_event(early)
         return 1
@@ -247,15 +256,18 @@ class CallbackScheduler:
         action_id = str(message.get("ActionID", "")).strip()
         if not action_id:
             return
-        async with self._sessions() as s:
-            attempt = (
-                await s.execute(select(CallbackAttempt).where(CallbackAttempt.action_id == action_id))
-            ).scalar_one_or_none()
-        if attempt is None:
-            # Maybe ours before the ActionID was stored; keep a bounded few to match in _place.
+        attempt_id = await self._attempt_for_action(action_id)
+        if attempt_id is None:
+            # Maybe ours before the Originate returned its ActionID; keep a bounded few to match in _place.
+            # (No await since the last look at self._sent, so _place cannot slip in between.)
             self._early[action_id] = message
             while len(self._early) > _EARLY_MAX:
                 self._early.popitem(last=False)
+            return
+        self._sent.pop(action_id, None)
+        async with self._sessions() as s:
+            attempt = await s.get(CallbackAttempt, attempt_id)
+        if attempt is None:
             return
         if attempt.state != AttemptState.DIALLING.value:
             return  # already finished (duplicate event, or the survey reported first)
@@ -274,6 +286,18 @@ class CallbackScheduler:
             log.info("call-back answered", attempt_id=attempt.id, action_id=action_id)
             return
         await self._finish(attempt.id, result, code, None)
+
+    async def _attempt_for_action(self, action_id: str) -> int | None:
+        """The attempt an ActionID belongs to: sent by this process (memory) or stored (database)."""
+        known = self._sent.get(action_id)
+        if known is not None:
+            return known
+        async with self._sessions() as s:
+            found = (
+                await s.execute(select(CallbackAttempt.id).where(CallbackAttempt.action_id == action_id))
+            ).scalar_one_or_none()
+        # _place may have learnt the ActionID while the query ran (before its own commit).
+        return found if found is not None else self._sent.get(action_id)
 
     async def record_answer(self, attempt_id: int | None, ticket_id: int, outcome: SurveyOutcome) -> None:
         """The survey heard 1 or 2: act on the ticket, and end the attempt as answered."""
