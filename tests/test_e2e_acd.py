@@ -9,22 +9,13 @@ import pytest
 
 from callcentre.domain.acd import AgentState, PauseReason
 from callcentre.sim.scripts import AgentScript, CallEnd, CallerScript
+from tests.waiting import eventually
 
 AGENTS = (
     "[{id: a1, name: Agent One, interface: PJSIP/agent1, start: ready},"
     " {id: a2, name: Agent Two, interface: PJSIP/agent2, start: ready}]"
 )
 ONE_AGENT = "[{id: a1, name: Agent One, interface: PJSIP/agent1, start: ready}]"
-
-
-async def wait_for(predicate, limit=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while loop.time() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 async def agent_id(stack, login: str) -> str:
@@ -43,7 +34,7 @@ def figures(stack) -> dict:
 async def test_first_agent_misses_two_rings_and_the_second_answers(stack):
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=None))
     stack.pbx.add_agent(AgentScript("PJSIP/agent2", answer_after=3, talk_seconds=5))
-    assert await wait_for(lambda: stack.services.ami.connected)
+    assert await eventually(lambda: stack.services.ami.connected)
     result = await stack.pbx.place_call(CallerScript("13800138000", inputs=["0", "5"]))
     assert result.error is None
     assert dials(result) == ["EXEC Dial PJSIP/agent1,10", "EXEC Dial PJSIP/agent2,10"]
@@ -82,10 +73,10 @@ async def test_an_agent_who_never_answers_ends_up_paused_with_an_alert(stack):
         result = await stack.pbx.place_call(CallerScript(caller, inputs=["0", ""]))
         assert result.variables.get("DIALSTATUS") == "ANSWER"
     a1 = await agent_id(stack, "a1")
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.PAUSED)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.PAUSED)
     view = {a["agent_id"]: a for a in stack.services.acd.snapshot()["agents"]}[a1]
     assert view["reason"] == PauseReason.MISSED_CALLS.value
-    assert await wait_for(lambda: any('"alert"' in m and "missed" in m for m in seen))
+    assert await eventually(lambda: any('"alert"' in m and "missed" in m for m in seen))
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     sub.close()
@@ -96,12 +87,12 @@ async def test_caller_hangs_up_while_the_agent_rings(stack):
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=None))
     a1 = await agent_id(stack, "a1")
     call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0"])))
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.RINGING)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.RINGING)
     [caller] = [c for c in stack.pbx.channels.values() if c.name.startswith("SIP/owner-phone")]
     stack.pbx.request_hangup(caller)  # the caller gives up while the agent's phone rings
     result = await call
     assert result.ended is CallEnd.CALLER_HUNG_UP
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.READY)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.READY)
     f = figures(stack)
     assert f["calls_abandoned"] == 1 and f["offers_missed"] == 0  # not the agent's fault
     view = stack.services.acd.snapshot()["agents"][0]
@@ -113,10 +104,10 @@ async def test_caller_hangs_up_while_the_agent_rings(stack):
 async def test_agent_paused_while_ringing_stops_ringing_and_the_next_agent_gets_the_call(stack):
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=None))
     stack.pbx.add_agent(AgentScript("PJSIP/agent2", answer_after=2, talk_seconds=3))
-    assert await wait_for(lambda: stack.services.ami.connected)
+    assert await eventually(lambda: stack.services.ami.connected)
     a1 = await agent_id(stack, "a1")
     call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.RINGING)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.RINGING)
     await stack.services.acd.agent_action(a1, "pause", "break")
     result = await asyncio.wait_for(call, 20)
     assert dials(result)[-1] == "EXEC Dial PJSIP/agent2,60"
@@ -137,7 +128,7 @@ async def test_two_callers_one_agent_both_answered_in_order(stack):
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=40))
     first = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
     a1 = await agent_id(stack, "a1")
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
     second = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", ""], silences_before_giving_up=100)))
     r1, r2 = await asyncio.wait_for(asyncio.gather(first, second), 30)
     assert r1.variables.get("DIALSTATUS") == "ANSWER" and r2.variables.get("DIALSTATUS") == "ANSWER"
@@ -151,16 +142,16 @@ async def test_two_callers_one_agent_both_answered_in_order(stack):
 @pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_ACD__WRAPUP_SECONDS="0")
 async def test_ami_link_drops_during_a_call_and_nothing_is_counted_twice(stack):
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=60))
-    assert await wait_for(lambda: stack.services.ami.connected)
+    assert await eventually(lambda: stack.services.ami.connected)
     a1 = await agent_id(stack, "a1")
     call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
     before = stack.services.ami.status()["reconnects"]
     await stack.ami_server.drop_clients()
-    assert await wait_for(lambda: stack.services.ami.status()["reconnects"] > before and stack.services.ami.connected)
+    assert await eventually(lambda: stack.services.ami.status()["reconnects"] > before and stack.services.ami.connected)
     result = await asyncio.wait_for(call, 20)
     assert result.variables.get("DIALSTATUS") == "ANSWER"
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.READY)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.READY)
     f = figures(stack)
     assert f["calls_answered"] == 1 and f["offers"] == 1 and f["calls_entered"] == 1
 
@@ -180,12 +171,12 @@ async def test_emergency_goes_ahead_of_everyone(stack):
 
     reader = asyncio.ensure_future(drain())
     blocker = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
     normal = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", ""], silences_before_giving_up=100)))
-    assert await wait_for(lambda: stack.services.acd.dist.waiting_count() >= 1)
+    assert await eventually(lambda: stack.services.acd.dist.waiting_count() >= 1)
     emergency = asyncio.ensure_future(stack.pbx.place_call(
         CallerScript("13720000801", inputs=["8", "2", ""], silences_before_giving_up=100)))
-    assert await wait_for(lambda: stack.services.acd.dist.waiting_count() >= 2)
+    assert await eventually(lambda: stack.services.acd.dist.waiting_count() >= 2)
     queue = stack.services.acd.snapshot()["queue"]
     assert queue[0]["priority"].lower().startswith("emergency") and queue[0]["position"] == 1
     r_blocker, r_normal, r_emergency = await asyncio.wait_for(asyncio.gather(blocker, normal, emergency), 40)
@@ -282,7 +273,7 @@ async def test_wallboard_shows_the_waiting_caller_and_agents_from_the_real_distr
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=60))
     a1 = await agent_id(stack, "a1")
     busy = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", ""], silences_before_giving_up=100)))
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
     waiting = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""], silences_before_giving_up=100)))
     async with stack.http() as c:
         assert (await c.post("/api/login", json={"login": "boss", "password": "boss-password-1"})).status == 200

@@ -5,13 +5,13 @@ Every byte crosses a real socket in the formats of the captured Asterisk 20 traf
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 
 import pytest
 
 from callcentre.sim.scripts import CallEnd, CallerScript, Hangup, Record, Silence
+from tests.waiting import eventually
 
 
 def streamed(result) -> list[str]:
@@ -24,16 +24,6 @@ def streamed(result) -> list[str]:
         elif line.startswith("GET DATA"):
             out.append(parts[2])
     return out
-
-
-async def wait_for(predicate, limit=5.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while loop.time() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 async def test_known_owner_reports_a_repair(stack):
@@ -109,7 +99,7 @@ async def test_anonymous_caller_can_still_report(stack):
 async def test_hang_up_during_recording_keeps_the_request(stack):
     result = await stack.pbx.place_call(CallerScript("13800138000", inputs=["2", "3", Hangup()]))
     assert result.ended is CallEnd.CALLER_HUNG_UP
-    assert await wait_for(lambda: stack.services.agi.active_sessions == 0)
+    assert await eventually(lambda: stack.services.agi.active_sessions == 0)
     [t] = await stack.tickets()
     assert t.category == "lift" and t.ivr_path.endswith("rec:hangup")
 
@@ -120,7 +110,7 @@ async def test_hang_up_between_a_command_and_its_reply(stack, n):
         CallerScript("13800138000", inputs=["2", "1", Record(1)], hangup_between_command_and_reply=n)
     )
     assert result.ended is CallEnd.CALLER_HUNG_UP
-    assert await wait_for(lambda: stack.services.agi.active_sessions == 0)
+    assert await eventually(lambda: stack.services.agi.active_sessions == 0)
     tickets = await stack.tickets()
     assert len(tickets) <= 1
     assert stack.services.agi.stats.handler_errors == 0
@@ -147,15 +137,15 @@ async def test_the_same_call_retried_makes_no_duplicate(stack):
 
 async def test_ami_link_logs_in_and_resynchronises_after_a_restart(stack):
     ami = stack.services.ami
-    assert await wait_for(lambda: ami.connected)
+    assert await eventually(lambda: ami.connected)
     before = len(stack.ami_server.actions_named("CoreShowChannels"))
     await stack.ami_server.restart(0.3)
-    assert await wait_for(lambda: ami.connected and len(stack.ami_server.actions_named("CoreShowChannels")) > before, 10)
+    assert await eventually(lambda: ami.connected and len(stack.ami_server.actions_named("CoreShowChannels")) > before, 10)
     assert ami.status()["reconnects"] >= 1
 
 
 async def test_health_reports_every_part(stack):
-    assert await wait_for(lambda: stack.services.ami.connected)
+    assert await eventually(lambda: stack.services.ami.connected)
     async with stack.http() as client:
         resp = await client.get("/health")
         body = await resp.json()

@@ -9,6 +9,7 @@ import pytest
 
 from callcentre.sim.pbx import Callee, DialplanEntry
 from callcentre.sim.scripts import CallerScript, Record
+from tests.waiting import eventually
 
 CALLBACK_ENV = dict(
     CALLCENTRE_SERVICE__CALLBACK__FIRST_DELAY_MINUTES="0",
@@ -17,16 +18,6 @@ CALLBACK_ENV = dict(
     CALLCENTRE_WEB__SESSION_KEY="e2e-session-key-0123456789",
 )
 OWNER_LEG = "Local/+8613800138000@callcentre-outbound"
-
-
-async def wait_for(predicate, limit=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while loop.time() < end:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return await predicate()
 
 
 async def _resolve_at_the_desk(stack) -> str:
@@ -61,7 +52,7 @@ async def test_owner_presses_2_and_the_ticket_is_reopened_as_major(stack):
         [t] = await stack.tickets()
         return t.status == "reopened"
 
-    assert await wait_for(reopened)
+    assert await eventually(reopened)
     [t] = await stack.tickets()
     assert t.number == number and t.priority == "major"
     [orig] = stack.ami_server.actions_named("Originate")
@@ -83,7 +74,7 @@ async def test_owner_presses_1_and_the_ticket_is_closed_with_the_rating(stack):
         [t] = await stack.tickets()
         return t.status == "closed"
 
-    assert await wait_for(closed)
+    assert await eventually(closed)
 
 
 @pytest.mark.stack_env(**CALLBACK_ENV)
@@ -97,7 +88,7 @@ async def test_owner_busy_is_retried_later_and_every_attempt_is_kept(stack):
         attempts = await stack.services.callbacks.attempts(t.id)
         return bool(attempts) and attempts[0]["result"] == "busy"
 
-    assert await wait_for(recorded)
+    assert await eventually(recorded)
     attempts = await stack.services.callbacks.attempts(t.id)
     assert len(attempts) == 2 and attempts[1]["result"] is None, attempts  # the next try is scheduled
     assert attempts[1]["scheduled_at"] > attempts[0]["started_at"]
