@@ -148,13 +148,14 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         from callcentre.service.survey import SurveyScript
         from callcentre.service.webhooks import WebhookSender, WebhookSettings, load_secret
 
-        async def originate(channel, context, exten, variables, caller_id, timeout_ms) -> str:
+        async def originate(channel, context, exten, variables, caller_id, timeout_ms, action_id) -> str:
             if services.ami is None:
                 from callcentre.ami.link import AMIDisconnected
 
                 raise AMIDisconnected("the AMI link is not configured")
             return await services.ami.originate(
-                channel=channel, context=context, exten=exten, variables=variables, caller_id=caller_id, timeout_ms=timeout_ms
+                channel=channel, context=context, exten=exten, variables=variables, caller_id=caller_id,
+                timeout_ms=timeout_ms, action_id=action_id,
             )
 
         sf = services.session_factory

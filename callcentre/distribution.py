@@ -569,22 +569,26 @@ class ACDService(CallListener):
 
         req.offer = offer
         self._screen_pop(offer, req.call)
+        # The OriginateResponse of a busy or unreachable phone comes right behind the 'queued' reply and
+        # can be handled before the originate call below returns: know its ActionID before sending.
+        action_id = req.action_id = self.ami.new_action_id()
+        self._callback_by_action[action_id] = offer.call_id
         try:
-            action_id = await self.ami.originate(
+            await self.ami.originate(
                 channel=offer.interface,
                 context="callcentre-callback",
                 exten="callback",
                 caller_id=f'"{offer.caller_display[:40]}" <{req.number.lstrip("+")}>',
                 timeout_ms=int(offer.ring_timeout_seconds * 1000),
                 variables={"CC_CALL": _safe_var(offer.call_id), "CC_OFFER": _safe_var(offer.offer_id)},
+                action_id=action_id,
             )
         except AMIError as exc:
+            self._callback_by_action.pop(action_id, None)
             log.warning("call-back originate failed", offer=offer.offer_id, error=str(exc))
             self._apply(self.dist.on_offer_failed(offer.offer_id, "CHANUNAVAIL"))
             return
-        req.action_id = action_id
-        self._callback_by_action[action_id] = offer.call_id
-        self._apply(self.dist.on_ringing(offer.offer_id))
+        self._apply(self.dist.on_ringing(offer.offer_id))  # a no-op if the outcome is already in
 
     def originate_response(self, action_id: str, response: str, reason: Any, uniqueid: str | None, at: float) -> None:
         """The outcome of a call-back request's Originate to the agent (Reason 4 answered, 3 no answer, 5 busy)."""

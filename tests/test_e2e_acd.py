@@ -297,3 +297,66 @@ async def test_wallboard_shows_the_waiting_caller_and_agents_from_the_real_distr
     for t in (busy, waiting):
         t.cancel()
     await asyncio.gather(busy, waiting, return_exceptions=True)
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_ACD__WRAPUP_SECONDS="0")
+async def test_a_caller_who_asks_for_a_call_back_is_called_by_the_next_free_agent(stack):
+    """In the queue the caller presses 1 (call-back) and hangs up; when the agent is free we Originate to
+    the agent's phone into callcentre-callback,callback, whose AGI script dials the owner."""
+    from callcentre.sim.pbx import DialplanEntry
+
+    stack.pbx.add_dialplan("callcentre-callback", "callback", DialplanEntry("callback"))
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=100))
+    owner = "Local/+8613912345602@callcentre-outbound"
+    stack.pbx.add_agent(AgentScript(owner, answer_after=1, talk_seconds=2))
+    a1 = await agent_id(stack, "a1")
+    blocker = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    asker = await asyncio.wait_for(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", "1"])), 20)
+    assert "callback-registered" in " ".join(asker.commands), asker.commands
+    assert stack.ami_server.actions_named("Originate") == []  # not while the agent is on the other call
+    await asyncio.wait_for(blocker, 20)
+    def callback_legs() -> list:
+        return [r for r in stack.pbx.results if r.channel.startswith("PJSIP/agent1") and r.commands[:1] != ["ANSWER"]]
+
+    assert await eventually(lambda: bool(callback_legs()))
+    [orig] = stack.ami_server.actions_named("Originate")
+    assert (orig.get("Channel"), orig.get("Context"), orig.get("Exten")) == ("PJSIP/agent1", "callcentre-callback", "callback")
+    [leg] = callback_legs()
+    assert any(c.startswith(f"EXEC Dial {owner},40") for c in leg.commands), leg.commands
+    assert leg.variables.get("DIALSTATUS") == "ANSWER"
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.READY)
+    assert stack.services.acd.dist.waiting_count() == 0
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=AGENTS, CALLCENTRE_ACD__WRAPUP_SECONDS="0",
+                       CALLCENTRE_ACD__RING_CYCLE_SECONDS="30")
+async def test_a_call_back_refused_busy_by_one_phone_goes_to_the_next_agent_at_once(stack):
+    """The Originate to a busy phone gets OriginateResponse Reason 5 right behind its 'queued' reply. That
+    is a refusal now (the phone is not left 'ringing' until the 60-second ring timeout): after two the
+    agent is paused, and the other agent makes the call-back."""
+    from callcentre.sim.pbx import DialplanEntry
+
+    stack.pbx.add_dialplan("callcentre-callback", "callback", DialplanEntry("callback"))
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=100))
+    stack.pbx.add_agent(AgentScript("PJSIP/agent2", answer_after=1, talk_seconds=200))
+    owner = "Local/+8613912345602@callcentre-outbound"
+    stack.pbx.add_agent(AgentScript(owner, answer_after=1, talk_seconds=2))
+    a1, a2 = await agent_id(stack, "a1"), await agent_id(stack, "a2")
+    first = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    second = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13720000801", inputs=["0", ""])))
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a2) is AgentState.ON_CALL)
+    await asyncio.wait_for(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", "1"])), 20)
+    stack.pbx.set_agent_behaviour("PJSIP/agent1", busy=True)  # agent 1's phone refuses what comes next
+    await asyncio.wait_for(first, 20)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.PAUSED)
+    view = {a["agent_id"]: a for a in stack.services.acd.snapshot()["agents"]}[a1]
+    assert view["reason"] == PauseReason.MISSED_CALLS.value
+    to_agent1 = [o for o in stack.ami_server.actions_named("Originate") if o.get("Channel") == "PJSIP/agent1"]
+    assert len(to_agent1) == 2  # offered twice, refused twice (missed_offers_before_pause)
+    await asyncio.wait_for(second, 30)
+    assert await eventually(
+        lambda: any(r.channel.startswith("PJSIP/agent2") and f"EXEC Dial {owner},40" in r.commands
+                    for r in stack.pbx.results))
+    assert [o.get("Channel") for o in stack.ami_server.actions_named("Originate")] == ["PJSIP/agent1"] * 2 + ["PJSIP/agent2"]

@@ -61,6 +61,7 @@ async def test_owner_presses_2_and_the_ticket_is_reopened_as_major(stack):
     assert [h.event for h in history] == ["acknowledge", "dispatch", "start_work", "resolve", "callback_scheduled", "reopen"]
     attempts = await stack.services.callbacks.attempts(t.id)
     assert attempts and attempts[0]["result"] == "answered", attempts
+    assert orig.get("ActionID") == attempts[0]["action_id"] and orig.get("ActionID").startswith("callcentre-callback-")
 
 
 @pytest.mark.stack_env(**CALLBACK_ENV)

@@ -5,7 +5,6 @@ SQLite by default; PostgreSQL when CALLCENTRE_TEST_PG_URL is set (tests/conftest
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -328,8 +327,8 @@ class FakeOriginate:
         self.early: dict | None = None
         self.scheduler: CallbackScheduler | None = None
 
-    async def __call__(self, channel, context, exten, variables, caller_id, timeout_ms):  # type: ignore[no-untyped-def]
-        aid = f"cb-{len(self.calls) + 1}"
+    async def __call__(self, channel, context, exten, variables, caller_id, timeout_ms, action_id):  # type: ignore[no-untyped-def]
+        aid = action_id
         self.calls.append(dict(channel=channel, context=context, exten=exten, variables=dict(variables),
                                caller_id=caller_id, timeout_ms=timeout_ms, action_id=aid))
         if self.early is not None and self.scheduler is not None:  # the response beats our return
@@ -444,52 +443,38 @@ async def test_callback_no_answer_then_busy_retried_then_flagged(engine: AsyncEn
     assert events.count("callback_attempt") == 3 and events[-1] == "callback_needs_person"
 
 
-async def test_a_response_matched_while_the_originate_is_being_stored_is_not_lost(env: Env) -> None:
-    """Asterisk sends OriginateResponse before the Originate's own reply often enough (Async=true). Here the
-    event's lookup runs before the ActionID is committed and resumes only after the scheduler has looked
-    for early events: the response must still end the attempt (it was once parked and forgotten, and the
-    attempt sat in 'dialling' until the two-minute sweep)."""
+async def test_the_action_id_is_stored_before_the_originate_is_sent_and_never_reused(env: Env) -> None:
+    """Asterisk may send OriginateResponse right behind the Originate's reply, before the Originate call
+    returns here; and a restarted server starts its AMI link's ActionID counter again. So the ActionID is
+    the scheduler's own (one per attempt) and is committed with 'dialling' before the Originate goes out.
+    (The link's counter was used once: a restart collided with stored ActionIDs, and a response could be
+    parked while its ActionID was being stored and then forgotten.)"""
     tid, sched, orig, _ = await callback_setup(env)
-    real_sessions = sched._sessions
-    gate = asyncio.Event()
-    parked = asyncio.Event()
-    armed = False
+    seen_in_db: list = []
 
-    def sessions():  # type: ignore[no-untyped-def]
-        nonlocal armed
-        s = real_sessions()
-        if armed:  # the next session opened is the event's lookup: hold it after its query has run
-            armed = False
-            real_execute = s.execute
-
-            async def held_execute(*a, **kw):  # type: ignore[no-untyped-def]
-                result = await real_execute(*a, **kw)
-                parked.set()
-                await gate.wait()
-                return result
-
-            s.execute = held_execute  # type: ignore[method-assign]
-        return s
-
-    sched._sessions = sessions  # type: ignore[assignment]
-    lookup: list[asyncio.Task] = []
-    plain = orig.__call__
-
-    async def originate(*args):  # type: ignore[no-untyped-def]
-        nonlocal armed
-        aid = await plain(*args)
-        armed = True
-        lookup.append(asyncio.create_task(sched.handle_event(response(aid, 5))))
-        await asyncio.wait_for(parked.wait(), 5)  # the event's query has run and found nothing yet
-        return aid
+    async def originate(*args, action_id):  # type: ignore[no-untyped-def]
+        async with env.sessions() as s:
+            seen_in_db.append((await s.execute(
+                select(CallbackAttempt.state).where(CallbackAttempt.action_id == action_id))).scalar_one_or_none())
+        await sched.handle_event(response(action_id, 5))  # the response beats the Originate's return
+        return await orig(*args, action_id=action_id)
 
     sched._originate = originate  # type: ignore[assignment]
-    assert await sched.run_due() == 1  # ActionID stored, early events looked for: none yet
-    gate.set()
-    await asyncio.wait_for(lookup[0], 5)
+    assert await sched.run_due() == 1
+    assert seen_in_db == ["dialling"]
     a1, a2 = await sched.attempts(tid)
     assert (a1["state"], a1["result"], a1["reason_code"]) == ("done", "busy", 5)
-    assert a2["state"] == "scheduled"
+    assert a1["action_id"] == orig.calls[0]["action_id"]
+    env.clock.advance(3600)
+    restarted = CallbackScheduler(env.sessions, env.tickets, env.cfg, env.clock, orig)
+    assert await restarted.run_due() == 1
+    await restarted.handle_event(response(orig.calls[1]["action_id"], 3))
+    a1, a2, a3 = await restarted.attempts(tid)
+    assert a2["result"] == "no_answer" and a3["state"] == "scheduled"
+    assert len({a1["action_id"], a2["action_id"]}) == 2
+    assert all(a["action_id"].startswith("callcentre-callback-") for a in (a1, a2))
+    await sched.handle_event({"Event": "OriginateResponse", "ActionID": "cc-7", "Response": "Failure", "Reason": "5"})
+    assert [a["result"] for a in await sched.attempts(tid)] == ["busy", "no_answer", None]  # the ACD's: not ours
 
 
 async def test_callback_outside_hours_and_bad_number(env: Env) -> None:
@@ -511,7 +496,7 @@ async def test_callback_outside_hours_and_bad_number(env: Env) -> None:
 
 
 async def test_originate_error_is_recorded_and_retried(env: Env) -> None:
-    async def broken(*args: Any) -> str:
+    async def broken(*args: Any, action_id: str) -> str:
         raise ConnectionError("AMI link is not connected")
 
     sched = CallbackScheduler(env.sessions, env.tickets, env.cfg, env.clock, broken)

@@ -5,12 +5,13 @@ transaction). :class:`CallbackScheduler` then:
 
 1. places due attempts with an Async Originate to ``dial_template`` (``Local/<number>@<context>`` by
    default) into ``callcentre-callback,survey,1`` with ``TICKET=<number>`` and ``CC_CALLBACK=<attempt
-   id>``. The attempt is marked ``dialling`` and committed *before* the Originate is sent, so a crash
-   can never ring the owner twice for one attempt;
-2. matches the ``OriginateResponse`` by ActionID (Reason 4 answered, 3 no answer, 5 busy, 0 failed;
-   see ``ami-originate-outcomes.txt``). Asterisk may send the response before the Originate's own reply
-   reaches us, so the ActionIDs this process sent are kept in memory the moment they are known, and a
-   response that arrives before that is held briefly and matched as soon as the ActionID is known;
+   id>``. The attempt is marked ``dialling``, with the Originate's ActionID (``callcentre-callback-<attempt
+   id>``: unique across restarts and servers sharing a database), and committed *before* the Originate
+   is sent, so a crash can never ring the owner twice for one attempt;
+2. matches the ``OriginateResponse`` by that ActionID (Reason 4 answered, 3 no answer, 5 busy, 0 failed;
+   see ``ami-originate-outcomes.txt``). The response may come in right behind the Originate's own reply,
+   before the Originate call has returned here; it matches all the same, as the ActionID is already
+   stored;
 3. on anything but an answer, schedules the next try with :func:`~callcentre.domain.service.next_attempt`
    (within calling hours) or, when the policy gives up, flags the ticket for a person
    (``needs_person``) with a history note and a wallboard alert;
@@ -23,7 +24,6 @@ leading '+') before it is put into any AMI value.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
@@ -59,8 +59,7 @@ DEFAULT_DIAL_TEMPLATE = "Local/{number}@callcentre-outbound"
 RESPONSE_GRACE = timedelta(seconds=120)
 # An answered call-back whose survey never reported (server restart mid-call) is closed after this.
 SURVEY_GRACE = timedelta(minutes=15)
-_EARLY_MAX = 256
-_SENT_MAX = 4096
+ACTION_ID_PREFIX = "callcentre-callback-"
 
 
 class Originate(Protocol):
@@ -72,6 +71,7 @@ class Originate(Protocol):
         variables: Mapping[str, str],
         caller_id: str | None,
         timeout_ms: int,
+        action_id: str,
     ) -> str: ...
 
 
@@ -102,9 +102,6 @@ class CallbackScheduler:
         self._caller_id = caller_id
         self._poll_seconds = poll_seconds
         self._events: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._early: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
-        # ActionID -> attempt id of the Originates this process sent and has not matched yet.
-        self._sent: OrderedDict[str, int] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -213,19 +210,21 @@ class CallbackScheduler:
             if ok:
                 attempt.state = AttemptState.DIALLING.value
                 attempt.started_at = now
+                attempt.action_id = action_id = f"{ACTION_ID_PREFIX}{attempt.id}"
             ticket_number = row.number
         if not ok:
             await self._finish(attempt_id, CallbackResult.FAILED, None, "no diallable number on the ticket", flag_now=True)
             return 0
-        blog = log.bind(ticket=ticket_number, attempt_id=attempt_id)
+        blog = log.bind(ticket=ticket_number, attempt_id=attempt_id, action_id=action_id)
         try:
-            action_id = await self._originate(
+            await self._originate(
                 self._dial_template.format(number=number),
                 CALLBACK_CONTEXT,
                 SURVEY_EXTEN,
                 {"TICKET": ticket_number, ATTEMPT_VARIABLE: str(attempt_id)},
                 self._caller_id,
                 policy.ring_seconds * 1000,
+                action_id=action_id,
             )
         except asyncio.CancelledError:
             raise
@@ -234,19 +233,7 @@ class CallbackScheduler:
             await self._finish(attempt_id, CallbackResult.FAILED, None, f"originate: {type(exc).__name__}: {exc}",
                                retry_as=CallbackResult.CONGESTION)
             return 0
-        action_id = str(action_id)
-        # Known in memory before the next await: an OriginateResponse being matched right now must find it.
-        self._sent[action_id] = attempt_id
-        while len(self._sent) > _SENT_MAX:
-            self._sent.popitem(last=False)
-        async with self._sessions() as s, s.begin():
-            attempt = await s.get(CallbackAttempt, attempt_id)
-            if attempt is not None:
-                attempt.action_id = action_id[:64]
-        blog.info("call-back placed", action_id=action_id)
-        early = self._early.pop(action_id, None)
-        if early is not None:
-            await self.handle_event(early)
+        blog.info("call-back placed")
         return 1
 
     # --- outcomes -------------------------------------------------------------------------------
@@ -254,21 +241,14 @@ class CallbackScheduler:
     async def handle_event(self, message: Mapping[str, Any]) -> None:
         """Match an OriginateResponse to its attempt by ActionID."""
         action_id = str(message.get("ActionID", "")).strip()
-        if not action_id:
-            return
-        attempt_id = await self._attempt_for_action(action_id)
-        if attempt_id is None:
-            # Maybe ours before the Originate returned its ActionID; keep a bounded few to match in _place.
-            # (No await since the last look at self._sent, so _place cannot slip in between.)
-            self._early[action_id] = message
-            while len(self._early) > _EARLY_MAX:
-                self._early.popitem(last=False)
-            return
-        self._sent.pop(action_id, None)
+        if not action_id.startswith(ACTION_ID_PREFIX):
+            return  # the call distribution's, or another AMI client's
         async with self._sessions() as s:
-            attempt = await s.get(CallbackAttempt, attempt_id)
+            attempt = (
+                await s.execute(select(CallbackAttempt).where(CallbackAttempt.action_id == action_id))
+            ).scalar_one_or_none()
         if attempt is None:
-            return
+            return  # from a database since restored, or another server's with a look-alike ActionID
         if attempt.state != AttemptState.DIALLING.value:
             return  # already finished (duplicate event, or the survey reported first)
         try:
@@ -286,18 +266,6 @@ class CallbackScheduler:
             log.info("call-back answered", attempt_id=attempt.id, action_id=action_id)
             return
         await self._finish(attempt.id, result, code, None)
-
-    async def _attempt_for_action(self, action_id: str) -> int | None:
-        """The attempt an ActionID belongs to: sent by this process (memory) or stored (database)."""
-        known = self._sent.get(action_id)
-        if known is not None:
-            return known
-        async with self._sessions() as s:
-            found = (
-                await s.execute(select(CallbackAttempt.id).where(CallbackAttempt.action_id == action_id))
-            ).scalar_one_or_none()
-        # _place may have learnt the ActionID while the query ran (before its own commit).
-        return found if found is not None else self._sent.get(action_id)
 
     async def record_answer(self, attempt_id: int | None, ticket_id: int, outcome: SurveyOutcome) -> None:
         """The survey heard 1 or 2: act on the ticket, and end the attempt as answered."""
