@@ -51,7 +51,9 @@ from callcentre.domain.acd import (
     WithdrawReason,
     classify_priority,
 )
-from callcentre.domain.ivr import CallInfo, Outcome
+from callcentre.domain.ivr import CALLBACK_CATEGORY, CallInfo, Outcome, acknowledged
+from callcentre.domain.model import Priority, TicketKind
+from callcentre.domain.promises import promise_deadline
 from callcentre.domain.ports import CallerHungUp, Channel, ChannelError, Clock, StorageUnavailable, TicketStore
 from callcentre.tasks import cancel_and_wait
 
@@ -81,6 +83,7 @@ class _Waiter:
 class _CallbackRequest:
     call: CallInfo
     number: str  # E.164, validated digits
+    ticket: str  # the ticket that records the promise
     offer: Offer | None = None
     action_id: str | None = None
 
@@ -120,6 +123,7 @@ class ACDService(CallListener):
         # owner/caller key -> last agent who answered them; least recently used dropped past the cap
         self._previous_agent: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
+        self._committing: set[asyncio.Future] = set()  # ticket commits that nothing may cancel
         self._ticker: asyncio.Task | None = None
         self.alerts: deque[dict[str, Any]] = deque(maxlen=30)  # recent alerts, for a wallboard that (re)connects
         self._history: list[StateChange] = []
@@ -408,13 +412,14 @@ class ACDService(CallListener):
             elif isinstance(item, Announce):
                 await ch.music_off()
                 music = False
-                if await self._announce(waiter, item):
-                    return await self._register_callback(waiter, clog)
+                if await self._announce(waiter, item) and await self._register_callback(waiter, clog):
+                    return Outcome.DONE
             elif item == _CALLBACK:
                 if waiter.call.caller_id and _DIGITS.match(waiter.call.caller_id):
                     await ch.music_off()
                     music = False
-                    return await self._register_callback(waiter, clog)
+                    if await self._register_callback(waiter, clog):
+                        return Outcome.DONE
             elif isinstance(item, NoAgentAvailable):
                 await ch.music_off()
                 await self._say(ch, waiter.call, ["closed-hours" if item.reason == "closed" else "no-agents"])
@@ -453,15 +458,39 @@ class ACDService(CallListener):
         pressed = await self._say(waiter.ch, waiter.call, words, key if can_callback else "")
         return pressed == key
 
-    async def _register_callback(self, waiter: _Waiter, clog) -> Outcome:
+    async def _register_callback(self, waiter: _Waiter, clog) -> bool:
+        """The caller pressed the call-back key. A ticket records the promise before the caller hears
+        it (message, ``callback_request``, the general promise): it outlives a restart, the owner's
+        line being busy when we call, or no agent ever coming free, and is escalated like any other
+        ticket until someone closes it. Then the call keeps its place as a call-back. False (the
+        caller keeps waiting, nothing was promised) when the ticket cannot be saved."""
         call = waiter.call
+        draft = call.ticket_draft(TicketKind.MESSAGE, CALLBACK_CATEGORY, Priority.GENERAL, source="callback")
+        deadline = promise_deadline(self.cfg.tickets.promises, Priority.GENERAL, CALLBACK_CATEGORY, self.clock.now())
+        # Shielded (and held) so that a hang-up or shutdown cannot cut the commit in half.
+        task = asyncio.ensure_future(self.tickets.create_ticket(draft, deadline))
+        self._committing.add(task)
+        task.add_done_callback(self._committing.discard)
+        try:
+            ticket = await asyncio.shield(task)
+        except StorageUnavailable as exc:
+            clog.error("call-back not booked: its ticket could not be saved", error=str(exc))
+            await self._say(waiter.ch, call, ["apology", "please-wait"])
+            # The key press also came as an AMI DTMFEnd (queued as _CALLBACK): that echo is not a new request.
+            kept = [item for item in _drain(waiter.inbox) if item != _CALLBACK]
+            for item in kept:
+                waiter.inbox.put_nowait(item)
+            return False
         position = self.dist.request_callback(call.uniqueid)
         waiter.callback = True
         assert call.caller_id is not None
-        self._callbacks[call.uniqueid] = _CallbackRequest(call=call, number=call.caller_id)
-        clog.info("call-back requested", position=position)
-        await self._say(waiter.ch, call, ["callback-registered", "goodbye"])
-        return Outcome.DONE
+        self._callbacks[call.uniqueid] = _CallbackRequest(call=call, number=call.caller_id, ticket=ticket.number)
+        call.tickets.append(ticket.number)
+        clog.info("call-back requested", position=position, ticket=ticket.number, promised_by=deadline.isoformat())
+        await self._say(waiter.ch, call, ["callback-registered"])
+        await acknowledged(self.tickets, ticket, clog)
+        await self._say(waiter.ch, call, ["goodbye"])
+        return True
 
     async def _dial(self, ch: Channel, interface: str, ring_seconds: int) -> str | None:
         """EXEC Dial: Asterisk stops ringing after ``ring_seconds``; returns DIALSTATUS."""
@@ -624,7 +653,11 @@ class ACDService(CallListener):
         try:
             await ch.play([f"{req.call.language}/please-wait"])
             status = await self._dial(ch, interface, 40)
-            log.info("call-back placed", call=call_id, dial_status=status)
+            if status == "ANSWER":
+                log.info("call-back made", call=call_id, ticket=req.ticket, agent_id=req.offer.agent_id)
+            else:  # the ticket stays open (and is escalated) until someone reaches the owner
+                log.warning("call-back did not reach the owner", call=call_id, ticket=req.ticket, dial_status=status,
+                            agent_id=req.offer.agent_id)
             await self.tickets.record_call_event(call_id, "callback", {"dial_status": status, "agent_id": req.offer.agent_id})
         finally:
             self._callbacks.pop(call_id, None)
@@ -827,6 +860,13 @@ def _who(call: CallInfo) -> str | None:
     if call.owner is not None:
         return f"owner:{call.owner.owner_id}"
     return f"phone:{call.caller_id}" if call.caller_id else None
+
+
+def _drain(queue: asyncio.Queue) -> list[Any]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 def _safe_var(value: str) -> str:

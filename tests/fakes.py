@@ -146,6 +146,7 @@ class FakeTicketStore:
     tickets: list[Ticket] = field(default_factory=list)
     drafts: list[TicketDraft] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)
+    acknowledged: list[int] = field(default_factory=list)
     fail: bool = False
     delay: float = 0.0
 
@@ -178,6 +179,11 @@ class FakeTicketStore:
 
     async def record_call_event(self, uniqueid, kind, data):
         self.events.append((uniqueid, kind, dict(data)))
+
+    async def mark_acknowledged(self, ticket_id):
+        if self.fail:
+            raise StorageUnavailable("database is locked")
+        self.acknowledged.append(ticket_id)
 
 
 def owner(owner_id=1, unit_id=10, building="3", unit="1201", balance=123456, due=date(2026, 12, 31), **kw) -> OwnerMatch:

@@ -315,6 +315,12 @@ async def test_a_caller_who_asks_for_a_call_back_is_called_by_the_next_free_agen
     asker = await asyncio.wait_for(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", "1"])), 20)
     assert "callback-registered" in " ".join(asker.commands), asker.commands
     assert stack.ami_server.actions_named("Originate") == []  # not while the agent is on the other call
+    # the promise is a ticket before the caller hears it: it outlives a restart and is escalated if unkept
+    [t] = [t for t in await stack.tickets() if t.call_uniqueid == asker.uniqueid]
+    assert (t.kind, t.category, t.source, t.status, t.caller_id) == (
+        "message", "callback_request", "callback", "new", "+8613912345602")
+    assert t.acknowledged_to_caller is True
+    assert abs((t.promised_by - t.created_at).total_seconds() - 30 * 60) < 5  # the general promise
     await asyncio.wait_for(blocker, 20)
     def callback_legs() -> list:
         return [r for r in stack.pbx.results if r.channel.startswith("PJSIP/agent1") and r.commands[:1] != ["ANSWER"]]

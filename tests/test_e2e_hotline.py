@@ -36,6 +36,7 @@ async def test_known_owner_reports_a_repair(stack):
     assert t.owner_id is not None and t.unit_id is not None
     assert t.call_uniqueid == result.uniqueid
     assert t.voice_file and t.voice_file.endswith(".wav")
+    assert t.acknowledged_to_caller is True  # the caller heard the number and the promise to the end
     prompts = streamed(result)
     assert "callcentre/zh/ticket-created" in prompts
     assert "callcentre/zh/promise-by" in prompts

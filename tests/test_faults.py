@@ -291,6 +291,7 @@ async def test_hang_up_during_recording_stores_the_file_asterisk_wrote(stack):
     assert result.ended is CallEnd.CALLER_HUNG_UP
     [t] = await stack.tickets()
     assert t.voice_file and t.voice_file.endswith("." + stack.cfg.ivr.record_format), t.voice_file
+    assert t.acknowledged_to_caller is False  # kept, though the caller never heard its number
 
 
 # ------------------------------------------------------------------------------------ database faults
@@ -371,6 +372,35 @@ async def test_database_unreachable_for_the_whole_call(stack):
     _assert_told_and_sent_to_a_person(result)
     assert await no_agi_left(stack)
     assert stack.services.agi.stats.handler_errors == 0
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_ACD__WRAPUP_SECONDS="0")
+async def test_a_call_back_is_not_promised_when_its_ticket_cannot_be_saved(stack):
+    """A caller in the queue presses 1 for a call-back while ticket writes fail: nothing is promised
+    (no 'call-back booked'), the caller hears an apology and keeps their place, and an agent answers."""
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=100))
+    a1 = str((await stack.services.users.by_login("a1")).id)
+    blocker = asyncio.ensure_future(stack.pbx.place_call(CallerScript(KNOWN_MOBILE, inputs=["0", ""])))
+    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    watch = watch_agi(stack)
+    engine = stack.services.engine
+    listener = fail_statements(engine, SQLITE_FAULTS["full"], only=("INSERT", "UPDATE", "DELETE"))
+    try:
+        # 1 (the call-back key) during the queue announcement
+        asker = asyncio.ensure_future(stack.pbx.place_call(
+            CallerScript("13912345602", inputs=["0", "1"], silences_before_giving_up=100)))
+        assert await wait_for(lambda: watch.saw("STREAM FILE callcentre/zh/apology"), 15), watch.commands[-5:]
+    finally:
+        clear_fault(engine, listener)
+    result = await asyncio.wait_for(asker, 30)
+    await asyncio.wait_for(blocker, 30)
+    prompts = prompts_of(result)
+    assert "callcentre/zh/callback-registered" not in prompts, "\n".join(result.commands)
+    i = prompts.index("callcentre/zh/apology")
+    assert prompts[i - 1:i + 2] == ["callcentre/zh/queue-position", "callcentre/zh/apology", "callcentre/zh/please-wait"]
+    assert result.variables.get("DIALSTATUS") == "ANSWER"  # kept their place and reached the agent
+    assert not [t for t in await stack.tickets() if t.category == "callback_request"]
+    assert stack.ami_server.actions_named("Originate") == []
 
 
 @pytest.mark.skipif(on_postgres(), reason="SQLite file locking")

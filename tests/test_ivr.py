@@ -8,6 +8,7 @@ from callcentre.config import Config
 from callcentre.domain.ivr import HotlineIVR, Outcome, required_prompts
 from callcentre.domain.model import Priority, TicketKind
 from callcentre.domain.ports import FakeClock
+from callcentre.domain.ports import StorageUnavailable
 from fakes import HANGUP, FakeChannel, FakeDirectory, FakeTicketStore, owner
 
 PHONE = "+8613800138000"
@@ -50,6 +51,18 @@ async def test_known_owner_reports_a_repair_and_hears_the_ticket_number():
     assert [o[0] for o in ch.ops].index("record") < [o[0] for o in ch.ops].index("set_variable")
     assert connector.calls == []
     assert store.events[-1][1] == "ivr-finished" and store.events[-1][2]["tickets"] == [t.number]
+    assert store.acknowledged == [t.id]  # heard through to the promise
+
+
+async def test_a_ticket_is_kept_and_the_call_goes_on_when_it_cannot_be_marked_as_told():
+    class MarkFails(FakeTicketStore):
+        async def mark_acknowledged(self, ticket_id):
+            raise StorageUnavailable("database is locked")
+
+    ivr, _, store, _ = make(store=MarkFails())
+    ch = FakeChannel(inputs=["2", "1", "#"])
+    assert await ivr.run(ch) is Outcome.DONE
+    assert len(store.tickets) == 1 and store.acknowledged == [] and ch.played[-1] == "zh/goodbye"
 
 
 async def test_record_is_capped_by_config():
@@ -172,6 +185,10 @@ async def test_hangup_at_every_step_of_repair(hangup_at):
     recorded = any(o[0] == "record" for o in ch.ops)
     if recorded:  # once the caller reached the recording, their request is kept
         assert len(store.tickets) == 1
+    # marked as told only when the caller heard the read-back through to its end
+    readback = [i for i, op in enumerate(ch.ops, 1) if op[0] == "play" and "zh/promise-by" in str(op)]
+    heard = bool(readback) and readback[0] < hangup_at  # the hang-up came after the read-back's last word
+    assert store.acknowledged == ([store.tickets[0].id] if heard else [])
     finished = [e for e in store.events if e[1] == "ivr-finished"]
     assert len(finished) == 1
 
@@ -191,6 +208,7 @@ async def test_hangup_by_input_during_record_keeps_the_ticket():
     assert await ivr.run(ch) is Outcome.HUNG_UP
     [t] = store.tickets
     assert t.ivr_path.endswith("rec:hangup")
+    assert store.acknowledged == []  # kept, but never told
 
 
 async def test_hostile_caller_id_and_name_do_not_break_anything():

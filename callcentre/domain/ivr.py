@@ -44,6 +44,8 @@ from callcentre.domain.ports import (
 from callcentre.domain.promises import promise_deadline
 
 RESULT_VARIABLE = "CC_RESULT"
+# A voice message left for a call-back, and a call-back booked from the queue, are tickets of this category.
+CALLBACK_CATEGORY = "callback_request"
 """The dialplan sends the caller to the fallback queue unless this channel variable is ``done``."""
 
 
@@ -76,6 +78,27 @@ class CallInfo:
     @property
     def ivr_path(self) -> str:
         return ">".join(self.path)
+
+    def ticket_draft(self, kind: TicketKind, category: str, priority: Priority, *, voice_file: str | None = None,
+                     source: str = "ivr") -> TicketDraft:
+        """A ticket for this call, tied to the caller ID and (when identified) the owner and unit."""
+        owner = self.owner
+        return TicketDraft(
+            kind=kind,
+            category=category,
+            priority=priority,
+            caller_id_raw=self.caller_id_raw,
+            caller_id=self.caller_id,
+            call_uniqueid=self.uniqueid,
+            call_linkedid=self.linkedid,
+            owner_id=owner.owner_id if owner else None,
+            unit_id=owner.unit_id if owner else None,
+            caller_name=self.caller_name or None,
+            voice_file=voice_file,
+            ivr_path=self.ivr_path,
+            channel=self.channel,
+            source=source,
+        )
 
 
 class AgentConnector(Protocol):
@@ -475,23 +498,8 @@ class HotlineIVR:
         # No await may come before the ticket task is started: a hang-up right after the recording
         # must not lose what the caller said.
         prio = priority or Priority(category.priority)
-        owner = call.owner
-        draft = TicketDraft(
-            kind=kind,
-            category=category.code,
-            priority=prio,
-            caller_id_raw=call.caller_id_raw,
-            caller_id=call.caller_id,
-            call_uniqueid=call.uniqueid,
-            call_linkedid=call.linkedid,
-            owner_id=owner.owner_id if owner else None,
-            unit_id=owner.unit_id if owner else None,
-            caller_name=call.caller_name or None,
-            voice_file=voice_file,
-            ivr_path=call.ivr_path,
-            channel=call.channel,
-            source="ivr-hangup" if hung_up else "ivr",
-        )
+        draft = call.ticket_draft(kind, category.code, prio, voice_file=voice_file,
+                                  source="ivr-hangup" if hung_up else "ivr")
         deadline = promise_deadline(self.cfg.tickets.promises, prio, category.code, self.clock.now())
         # Shielded: a hang-up that cancels this task must not cut the commit in half.
         task = asyncio.ensure_future(self.tickets.create_ticket(draft, deadline))
@@ -522,6 +530,7 @@ class HotlineIVR:
                 words += speech.date(local.date(), lang)
             words += speech.clock_time(local.hour, local.minute, lang)
         await self._say(ch, call, words)
+        await acknowledged(self.tickets, ticket, call.log)
 
     # ------------------------------------------------------------------ agents
 
@@ -541,7 +550,7 @@ class HotlineIVR:
     async def _take_message(self, ch: Channel, call: CallInfo, reason: str) -> Outcome:
         """Nobody can answer now (no agent, night, maximum wait): a voice message becomes a ticket."""
         call.path.append("message")
-        category = Category(code="callback_request", prompt="leave-message")
+        category = Category(code=CALLBACK_CATEGORY, prompt="leave-message")
         voice_file: str | None = None
         hung_up = False
         try:
@@ -561,6 +570,14 @@ class HotlineIVR:
         """Wait for ticket writes still in flight (called at shutdown)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+async def acknowledged(tickets: TicketStore, ticket: Ticket, clog: Any) -> None:
+    """Record that the caller heard the ticket through to its end (an audit mark; best effort)."""
+    try:
+        await tickets.mark_acknowledged(ticket.id)
+    except StorageUnavailable as exc:
+        clog.warning("ticket not marked as told to the caller", ticket=ticket.number, error=str(exc))
 
 
 def _press(digit: str) -> str:

@@ -103,6 +103,10 @@ class TicketStore(Protocol):
 
     async def latest_open_ticket(self, owner_id: int | None, caller_id: str | None) -> Ticket | None: ...
 
+    async def mark_acknowledged(self, ticket_id: int) -> None:
+        """The caller has heard the ticket (its number and promise, or the call-back booked). Raises
+        StorageUnavailable; the ticket itself is committed already, so callers only log that."""
+
     async def record_call_event(self, uniqueid: str, kind: str, data: Mapping[str, object]) -> None:
         """Append to the call's history (IVR path, outcome); best effort."""
 
