@@ -225,7 +225,7 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         yield
         services.draining = True
         services.agi.stop_accepting()
-        await services.agi.stop(grace_seconds=30.0)
+        await services.agi.stop(grace_seconds=cfg.agi.shutdown_grace_seconds)
 
     async def ami_link(app: web.Application) -> AsyncIterator[None]:
         if not cfg.ami.enabled:

@@ -94,6 +94,9 @@ class AGIConfig(_Section):
     # for the caller get their own expected duration added to this.
     command_timeout_seconds: float = Field(10.0, gt=0)
     line_max_bytes: int = Field(8192, ge=256)
+    # On SIGTERM, calls in progress get this long to finish before they are handed to the dialplan's
+    # fallback queue: at least the longest recording (ivr.record_max_seconds) plus its read-back.
+    shutdown_grace_seconds: float = Field(75.0, ge=5, le=3600)
 
     @field_validator("allowed_peers")
     @classmethod
@@ -539,6 +542,17 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     # The environment the configuration was loaded from (secrets are read from it).
     _environ: dict[str, str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _grace_covers_a_recording(self) -> "Config":
+        need = self.ivr.record_max_seconds + 15
+        if self.agi.shutdown_grace_seconds < need:
+            raise ValueError(
+                f"agi.shutdown_grace_seconds ({self.agi.shutdown_grace_seconds:g}) must let a caller who is recording "
+                f"finish (ivr.record_max_seconds {self.ivr.record_max_seconds}) and hear their ticket number: "
+                f"at least {need}"
+            )
+        return self
 
     def ami_secret(self) -> str | None:
         """The AMI secret from CALLCENTRE_AMI_SECRET, else ami.secret_file, else ami.secret."""

@@ -81,3 +81,14 @@ def test_times_in_environment_overrides_stay_times():
     cfg = load_config(None, environ={"CALLCENTRE_SERVICE__CALLBACK__CALLING_HOURS_END": "21:30",
                                      "CALLCENTRE_ACD__BUSINESS_HOURS__OPEN": "08:00"})
     assert cfg.service.callback.calling_hours_end == "21:30" and cfg.acd.business_hours.open == "08:00"
+
+
+def test_the_shutdown_grace_must_cover_the_longest_recording():
+    """SIGTERM lets calls in progress finish for agi.shutdown_grace_seconds: a caller who has just started
+    the longest recording must still get their ticket number, so a shorter grace is refused."""
+    assert load_config(REPO / "config.yaml", environ={}).agi.shutdown_grace_seconds == 75
+    with pytest.raises(ConfigError, match=r"agi.shutdown_grace_seconds \(75\).*ivr.record_max_seconds 120.*at least 135"):
+        load_config(REPO / "config.yaml", environ={"CALLCENTRE_IVR__RECORD_MAX_SECONDS": "120"})
+    cfg = load_config(REPO / "config.yaml", environ={"CALLCENTRE_IVR__RECORD_MAX_SECONDS": "120",
+                                                     "CALLCENTRE_AGI__SHUTDOWN_GRACE_SECONDS": "135"})
+    assert cfg.agi.shutdown_grace_seconds == 135

@@ -28,22 +28,13 @@ from callcentre.sim.agi_client import AGISession, run_session
 from callcentre.sim.pbx import ChannelState, DialplanEntry
 from callcentre.sim.scripts import AgentScript, CallEnd, CallerScript, Record
 from tests.conftest import AMI_SECRET, REPO, Stack, on_postgres, stack_environ
+from tests.waiting import eventually
 
 ONE_AGENT = "[{id: a1, name: Agent One, interface: PJSIP/agent1, start: ready}]"
 KNOWN_MOBILE = "13800138000"  # Zhang Wei, unit 1-1201, in examples/owners.csv
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-async def wait_for(predicate, limit: float = 10.0) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while loop.time() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(predicate())
 
 
 def prompts_of(result) -> list[str]:
@@ -82,7 +73,7 @@ def agi_tasks() -> list[asyncio.Task]:
 
 
 async def no_agi_left(stack: Stack) -> bool:
-    return await wait_for(lambda: stack.services.agi.active_sessions == 0 and not agi_tasks(), 5)
+    return await eventually(lambda: stack.services.agi.active_sessions == 0 and not agi_tasks(), 5)
 
 
 def fail_statements(engine, message: str, *, only: tuple[str, ...] = ()) -> Any:
@@ -108,12 +99,12 @@ def clear_fault(engine, listener) -> None:
 
 async def test_ami_link_reset_mid_call_loses_nothing_and_counts_nothing_twice(stack):
     ami, tracker = stack.services.ami, stack.services.tracker
-    assert await wait_for(lambda: ami.connected)
+    assert await eventually(lambda: ami.connected)
     watch = watch_agi(stack)
     before_reconnects = ami.status()["reconnects"]
     before_resyncs = len(stack.ami_server.actions_named("CoreShowChannels"))
     call = asyncio.ensure_future(stack.pbx.place_call(CallerScript(KNOWN_MOBILE, inputs=["2", "1", Record(40)])))
-    assert await wait_for(lambda: watch.saw("RECORD FILE"))
+    assert await eventually(lambda: watch.saw("RECORD FILE"))
     uid = next(c.uniqueid for c in stack.pbx.channels.values() if c.name.startswith("SIP/owner-phone"))
     assert tracker.get(uid) is not None and not tracker.get(uid).finished
     await stack.ami_server.drop_clients()  # TCP reset while the caller is speaking
@@ -121,10 +112,10 @@ async def test_ami_link_reset_mid_call_loses_nothing_and_counts_nothing_twice(st
     assert result.cc_result == "done" and not result.fallback_queue
     [t] = await stack.tickets()
     assert t.call_uniqueid == uid and t.kind == "repair"
-    assert await wait_for(lambda: ami.connected and ami.status()["reconnects"] == before_reconnects + 1)
+    assert await eventually(lambda: ami.connected and ami.status()["reconnects"] == before_reconnects + 1)
     # one resync per login, and the call record ends closed exactly once (Hangup or lost in resync)
-    assert await wait_for(lambda: len(stack.ami_server.actions_named("CoreShowChannels")) == before_resyncs + 1)
-    assert await wait_for(lambda: not tracker.open_calls())
+    assert await eventually(lambda: len(stack.ami_server.actions_named("CoreShowChannels")) == before_resyncs + 1)
+    assert await eventually(lambda: not tracker.open_calls())
     rec = tracker.get(uid)
     assert rec is not None and rec.finished
     assert [r.uniqueid for r in tracker.records()].count(uid) == 1
@@ -139,15 +130,15 @@ async def test_half_open_ami_link_is_detected_within_two_missed_pings_and_resync
     # (a reconnect into a server that is still half-open waits ami.action_timeout_seconds for the
     # banner; 1 s here keeps the test short)
     ami, tracker, server = stack.services.ami, stack.services.tracker, stack.ami_server
-    assert await wait_for(lambda: ami.connected)
+    assert await eventually(lambda: ami.connected)
     watch = watch_agi(stack)
     call = asyncio.ensure_future(stack.pbx.place_call(CallerScript(KNOWN_MOBILE, inputs=["2", "1", Record(20)])))
-    assert await wait_for(lambda: watch.saw("RECORD FILE"))
+    assert await eventually(lambda: watch.saw("RECORD FILE"))
     uid = next(c.uniqueid for c in stack.pbx.channels.values() if c.name.startswith("SIP/owner-phone"))
     assert tracker.get(uid) is not None and not tracker.get(uid).finished
     pings_before = len(server.actions_named("Ping"))
     server.half_open(True)  # the socket stays up; nothing comes back, not even Pong
-    assert await wait_for(lambda: not ami.connected, 5)
+    assert await eventually(lambda: not ami.connected, 5)
     unanswered = len(server.actions_named("Ping")) - pings_before
     assert unanswered <= 2, f"{unanswered} pings sent into a half-open link before it was declared dead"
     assert "half-open" in (ami.status()["last_error"] or "")
@@ -160,8 +151,8 @@ async def test_half_open_ami_link_is_detected_within_two_missed_pings_and_resync
     heard_live = tracker.get(uid).finished
     resyncs = len(server.actions_named("CoreShowChannels"))
     server.half_open(False)
-    assert await wait_for(lambda: ami.connected and len(server.actions_named("CoreShowChannels")) > resyncs)
-    assert await wait_for(lambda: not tracker.open_calls())
+    assert await eventually(lambda: ami.connected and len(server.actions_named("CoreShowChannels")) > resyncs)
+    assert await eventually(lambda: not tracker.open_calls())
     if not heard_live:
         assert tracker.get(uid).closed_reason == LOST_IN_RESYNC
     assert len(await stack.tickets()) == 1
@@ -171,10 +162,10 @@ async def test_half_open_ami_link_is_detected_within_two_missed_pings_and_resync
 async def test_asterisk_restart_leaves_no_phantom_calls(stack):
     services, server = stack.services, stack.ami_server
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=None))
-    assert await wait_for(lambda: services.ami.connected)
+    assert await eventually(lambda: services.ami.connected)
     a1 = str((await services.users.by_login("a1")).id)
     call = asyncio.ensure_future(stack.pbx.place_call(CallerScript(KNOWN_MOBILE, inputs=["0"])))
-    assert await wait_for(lambda: services.acd.dist.agent_state(a1) is AgentState.RINGING)
+    assert await eventually(lambda: services.acd.dist.agent_state(a1) is AgentState.RINGING)
     open_before = {r.uniqueid for r in services.tracker.open_calls()}
     assert open_before  # the caller and the agent's ringing leg
     resyncs = len(server.actions_named("CoreShowChannels"))
@@ -183,14 +174,14 @@ async def test_asterisk_restart_leaves_no_phantom_calls(stack):
     call.cancel()
     await asyncio.gather(call, return_exceptions=True)
     await server.wait_running()
-    assert await wait_for(lambda: services.ami.connected and len(server.actions_named("CoreShowChannels")) > resyncs)
-    assert await wait_for(lambda: not services.tracker.open_calls())
+    assert await eventually(lambda: services.ami.connected and len(server.actions_named("CoreShowChannels")) > resyncs)
+    assert await eventually(lambda: not services.tracker.open_calls())
     for uid in open_before:
         rec = services.tracker.get(uid)
         assert rec is not None and rec.closed_reason in (LOST_IN_RESTART, LOST_IN_RESYNC), (uid, rec)
     # no phantom caller waiting or ringing in call distribution, and the agent is offered calls again
-    assert await wait_for(lambda: services.acd.dist.waiting_count() == 0)
-    assert await wait_for(lambda: services.acd.dist.agent_state(a1) is AgentState.READY)
+    assert await eventually(lambda: services.acd.dist.waiting_count() == 0)
+    assert await eventually(lambda: services.acd.dist.agent_state(a1) is AgentState.READY)
     assert services.acd.snapshot()["queue"] == []
     assert await no_agi_left(stack)
     # and the next call after the restart works end to end
@@ -204,17 +195,17 @@ async def test_asterisk_restart_leaves_no_phantom_calls(stack):
 async def test_ami_link_reset_while_the_agent_rings_counts_the_answer_once(stack):
     services = stack.services
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=2, talk_seconds=20))
-    assert await wait_for(lambda: services.ami.connected)
+    assert await eventually(lambda: services.ami.connected)
     a1 = str((await services.users.by_login("a1")).id)
     call = asyncio.ensure_future(stack.pbx.place_call(CallerScript(KNOWN_MOBILE, inputs=["0", ""])))
-    assert await wait_for(lambda: services.acd.dist.agent_state(a1) is AgentState.RINGING)
+    assert await eventually(lambda: services.acd.dist.agent_state(a1) is AgentState.RINGING)
     await stack.ami_server.drop_clients()  # the DialEnd(ANSWER) may be lost with the link
     result = await asyncio.wait_for(call, 15)
     assert result.variables.get("DIALSTATUS") == "ANSWER"
-    assert await wait_for(lambda: services.acd.dist.agent_state(a1) is AgentState.READY)
+    assert await eventually(lambda: services.acd.dist.agent_state(a1) is AgentState.READY)
     f = services.acd.metrics()
     assert f["calls_entered"] == 1 and f["calls_answered"] == 1 and f["offers"] == 1 and f["offers_missed"] == 0
-    assert await wait_for(lambda: not services.tracker.open_calls())
+    assert await eventually(lambda: not services.tracker.open_calls())
 
 
 # ------------------------------------------------------------------------------------ FastAGI reset
@@ -381,7 +372,7 @@ async def test_a_call_back_is_not_promised_when_its_ticket_cannot_be_saved(stack
     stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=100))
     a1 = str((await stack.services.users.by_login("a1")).id)
     blocker = asyncio.ensure_future(stack.pbx.place_call(CallerScript(KNOWN_MOBILE, inputs=["0", ""])))
-    assert await wait_for(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
     watch = watch_agi(stack)
     engine = stack.services.engine
     listener = fail_statements(engine, SQLITE_FAULTS["full"], only=("INSERT", "UPDATE", "DELETE"))
@@ -389,7 +380,7 @@ async def test_a_call_back_is_not_promised_when_its_ticket_cannot_be_saved(stack
         # 1 (the call-back key) during the queue announcement
         asker = asyncio.ensure_future(stack.pbx.place_call(
             CallerScript("13912345602", inputs=["0", "1"], silences_before_giving_up=100)))
-        assert await wait_for(lambda: watch.saw("STREAM FILE callcentre/zh/apology"), 15), watch.commands[-5:]
+        assert await eventually(lambda: watch.saw("STREAM FILE callcentre/zh/apology"), 15), watch.commands[-5:]
     finally:
         clear_fault(engine, listener)
     result = await asyncio.wait_for(asker, 30)
@@ -521,10 +512,10 @@ async def _ring_across_a_wall_clock_step(stack: Stack, clock: SteppingClock) -> 
     a1 = str((await services.users.by_login("a1")).id)
     entered = clock.now()
     call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13912345602", inputs=["0", ""])))
-    assert await wait_for(lambda: services.acd.dist.agent_state(a1) is AgentState.RINGING)
+    assert await eventually(lambda: services.acd.dist.agent_state(a1) is AgentState.RINGING)
     clock.jump_wall(3 * 86400)
     result = await asyncio.wait_for(call, 15)
-    assert await wait_for(lambda: services.acd.dist.agent_state(a1) is AgentState.READY)
+    assert await eventually(lambda: services.acd.dist.agent_state(a1) is AgentState.READY)
     figures = services.acd.dist.metrics_snapshot(entered)
     figures = figures.to_dict() if hasattr(figures, "to_dict") else dict(vars(figures))
     alerts = [str(a.get("kind")) for a in services.acd.snapshot().get("alerts", [])]

@@ -19,7 +19,7 @@ from typing import Any
 from callcentre.sim.scripts import CallEnd, CallerScript, Record
 from tests.conftest import AMI_SECRET, REPO, stack_environ
 
-EXIT_BOUND_SECONDS = 15.0  # well under the 30 s grace the server gives calls in progress
+EXIT_BOUND_SECONDS = 15.0  # well under the 75 s grace (agi.shutdown_grace_seconds) for calls in progress
 
 
 class ServerProcess:
