@@ -44,9 +44,9 @@ from callcentre.domain.ports import (
 from callcentre.domain.promises import promise_deadline
 
 RESULT_VARIABLE = "CC_RESULT"
-# A voice message left for a call-back, and a call-back booked from the queue, are tickets of this category.
-CALLBACK_CATEGORY = "callback_request"
 """The dialplan sends the caller to the fallback queue unless this channel variable is ``done``."""
+CALLBACK_CATEGORY = "callback_request"
+"""A voice message left for a call-back, and a call-back booked from the queue, are tickets of this category."""
 
 
 class Outcome(str, enum.Enum):
