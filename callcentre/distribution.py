@@ -51,7 +51,7 @@ from callcentre.domain.acd import (
     WithdrawReason,
     classify_priority,
 )
-from callcentre.domain.ivr import CALLBACK_CATEGORY, CallInfo, Outcome, acknowledged
+from callcentre.domain.ivr import CALLBACK_CATEGORY, CallInfo, Outcome, acknowledged, commit_shielded
 from callcentre.domain.model import Priority, TicketKind
 from callcentre.domain.promises import promise_deadline
 from callcentre.domain.ports import CallerHungUp, Channel, ChannelError, Clock, StorageUnavailable, TicketStore
@@ -123,7 +123,7 @@ class ACDService(CallListener):
         # owner/caller key -> last agent who answered them; least recently used dropped past the cap
         self._previous_agent: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
-        self._committing: set[asyncio.Future] = set()  # ticket commits that nothing may cancel
+        self._committing: set[asyncio.Task] = set()  # ticket commits that nothing may cancel
         self._ticker: asyncio.Task | None = None
         self.alerts: deque[dict[str, Any]] = deque(maxlen=30)  # recent alerts, for a wallboard that (re)connects
         self._history: list[StateChange] = []
@@ -467,12 +467,8 @@ class ACDService(CallListener):
         call = waiter.call
         draft = call.ticket_draft(TicketKind.MESSAGE, CALLBACK_CATEGORY, Priority.GENERAL, source="callback")
         deadline = promise_deadline(self.cfg.tickets.promises, Priority.GENERAL, CALLBACK_CATEGORY, self.clock.now())
-        # Shielded (and held) so that a hang-up or shutdown cannot cut the commit in half.
-        task = asyncio.ensure_future(self.tickets.create_ticket(draft, deadline))
-        self._committing.add(task)
-        task.add_done_callback(self._committing.discard)
         try:
-            ticket = await asyncio.shield(task)
+            ticket = await commit_shielded(self.tickets, draft, deadline, self._committing)
         except StorageUnavailable as exc:
             clog.error("call-back not booked: its ticket could not be saved", error=str(exc))
             await self._say(waiter.ch, call, ["apology", "please-wait"])

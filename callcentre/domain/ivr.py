@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 from zoneinfo import ZoneInfo
@@ -501,12 +502,8 @@ class HotlineIVR:
         draft = call.ticket_draft(kind, category.code, prio, voice_file=voice_file,
                                   source="ivr-hangup" if hung_up else "ivr")
         deadline = promise_deadline(self.cfg.tickets.promises, prio, category.code, self.clock.now())
-        # Shielded: a hang-up that cancels this task must not cut the commit in half.
-        task = asyncio.ensure_future(self.tickets.create_ticket(draft, deadline))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
         try:
-            ticket = await asyncio.shield(task)
+            ticket = await commit_shielded(self.tickets, draft, deadline, self._pending)
         except StorageUnavailable as exc:
             call.log.error("ticket not saved", error=str(exc), kind=kind.value, category=category.code, draft=_draft_log(draft))
             if not hung_up:
@@ -570,6 +567,17 @@ class HotlineIVR:
         """Wait for ticket writes still in flight (called at shutdown)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+async def commit_shielded(tickets: TicketStore, draft: TicketDraft, deadline: datetime | None,
+                          held: set[asyncio.Task]) -> Ticket:
+    """Create the ticket in a task of its own, shielded: a hang-up or a shutdown that cancels the
+    caller's session cannot cut the commit in half. ``held`` keeps the task until it is done (so a
+    drain can wait for it). Raises StorageUnavailable. The task starts before this first awaits."""
+    task = asyncio.ensure_future(tickets.create_ticket(draft, deadline))
+    held.add(task)
+    task.add_done_callback(held.discard)
+    return await asyncio.shield(task)
 
 
 async def acknowledged(tickets: TicketStore, ticket: Ticket, clog: Any) -> None:
