@@ -373,9 +373,10 @@ def _on_login(services: Services):
         channels = await ami.core_show_channels()
         services.tracker.resync(channels, services.clock.monotonic())
         summary = {"channels": sum(1 for m in channels if m.get("Event") == "CoreShowChannel")}
-        for name, action in (("queue_entries", ami.queue_status(services.cfg.acd.fallback_queue)), ("status", ami.channel_status())):
+        steps = (("queue_entries", lambda: ami.queue_status(services.cfg.acd.fallback_queue)), ("status", ami.channel_status))
+        for name, action in steps:  # each coroutine made only when its turn comes (a cancel leaves none behind)
             try:
-                events = await action
+                events = await action()
                 summary[name] = len(events) - 1
             except AMIError as exc:
                 log.warning("ami resync step failed", step=name, error=str(exc))
