@@ -190,6 +190,8 @@ class ACDService(CallListener):
     async def stop(self) -> None:
         await cancel_and_wait(self._ticker, *self._tasks)
         self._ticker = None
+        if self._committing:  # call-back tickets being saved: finish them before the database closes
+            await asyncio.gather(*self._committing, return_exceptions=True)
         await self._flush_history()
 
     async def _tick_loop(self) -> None:

@@ -366,3 +366,25 @@ async def test_a_call_back_refused_busy_by_one_phone_goes_to_the_next_agent_at_o
         lambda: any(r.channel.startswith("PJSIP/agent2") and f"EXEC Dial {owner},40" in r.commands
                     for r in stack.pbx.results))
     assert [o.get("Channel") for o in stack.ami_server.actions_named("Originate")] == ["PJSIP/agent1"] * 2 + ["PJSIP/agent2"]
+
+
+async def test_stopping_the_acd_waits_for_a_call_back_ticket_being_saved():
+    """The queue call-back's ticket is committed in a shielded task; stop() (server shutdown) must let it
+    finish before the database is closed, as the IVR's drain does for its tickets."""
+    from callcentre.config import Config
+    from callcentre.distribution import ACDService
+    from callcentre.domain.ivr import CallInfo, commit_shielded
+    from callcentre.domain.model import Priority, TicketKind
+    from callcentre.domain.ports import FakeClock
+    from fakes import FakeTicketStore
+
+    store = FakeTicketStore(delay=0.2)
+    acd = ACDService(Config(), FakeClock(), store)
+    call = CallInfo("1795999999.7", "SIP/owner-1", "13912345602", "+8613912345602", "", "zh")
+    saving = asyncio.ensure_future(
+        commit_shielded(store, call.ticket_draft(TicketKind.MESSAGE, "callback_request", Priority.GENERAL), None,
+                        acd._committing))
+    await asyncio.sleep(0)
+    saving.cancel()  # the caller's session is cancelled (shutdown) while the ticket is being saved
+    await acd.stop()
+    assert len(store.tickets) == 1 and not acd._committing
