@@ -62,7 +62,7 @@ MODULES = [
     "bridge_builtin_features.so",
     "func_strings.so", "func_channel.so", "func_callerid.so", "func_logic.so", "func_cut.so",
     "func_global.so", "func_math.so", "func_shell.so", "func_db.so", "func_timeout.so", "func_hangupcause.so",
-    "func_devstate.so", "func_rand.so", "func_env.so",
+    "func_devstate.so", "func_rand.so", "func_env.so", "func_base64.so",
     "format_wav.so", "format_pcm.so", "format_gsm.so", "format_sln.so", "codec_ulaw.so", "codec_alaw.so",
     "codec_gsm.so", "codec_resample.so", "codec_a_mu.so",
     "res_rtp_asterisk.so", "chan_sip.so", "res_crypto.so", "res_speech.so",
@@ -139,7 +139,7 @@ exten => T,1,Verbose(1,cc-test: phone ${CALLERID(num)} hangs up after talking)
  same => n,Hangup()
 
 [cc-test-owner]
-exten => _X.,1,Set(spec=${GLOBAL(CC_OWNER)})
+exten => _[+0-9].,1,Set(spec=${GLOBAL(CC_OWNER)})
  same => n,Set(spec=${IF($["${spec}" = ""]?answer:1::20:${spec})})
  same => n,Set(mode=${CUT(spec,:,1)})
  same => n,Verbose(1,cc-test: owner phone ${EXTEN} rings (${spec}))
