@@ -308,10 +308,9 @@ class DeskRepo:
             raise NotFound(f"ticket {number} does not exist")
         return self._ticket(row, self._clock.now())
 
-    async def create_ticket(
-        self, draft: TicketDraft, promised_by: datetime | None, *, resolved_first_contact: bool = False, by: str = ""
-    ) -> dict[str, Any]:
-        """Create through the ticket store (numbering, idempotency per call) then, if asked, resolve."""
+    async def create_ticket(self, draft: TicketDraft, promised_by: datetime | None) -> dict[str, Any]:
+        """Create through the ticket store (numbering, idempotency per call). Status changes, "resolved at
+        first contact" included, go through the ticket lifecycle (service.tickets), never through here."""
         if draft.owner_id is not None or draft.unit_id is not None:
             async with _storage_errors("check an owner"), self._sessions() as s:
                 if draft.owner_id is not None and await s.get(Owner, draft.owner_id) is None:
@@ -319,21 +318,19 @@ class DeskRepo:
                 if draft.unit_id is not None and await s.get(Unit, draft.unit_id) is None:
                     raise NotFound(f"unit {draft.unit_id} does not exist")
         ticket = await self.tickets.create_ticket(draft, promised_by)
-        if resolved_first_contact:
-            return await self.update_ticket(ticket.number, status=TicketStatus.RESOLVED.value, by=by, note="resolved at first contact")
         return await self.get_ticket(ticket.number)
 
     async def update_ticket(
         self,
         number: str,
         *,
-        status: str | None = None,
         priority: str | None = None,
         category: str | None = None,
         note: str | None = None,
         by: str = "",
     ) -> dict[str, Any]:
-        """Change status, priority or category and append a note (stamped with time and agent)."""
+        """Change priority or category and append a note (stamped with time and agent). The status is
+        not changed here: that is the ticket lifecycle's (service.tickets.TicketService.apply)."""
         now = self._clock.now()
         async with _storage_errors("update a ticket"), self._sessions() as s, s.begin():
             row = (await s.execute(select(TicketRow).where(TicketRow.number == number).with_for_update())).scalar_one_or_none()
@@ -341,8 +338,6 @@ class DeskRepo:
                 raise NotFound(f"ticket {number} does not exist")
             if row.status == TicketStatus.CLOSED.value:
                 raise DeskConflict("ticket_closed", f"ticket {number} is closed; reopen it through the service desk")
-            if status is not None:
-                row.status = TicketStatus(status).value
             if priority is not None:
                 row.priority = Priority(priority).value
             if category is not None:
@@ -352,7 +347,7 @@ class DeskRepo:
                 text = f"{row.description}\n{stamp} {note}" if row.description else f"{stamp} {note}"
                 row.description = text[-NOTES_MAX:]
             row.updated_at = now
-        log.info("ticket updated", ticket=number, by=by, status=status)
+        log.info("ticket updated", ticket=number, by=by)
         return self._ticket(row, now)
 
 

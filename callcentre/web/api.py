@@ -388,8 +388,17 @@ async def ticket_create(request: web.Request) -> web.Response:
     promised = None
     if kind in (TicketKind.REPAIR, TicketKind.COMPLAINT, TicketKind.EMERGENCY):
         promised = promise_deadline(state.cfg.tickets.promises, priority, category, state.services.clock.now())
-    ticket = await state.desk.create_ticket(draft, promised, resolved_first_contact=resolved, by=user.login)
+    ticket = await state.desk.create_ticket(draft, promised)
     log.info("ticket created at the desk", ticket=ticket["number"], by=user.login, uniqueid=uniqueid)
+    if resolved:
+        # Solved while the caller is still on the line: the lifecycle's own path (acknowledged, then
+        # resolved at first contact), so the history, the first-contact flag and the closure call-back
+        # are the same as for any other ticket.
+        number = ticket["number"]
+        await _transition(state, user, number, TicketStatus.ACKNOWLEDGED.value, body, None, first_contact=False)
+        await _transition(state, user, number, TicketStatus.RESOLVED.value, body, "resolved at first contact",
+                          first_contact=True)
+        ticket = await state.desk.get_ticket(number)
     return json_response({"ticket": ticket}, status=201)
 
 
