@@ -113,7 +113,7 @@ exten => s,1,NoOp(cc-test: handset of ${CALLERID(all)})
  same => n,Hangup()
 
 [cc-test-phones]
-exten => _agent.,1,Set(spec=${GLOBAL(CC_PHONE_${EXTEN})})
+exten => _age[n]t.,1,Set(spec=${GLOBAL(CC_PHONE_${EXTEN})})
  same => n,Set(spec=${IF($["${spec}" = ""]?answer:1:30:${spec})})
  same => n,Set(mode=${CUT(spec,:,1)})
  same => n,Verbose(1,cc-test: phone ${EXTEN} rings (${spec}))
