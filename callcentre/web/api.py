@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from callcentre.domain.ticket_number import is_ticket_number
 from callcentre.domain import callerid
 from callcentre.domain.model import Priority, TicketKind, TicketStatus
 from callcentre.domain.promises import promise_deadline
@@ -38,7 +39,6 @@ BODY_MAX = 64 * 1024
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 _REASON = re.compile(r"^[a-z_]{1,32}$")
 _CATEGORY = re.compile(r"^[a-z0-9_\-]{1,64}$")
-_TICKET_NO = re.compile(r"^[A-Z]{1,4}\d{8}-\d{4,6}$")
 _UNIQUEID = re.compile(r"^[0-9A-Za-z.\-_]{1,64}$")
 NOTES_MAX = 2000
 # What an agent may set from the desk; closing and reopening belong to the service desk (issue 5).
@@ -338,7 +338,7 @@ async def ticket_get(request: web.Request) -> web.Response:
 
 def _ticket_number(request: web.Request) -> str:
     number = request.match_info["number"]
-    if not _TICKET_NO.match(number):
+    if not is_ticket_number(number):
         raise ApiError(404, "not_found", "no such ticket")
     return number
 
