@@ -30,6 +30,7 @@ Setvar, so a test states its caller and its agents in one place):
 ``[cc-test-owner]``
     The owner's phone for calls the server places outward (closure survey, call-back):
     ``CC_OWNER`` global ``answer:<ring s>:<dtmf>:<hold s>``, ``busy``, ``never``.
+    ``CC_OWNER_<digits of the number>`` (e.g. ``CC_OWNER_8613800138000``) overrides it for one number.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ exten => s,1,NoOp(cc-test: handset of ${CALLERID(all)})
 
 [cc-test-phones]
 exten => _age[n]t.,1,Set(spec=${GLOBAL(CC_PHONE_${EXTEN})})
- same => n,Set(spec=${IF($["${spec}" = ""]?answer:1:30:${spec})})
+ same => n,ExecIf($["${spec}" = ""]?Set(spec=answer:1:30))
  same => n,Set(mode=${CUT(spec,:,1)})
  same => n,Verbose(1,cc-test: phone ${EXTEN} rings (${spec}))
  same => n,GotoIf($["${mode}" = "busy"]?busy)
@@ -139,8 +140,9 @@ exten => T,1,Verbose(1,cc-test: phone ${CALLERID(num)} hangs up after talking)
  same => n,Hangup()
 
 [cc-test-owner]
-exten => _[+0-9].,1,Set(spec=${GLOBAL(CC_OWNER)})
- same => n,Set(spec=${IF($["${spec}" = ""]?answer:1::20:${spec})})
+exten => _[+0-9].,1,Set(spec=${GLOBAL(CC_OWNER_${FILTER(0-9,${EXTEN})})})
+ same => n,ExecIf($["${spec}" = ""]?Set(spec=${GLOBAL(CC_OWNER)}))
+ same => n,ExecIf($["${spec}" = ""]?Set(spec=answer:1::20))
  same => n,Set(mode=${CUT(spec,:,1)})
  same => n,Verbose(1,cc-test: owner phone ${EXTEN} rings (${spec}))
  same => n,GotoIf($["${mode}" = "busy"]?busy)
@@ -482,6 +484,13 @@ class AMIEvents:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def reconnect(self, limit: float = 20.0) -> None:
+        """Log in again on a new connection (after ``core restart now`` or a kick); events so far are kept."""
+        await self.close()
+        self._replies.clear()
+        self._lists.clear()
+        await self.connect(limit)
 
 
 def handset_vars(steps: Iterable[str], hold: float | None = None, **extra: str) -> list[str]:
