@@ -198,6 +198,39 @@ async def test_non_utf8_caller_name_is_kept_with_replacement(start) -> None:
     assert seen == ["\ufffd\ufffd\ufffd\ufffd"]
 
 
+@pytest.mark.parametrize("name,shown", [
+    (b"x\r\ny", "x\\r\\ny"),
+    (b"a\n\nagi_network_script: evil\n\n200 result=1", "a\\n\\nagi_network_script: evil\\n\\n200 result=1"),
+])
+async def test_caller_name_with_crlf_as_asterisk_sends_it(start, name: bytes, shown: str) -> None:
+    """Asterisk 20 sends CALLERID(name) raw in the environment (seen on the real PBX): the name is
+    kept whole and shown escaped, and the session goes on as usual (its header ends where Asterisk's does)."""
+    from test_agi_protocol import _asterisk_header
+
+    seen: list[object] = []
+
+    async def handler(ch: AGIChannel) -> None:
+        seen.append((ch.caller_name, ch.env_info.script, ch.uniqueid))
+        await ch.answer()
+        await ch.set_result("done")
+
+    server = await start(one(handler))
+    with capture_logs() as logs:
+        peer = await Peer.connect(server, _asterisk_header(name))
+        assert await peer.expect() == b"ANSWER\n"
+        await peer.send(b"200 result=0\n")
+        assert await peer.expect() == b"SET VARIABLE CC_RESULT done\n"
+        await peer.send(b"200 result=1\n")
+        assert await peer.eof() == b""
+        await peer.close()
+        await until(lambda: server.active_sessions == 0)
+    assert seen == [(shown, "hotline", "1796227089.1")]
+    assert server.stats.bad_header == 0
+    assert [e["fields"] for e in logs if e["event"].startswith("fastagi header values held control")] == [
+        ["agi_calleridname"]]
+    assert not [e for e in logs if e["log_level"] == "error"]
+
+
 async def test_unknown_script_is_closed_without_a_word(start) -> None:
     server = await start(one(_noop))
     with capture_logs() as logs:
@@ -338,6 +371,72 @@ async def test_hangup_between_command_and_reply(start) -> None:
     assert await peer.eof() == b""
     await peer.close()
     assert outcome == {"hung_up": True, "fresh": "FRESH"}
+
+
+async def _hang_up_during_channel_status(start, **overrides: object):
+    """STREAM FILE answers -1, the channel asks CHANNEL STATUS, and HANGUP arrives before its reply:
+    the real PBX's order when a caller hangs up during a prompt (tests/pbx/test_pbx_agi.py)."""
+    told = asyncio.Event()
+    seen: list[object] = []
+
+    async def handler(ch: AGIChannel) -> None:
+        try:
+            await ch.play(["zh/greeting"])
+        except CallerHungUp:
+            seen.append("hung up")
+            told.set()
+            try:
+                await ch.set_result("done")
+                seen.append("result set")
+            except (CallerHungUp, ChannelError) as exc:
+                seen.append(type(exc).__name__)
+
+    server = await start(one(handler), **overrides)
+    peer = await Peer.connect(server, header())
+    assert await peer.expect() == b'STREAM FILE zh/greeting ""\n'
+    await peer.send(b"200 result=-1 endpos=5120\n")
+    assert await peer.expect() == b"CHANNEL STATUS\n"
+    await peer.send(b"HANGUP\n")
+    await asyncio.wait_for(told.wait(), 3)  # the handler learns of the hang-up at once
+    return server, peer, seen
+
+
+async def test_no_command_is_written_while_a_reply_is_owed(start) -> None:
+    """res_agi reads with a buffered fgets but polls the socket: a line written before the previous
+    reply came sits unread. So SET VARIABLE waits for CHANNEL STATUS's late reply before it is written."""
+    with capture_logs() as logs:
+        server, peer, seen = await _hang_up_during_channel_status(start)
+        with pytest.raises(TimeoutError):  # nothing may be written before the owed reply arrived
+            await asyncio.wait_for(peer.reader.readline(), 0.3)
+        await peer.send(b"511 Command Not Permitted on a dead channel or intercept routine\n")
+        assert await peer.expect() == b"SET VARIABLE CC_RESULT done\n"
+        await peer.send(b"200 result=1\n")
+        assert await peer.eof() == b""
+        await peer.close()
+        await until(lambda: server.active_sessions == 0)
+    assert seen == ["hung up", "result set"]
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+
+
+async def test_an_owed_reply_that_never_comes_is_a_reply_timeout(start) -> None:
+    with capture_logs() as logs:
+        server, peer, seen = await _hang_up_during_channel_status(start, command_timeout_seconds=0.3)
+        assert await peer.eof() == b""  # never written; closed after the owed reply's timeout
+        await peer.close()
+        await until(lambda: server.active_sessions == 0)
+    assert seen == ["hung up", "ChannelError"]
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["command"], e.get("late")) for e in errors] == [
+        ("agi reply timed out; closing the connection", "CHANNEL STATUS", True)]
+
+
+async def test_eof_instead_of_an_owed_reply_ends_the_session_quietly(start) -> None:
+    with capture_logs() as logs:
+        server, peer, seen = await _hang_up_during_channel_status(start)
+        await peer.close()  # Asterisk ends the AGI instead of answering
+        await until(lambda: server.active_sessions == 0)
+    assert seen == ["hung up", "CallerHungUp"]
+    assert not [e for e in logs if e["log_level"] == "error"], logs
 
 
 async def test_reply_timeout_closes_connection(start) -> None:

@@ -5,10 +5,20 @@ A reader task owns the socket's read side. Replies are matched to commands stric
 unsolicited ``HANGUP`` line may come at any moment, also between a command and its reply
 (agi-sip-call.txt), so it is never taken as a reply.
 
-How the handler learns of a hang-up, exactly once:
+**One command on the wire at a time.** A command is written only once the reply to the previous
+one has arrived (or the connection has ended), also after a hang-up. res_agi reads commands with a
+buffered ``fgets`` but waits for them with ``poll`` on the socket: a second line written before the
+first is answered is pulled into its stdio buffer with the first, and then sits there unread while
+res_agi polls an empty socket, until we close. (On the real PBX, hanging up during STREAM FILE gives
+``200 result=-1`` then ``HANGUP``; our CHANNEL STATUS sent in between was still owed its reply when the
+handler, told of the hang-up, wrote ``SET VARIABLE CC_RESULT done``, which then waited out the reply
+timeout.) So a command whose wait was cut short by the hang-up leaves its waiter in the FIFO, and the
+next command first waits (at most ``command_timeout``) for that late reply, which is read and dropped.
+
+How the handler learns of a hang-up, exactly once and at once:
 
 * if it is waiting on a command, that command raises :class:`CallerHungUp` (the late reply is
-  read and dropped);
+  still awaited by the channel, as above, before anything else is written);
 * if it is idle (database work, waiting for an agent), its task is cancelled at once;
 * if the reply had already arrived when ``HANGUP`` came, the method returns its result and the
   task is cancelled at its next ``await`` (so nothing already received is lost).
@@ -17,6 +27,8 @@ Its ``finally`` then runs once; wrap commits in :meth:`AGIChannel.shielded` (or 
 on a task you own) so a cancellation does not cut them in half. After the hang-up only
 ``GET VARIABLE``, ``GET FULL VARIABLE`` and ``SET VARIABLE`` are sent (``allow_dead=True``), as
 Asterisk still runs those; everything else raises CallerHungUp without touching the socket.
+A reply that never comes (to the command sent or to one still owed) is a genuine fault: it is
+logged at ERROR and the connection closed, so the dialplan falls back.
 """
 
 from __future__ import annotations
@@ -101,6 +113,9 @@ class AGIChannel:
         self._state = ChannelState.OPEN
         self._closed_error: Exception | None = None
         self._waiters: collections.deque[_Waiter] = collections.deque()
+        # Set while no reply is owed: the next command may be written (see the module docstring).
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._lock = asyncio.Lock()
         self._assembler = ReplyAssembler()
         self._reader_task: asyncio.Task[None] | None = None
@@ -239,6 +254,8 @@ class AGIChannel:
         if not self._waiters:
             return False
         waiter = self._waiters.popleft()
+        if not self._waiters:
+            self._quiet.set()
         if waiter.future.done():
             self.log.debug("agi late reply dropped", command=waiter.command, reply=reply.raw[:200])
         else:
@@ -277,6 +294,7 @@ class AGIChannel:
                 # Nobody may be awaiting it any more (its command was cancelled): mark it seen.
                 waiter.future.exception()
         self._waiters.clear()
+        self._quiet.set()
         self._writer.close()
         self.log.debug("agi connection closed", reason=reason)
         if error is None:
@@ -325,9 +343,14 @@ class AGIChannel:
             self._check_usable(verb, allow_dead)
             async with self._lock:
                 self._check_usable(verb, allow_dead)
+                if self._waiters:
+                    # A reply is still owed (its command was cut short by the hang-up): wait for it.
+                    await self._await_owed_reply()
+                    self._check_usable(verb, allow_dead)
                 loop = asyncio.get_running_loop()
                 waiter = _Waiter(data.decode("utf-8", "replace").rstrip("\n"), loop.create_future())
                 self._waiters.append(waiter)
+                self._quiet.clear()
                 self.log.debug("agi command", command=waiter.command)
                 timeout = None if expected_seconds is None else expected_seconds + self._command_timeout
                 try:
@@ -345,6 +368,20 @@ class AGIChannel:
                     raise CallerHungUp(f"{verb}: connection lost") from exc
                 self.log.debug("agi reply", command=waiter.command, reply=reply.raw[:200])
             return self._check_reply(verb, reply)
+
+    async def _await_owed_reply(self) -> None:
+        """Wait until every reply owed has arrived (or the connection ended), for at most
+        ``command_timeout``; a reply that never comes closes the connection (ChannelError)."""
+        owed = self._waiters[0].command
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                await self._quiet.wait()
+        except TimeoutError:
+            self.log.error("agi reply timed out; closing the connection", command=owed, timeout=self._command_timeout,
+                           late=True)
+            err = ChannelError(f"no reply to {owed.split(' ', 1)[0]} within {self._command_timeout:.1f} s")
+            self._close("reply timeout", err)
+            raise err from None
 
     def _check_reply(self, verb: str, reply: AGIReply) -> AGIReply:
         if reply.code == 200:
