@@ -268,3 +268,64 @@ def test_hostile_values_arrive_as_one_literal_argument() -> None:
 def test_quoting_round_trips(value: str) -> None:
     line = build_command("SET VARIABLE", "CC_X", value).decode("utf-8").rstrip("\n")
     assert unquote_args(line) == ["SET", "VARIABLE", "CC_X", value]
+
+
+# The header exactly as Asterisk 20.20.1 sent it for CALLERID(name) set with BASE64_DECODE (raw bytes
+# seen on the real PBX, tests/pbx/test_pbx_agi.py): values go out unescaped, CR/LF included.
+def _asterisk_header(name: bytes, number: bytes = b"13800138000", args: tuple[bytes, ...] = ()) -> bytes:
+    return (b"agi_network: yes\nagi_network_script: hotline\nagi_request: agi://127.0.0.1:52713/hotline\n"
+            b"agi_channel: Local/crlf@cc-test-hostile-00000000;2\nagi_language: en\nagi_type: Local\n"
+            b"agi_uniqueid: 1796227089.1\nagi_version: 20.20.1\nagi_callerid: " + number + b"\n"
+            b"agi_calleridname: " + name + b"\nagi_callingpres: 0\nagi_callingani2: 0\nagi_callington: 0\n"
+            b"agi_callingtns: 0\nagi_dnid: unknown\nagi_rdnis: unknown\nagi_context: callcentre-hotline\n"
+            b"agi_extension: s\nagi_priority: 6\nagi_enhanced: 0.0\nagi_accountcode: \n"
+            b"agi_threadid: 140113804220096\n"
+            + b"".join(b"agi_arg_%d: %s\n" % (i, a) for i, a in enumerate(args, 1)) + b"\n")
+
+
+def _feed_until_end(data: bytes) -> tuple[protocol.AGIEnv, bytes]:
+    """Feed lines as the server reads them; return the env and what was left after the header's end."""
+    asm = protocol.EnvAssembler()
+    rest = data
+    while rest:
+        line, _, rest = rest.partition(b"\n")
+        if asm.feed(line + b"\n"):
+            return asm.env(), rest
+    raise AssertionError("the header never ended")
+
+
+@pytest.mark.parametrize("name,shown", [
+    (b"x\r\ny", "x\\r\\ny"),
+    (b"a\n\nagi_network_script: evil\n\nb", "a\\n\\nagi_network_script: evil\\n\\nb"),
+    (b"t\tu\x01v\x7fw\"q'\\;|", "t\\tu\\x01v\\x7fw\"q'\\;|"),
+    (b"x\nagi_threadid: 1\n\nagi_arg_1: evil", "x\\nagi_threadid: 1\\n\\nagi_arg_1: evil"),
+    (b"x\r", "x\\r"),
+    (b"Zhang San", "Zhang San"),
+])
+def test_caller_name_with_line_breaks_stays_one_field(name: bytes, shown: str) -> None:
+    env, rest = _feed_until_end(_asterisk_header(name, args=(b"T-1",)))
+    assert rest == b""  # the header ended at Asterisk's own blank line, not at one inside the name
+    assert env.calleridname == shown
+    assert env.raw["agi_calleridname"] == name.decode()
+    assert env.script == "hotline" and env.args == ("T-1",) and env.uniqueid == "1796227089.1"
+    assert env.raw["agi_callingpres"] == "0" and env.raw["agi_threadid"] == "140113804220096"
+    assert env.control_fields == (("agi_calleridname",) if shown != name.decode() else ())
+
+
+def test_caller_number_with_line_breaks_and_substitution_text() -> None:
+    env, rest = _feed_until_end(_asterisk_header(b"n", number=b"13800138000${SHELL(id)}\r\nx"))
+    assert rest == b""
+    assert env.callerid == "13800138000${SHELL(id)}\\r\\nx" and env.calleridname == "n"
+    # A value holding the very next field's line cannot be told apart from it: the number then ends
+    # there, but what follows stays within the caller's own fields and the header still ends right.
+    env, rest = _feed_until_end(_asterisk_header(b"n", number=b"138\nagi_calleridname: forged"))
+    assert rest == b"" and env.callerid == "138" and env.calleridname == "forged\\nagi_calleridname: n"
+    assert env.raw["agi_callingpres"] == "0" and env.script == "hotline"
+
+
+def test_header_not_in_asterisk_order_is_read_leniently() -> None:
+    # A peer that sends fewer fields (test tools): a blank line ends it; odd lines are counted.
+    data = b"agi_network: yes\nagi_network_script: hotline\nagi_calleridname: x\r\ny\n\nagi_arg_1: late\n"
+    env, rest = _feed_until_end(data)
+    assert rest == b"agi_arg_1: late\n"
+    assert env.calleridname == "x" and env.malformed_lines == 1 and env.args == ()

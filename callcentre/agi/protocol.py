@@ -57,6 +57,8 @@ class AGIEnv:
     # Lines that were not ``key: value`` and bytes that were not UTF-8: kept for the log line.
     malformed_lines: int = 0
     decode_errors: int = 0
+    # Keys whose raw value held control characters (CR/LF...): made visible in the typed fields.
+    control_fields: tuple[str, ...] = ()
 
 
 def _decode(line: bytes | str) -> tuple[str, bool]:
@@ -68,60 +70,156 @@ def _decode(line: bytes | str) -> tuple[str, bool]:
         return line.decode("utf-8", "replace"), True
 
 
+# The environment exactly as res_agi sends it (launch_netscript, then setup_env), in this order,
+# then agi_arg_1..N and a blank line. Values are sent raw (``%s``): a caller name holding CR/LF
+# arrives as ``agi_calleridname: x\r\ny\n``, a "\n\n" in it as a blank line (seen on Asterisk
+# 20.20.1, tests/pbx/test_pbx_agi.py).
+ASTERISK_ENV_ORDER = (
+    "agi_network", "agi_network_script", "agi_request", "agi_channel", "agi_language", "agi_type",
+    "agi_uniqueid", "agi_version", "agi_callerid", "agi_calleridname", "agi_callingpres",
+    "agi_callingani2", "agi_callington", "agi_callingtns", "agi_dnid", "agi_rdnis", "agi_context",
+    "agi_extension", "agi_priority", "agi_enhanced", "agi_accountcode", "agi_threadid",
+)
+# Values a caller (or their network) controls, which may hold line breaks: in a header that follows
+# ASTERISK_ENV_ORDER, every line until the next field's own line belongs to them.
+CALLER_TEXT_FIELDS = frozenset({"agi_callerid", "agi_calleridname", "agi_dnid", "agi_rdnis"})
+_FIELD = re.compile(r"^(agi_[A-Za-z0-9_]+):(?: (.*)|)$", re.S)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_NAMES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """Control characters as visible escapes (``\\r``, ``\\n``, ``\\t``, ``\\x01``): one line, nothing
+    a terminal, a log or a later AGI/AMI line could take as a break.
+
+    >>> visible("x\\r\\ny\\x01")
+    'x\\\\r\\\\ny\\\\x01'
+    """
+    return _CONTROL.sub(lambda m: _CONTROL_NAMES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
+class EnvAssembler:
+    """Reads the ``agi_*`` header line by line and says where it ends; pure (feed lines, get the env).
+
+    While the header follows :data:`ASTERISK_ENV_ORDER` (every real Asterisk's does), a field is only
+    ended by the *next* field's line, so a line break in a caller's name or number (even a blank line,
+    even a line that looks like ``agi_network_script: x``) stays part of that value and the header
+    ends only at the blank line after ``agi_threadid`` / the arguments. A peer whose header departs
+    from that order (test tools, other servers) is read leniently: every ``agi_x: y`` line is a field,
+    a blank line ends the header, anything else is counted as malformed.
+    """
+
+    def __init__(self) -> None:
+        self.raw: dict[str, str] = {}
+        self.malformed_lines = 0
+        self.decode_errors = 0
+        self.continued_fields: set[str] = set()
+        self._ordered = True  # every field so far came in ASTERISK_ENV_ORDER
+        self._pos = -1  # index in ASTERISK_ENV_ORDER of the current field (ordered header)
+        self._args = 0  # agi_arg_N fields seen after agi_threadid (ordered header)
+        self._current: str | None = None
+
+    def _expected(self) -> tuple[str, ...]:
+        if self._pos < 0:
+            return ("agi_network", "agi_request")
+        if self._pos < len(ASTERISK_ENV_ORDER) - 1:
+            return (ASTERISK_ENV_ORDER[self._pos + 1],)
+        return (f"agi_arg_{self._args + 1}",)
+
+    def feed(self, line: bytes | str) -> bool:
+        """One line as read (with its ``\\n``). True when it is the blank line that ends the header."""
+        text, bad = _decode(line)
+        self.decode_errors += bad
+        # res_agi ends lines with "\n" only: a "\r" before it belongs to the value.
+        text = text[:-1] if text.endswith("\n") else text
+        m = _FIELD.match(text)
+        if self._ordered:
+            if m is not None and m.group(1) in self._expected():
+                key = m.group(1)
+                if key == "agi_request" and self._pos < 0:
+                    self._pos = ASTERISK_ENV_ORDER.index(key)
+                elif key.startswith("agi_arg_") and self._pos == len(ASTERISK_ENV_ORDER) - 1:
+                    self._args += 1
+                else:
+                    self._pos += 1
+                self._set(key, m.group(2) or "")
+                return False
+            if self._current in CALLER_TEXT_FIELDS:
+                self._continue(text)
+                return False
+            if not text.strip("\r") and self._pos >= ASTERISK_ENV_ORDER.index("agi_threadid"):
+                return True
+            self._ordered = False  # not Asterisk's header: read the rest leniently
+        return self._lenient(text)
+
+    def _lenient(self, text: str) -> bool:
+        text = text.rstrip("\r\n")
+        if not text:
+            return True
+        m = _FIELD.match(text)
+        if m is None:
+            self.malformed_lines += 1
+            return False
+        self._set(m.group(1), m.group(2) or "")
+        return False
+
+    def _set(self, key: str, value: str) -> None:
+        self.raw[key.strip()] = value
+        self._current = key
+
+    def _continue(self, text: str) -> None:
+        assert self._current is not None
+        self.raw[self._current] += "\n" + text
+        self.continued_fields.add(self._current)
+
+    def env(self) -> AGIEnv:
+        raw = self.raw
+        numbered: list[tuple[int, str]] = []
+        for key, value in raw.items():
+            if key.startswith("agi_arg_"):
+                suffix = key[len("agi_arg_") :]
+                if suffix.isdigit():
+                    numbered.append((int(suffix), value))
+        args = tuple(visible(value) for _, value in sorted(numbered))
+
+        def get(name: str) -> str:
+            return visible(raw.get("agi_" + name, ""))
+
+        return AGIEnv(
+            script=get("network_script"),
+            request=get("request"),
+            channel=get("channel"),
+            uniqueid=get("uniqueid"),
+            callerid=get("callerid"),
+            calleridname=get("calleridname"),
+            language=get("language"),
+            type=get("type"),
+            context=get("context"),
+            extension=get("extension"),
+            priority=get("priority"),
+            version=get("version"),
+            args=args,
+            raw=dict(raw),
+            malformed_lines=self.malformed_lines,
+            decode_errors=self.decode_errors,
+            control_fields=tuple(sorted(k for k, v in raw.items() if _CONTROL.search(v))),
+        )
+
+
 def parse_env(lines: Iterable[bytes | str]) -> AGIEnv:
-    """Parse the header lines (without the blank line that ends it); tolerant of anything odd.
+    """Parse the header lines (the blank line that ends it may be left out); tolerant of anything odd.
+
+    Typed fields (``callerid``, ``calleridname``, ...) have control characters made
+    :func:`visible`; ``raw`` keeps the values exactly as sent.
 
     >>> env = parse_env([b"agi_network_script: hotline\\n", b"agi_arg_2: b\\n", b"agi_arg_1: a\\n"])
     >>> env.script, env.args
     ('hotline', ('a', 'b'))
     """
-    raw: dict[str, str] = {}
-    malformed = 0
-    decode_errors = 0
+    assembler = EnvAssembler()
     for item in lines:
-        text, bad = _decode(item)
-        decode_errors += bad
-        text = text.rstrip("\r\n")
-        if not text:
-            continue
-        key, sep, value = text.partition(": ")
-        if not sep:
-            # "agi_accountcode:" with nothing after it is how an empty value may look once stripped.
-            if text.endswith(":") and " " not in text:
-                key, value = text[:-1], ""
-            else:
-                malformed += 1
-                continue
-        raw[key.strip()] = value
-    numbered: list[tuple[int, str]] = []
-    for key, value in raw.items():
-        if key.startswith("agi_arg_"):
-            suffix = key[len("agi_arg_") :]
-            if suffix.isdigit():
-                numbered.append((int(suffix), value))
-    args = tuple(value for _, value in sorted(numbered))
-
-    def get(name: str) -> str:
-        return raw.get("agi_" + name, "")
-
-    return AGIEnv(
-        script=get("network_script"),
-        request=get("request"),
-        channel=get("channel"),
-        uniqueid=get("uniqueid"),
-        callerid=get("callerid"),
-        calleridname=get("calleridname"),
-        language=get("language"),
-        type=get("type"),
-        context=get("context"),
-        extension=get("extension"),
-        priority=get("priority"),
-        version=get("version"),
-        args=args,
-        raw=raw,
-        malformed_lines=malformed,
-        decode_errors=decode_errors,
-    )
+        assembler.feed(item)
+    return assembler.env()
 
 
 @dataclass(frozen=True, slots=True)

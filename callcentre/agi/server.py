@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 import structlog
 
 from callcentre.agi.channel import AGIChannel
-from callcentre.agi.protocol import AGIEnv, parse_env
+from callcentre.agi.protocol import AGIEnv, EnvAssembler
 from callcentre.config import AGIConfig
 
 Handler = Callable[[AGIChannel], Awaitable[None]]
@@ -154,25 +154,28 @@ class FastAGIServer:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str | None) -> None:
         try:
             try:
-                lines = await self._read_header(reader)
+                env, lines = await self._read_header(reader)
             except _BadHeader as exc:
                 self.stats.bad_header += 1
                 log.warning("fastagi header rejected; connection closed", peer=peer, reason=str(exc))
                 return
-            env = parse_env(lines)
             if not env.script:
                 self.stats.bad_header += 1
                 log.warning(
                     "fastagi header rejected; connection closed",
                     peer=peer,
                     reason="no agi_network_script (not an AGI header)",
-                    lines=len(lines),
+                    lines=lines,
                     malformed_lines=env.malformed_lines,
                 )
                 return
             if env.decode_errors:
                 log.warning("fastagi header had non-UTF-8 bytes; replaced", peer=peer, uniqueid=env.uniqueid,
                             lines=env.decode_errors)
+            if env.control_fields:
+                # Raw CR/LF or other control characters (a caller name can carry them): kept, shown escaped.
+                log.warning("fastagi header values held control characters; shown escaped", peer=peer,
+                            uniqueid=env.uniqueid, fields=list(env.control_fields))
             try:
                 handler = self._router(env)
             except Exception:
@@ -201,8 +204,11 @@ class FastAGIServer:
         finally:
             await _close_writer(writer)
 
-    async def _read_header(self, reader: asyncio.StreamReader) -> list[bytes]:
-        lines: list[bytes] = []
+    async def _read_header(self, reader: asyncio.StreamReader) -> tuple[AGIEnv, int]:
+        """The environment and its line count. Where it ends is the assembler's call: a blank line
+        inside a caller's name is not the end of Asterisk's header (protocol.EnvAssembler)."""
+        assembler = EnvAssembler()
+        lines = 0
         total = 0
         try:
             async with asyncio.timeout(self._cfg.header_timeout_seconds):
@@ -211,9 +217,9 @@ class FastAGIServer:
                     total += len(line)
                     if total > self._cfg.header_max_bytes:
                         raise _BadHeader(f"header larger than agi.header_max_bytes ({self._cfg.header_max_bytes})")
-                    if line in (b"\n", b"\r\n"):
-                        return lines
-                    lines.append(line)
+                    if assembler.feed(line):
+                        return assembler.env(), lines
+                    lines += 1
         except TimeoutError:
             raise _BadHeader(
                 f"no complete header within agi.header_timeout_seconds ({self._cfg.header_timeout_seconds} s)"
@@ -221,7 +227,7 @@ class FastAGIServer:
         except asyncio.IncompleteReadError as exc:
             if not lines and not exc.partial:
                 raise _BadHeader("peer closed without sending a header") from None
-            raise _BadHeader(f"peer closed mid-header after {len(lines)} lines") from None
+            raise _BadHeader(f"peer closed mid-header after {lines} lines") from None
         except asyncio.LimitOverrunError:
             raise _BadHeader(f"header line longer than agi.line_max_bytes ({self._cfg.line_max_bytes})") from None
         except (ConnectionError, OSError) as exc:
