@@ -9,7 +9,7 @@ from callcentre.domain.ivr import HotlineIVR, Outcome, required_prompts
 from callcentre.domain.model import Priority, TicketKind
 from callcentre.domain.ports import FakeClock
 from callcentre.domain.ports import StorageUnavailable
-from fakes import HANGUP, FakeChannel, FakeDirectory, FakeTicketStore, owner
+from fakes import HANGUP, FakeChannel, FakeDirectory, FakeTicketStore, owner, replace
 
 PHONE = "+8613800138000"
 
@@ -127,6 +127,8 @@ async def test_wrong_digits_and_silence_reprompt_three_times_then_agent():
     ch = FakeChannel(inputs=["7", "", "#"])
     assert await ivr.run(ch) is Outcome.AGENT
     assert ch.played.count("zh/invalid-choice") == 1 and ch.played.count("zh/no-input") == 1
+    # the menu is played three times, the welcome once
+    assert ch.played.count("zh/main-menu-intro") == 3 and ch.played.count("zh/greeting") == 1
     assert connector.calls[0]["reason"] == "menu-attempts"
     assert store.tickets == []
 
@@ -166,12 +168,157 @@ async def test_ticket_store_down_tells_the_caller_and_sends_to_agent():
     assert connector.calls[0]["reason"] == "ticket-not-saved"
 
 
-async def test_shared_phone_asks_which_unit():
-    two = [owner(owner_id=1, unit_id=10, unit="1201"), owner(owner_id=2, unit_id=11, unit="1202", name="Li Si")]
-    ivr, _, store, _ = make(owners=two)
-    ch = FakeChannel(inputs=["2", "3", "1202", "1", "1", "#"])
+class CanonicalDirectory(FakeDirectory):
+    """find_unit with the real directory's label rule (storage.repo.canonical_label): 0305 is 305."""
+
+    async def find_unit(self, building, unit):
+        from callcentre.storage.repo import canonical_label
+
+        self.lookups.append(("unit", building, unit))
+        seen = {}
+        for matches in self.by_phone.values():
+            for m in matches:
+                if (canonical_label(m.building), canonical_label(m.unit)) == (canonical_label(building), canonical_label(unit)):
+                    seen[(m.owner_id, m.unit_id)] = m
+        return list(seen.values())
+
+
+TWO_UNITS = [owner(owner_id=1, unit_id=10, building="1", unit="301"),
+             owner(owner_id=2, unit_id=11, building="2", unit="502", name="Li Si")]
+
+
+def _after(played: list[str], name: str) -> list[str]:
+    return played[played.index(name):]
+
+
+async def test_shared_phone_says_why_and_offers_its_units_by_digit():
+    from callcentre.domain import speech
+
+    ivr, directory, store, _ = make(owners=TWO_UNITS)
+    ch = FakeChannel(inputs=["2", "2", "1", "#"])  # repair, the second unit, water
     assert await ivr.run(ch) is Outcome.DONE
-    assert store.tickets[0].owner_id == 2
+    [t] = store.tickets
+    assert (t.owner_id, t.unit_id) == (2, 11)
+    menu = ["phone-shared", "choose-unit", *speech.unit_address("1", "301", "zh"), "press-1",
+            *speech.unit_address("2", "502", "zh"), "press-2", "repair-menu-intro"]
+    assert _after(ch.played, "zh/phone-shared")[:len(menu)] == [f"zh/{n}" for n in menu]
+    assert "zh/enter-building" not in ch.played and "zh/unknown-caller" not in ch.played
+    assert t.ivr_path.startswith("2>unit:2-502>1>rec:")
+    assert [x for x in directory.lookups if x[0] == "unit"] == []  # chosen, not keyed
+
+
+async def test_shared_phone_in_english_reads_the_units_the_english_way():
+    ivr, _, store, _ = make(owners=TWO_UNITS)
+    ch = FakeChannel(inputs=["9", "2", "1", "6", "#"])
+    assert await ivr.run(ch) is Outcome.DONE
+    assert _after(ch.played, "en/phone-shared")[:9] == [
+        "en/phone-shared", "en/choose-unit", "en/building", "en/num-1", "en/unit-word", "en/digit-3", "en/digit-0",
+        "en/digit-1", "en/press-1"]
+    assert store.tickets[0].owner_id == 1
+
+
+async def test_shared_phone_without_a_choice_falls_back_to_keying_the_unit_in():
+    ivr, directory, store, _ = make(owners=TWO_UNITS, directory=CanonicalDirectory(by_phone={PHONE: TWO_UNITS}))
+    # silence at the unit menu, then building 2, unit keyed as the owners file writes it, confirm
+    ch = FakeChannel(inputs=["2", "", "2", "0502", "1", "3", "#"])
+    assert await ivr.run(ch) is Outcome.DONE
+    [t] = store.tickets
+    assert (t.owner_id, t.unit_id, t.category) == (2, 11, "lift")
+    assert ch.played.index("zh/phone-shared") < ch.played.index("zh/enter-building")
+    assert "zh/unknown-caller" not in ch.played and "zh/unit-not-found" not in ch.played
+    assert ("unit", "2", "0502") in directory.lookups
+    assert "2>shared:silence>unit:2-0502>3>" in t.ivr_path
+
+
+async def test_shared_phone_keyed_unit_must_be_one_of_its_own():
+    other = owner(owner_id=3, unit_id=12, building="3", unit="303", name="Stranger")
+    directory = CanonicalDirectory(by_phone={PHONE: TWO_UNITS, "+8613911112222": [other]})
+    ivr, _, store, _ = make(directory=directory)
+    # a wrong digit at the menu, then a unit that exists but is not this phone's: refused
+    ch = FakeChannel(inputs=["2", "7", "3", "303", "1", "", "#"])
+    await ivr.run(ch)
+    assert "zh/unit-not-found" in ch.played
+    assert all(t.owner_id != 3 for t in store.tickets)
+
+
+async def test_two_people_of_one_unit_sharing_a_phone_are_not_asked_which_unit():
+    couple = [owner(owner_id=1, unit_id=10, unit="1201"), owner(owner_id=2, unit_id=10, unit="1201", name="Li Na")]
+    ivr, _, store, _ = make(owners=couple)
+    ch = FakeChannel(inputs=["2", "1", "#"])
+    assert await ivr.run(ch) is Outcome.DONE
+    [t] = store.tickets
+    assert (t.owner_id, t.unit_id) == (1, 10)
+    assert "zh/phone-shared" not in ch.played and "zh/enter-building" not in ch.played
+
+
+async def test_shared_phone_with_a_unit_the_keypad_cannot_say_goes_straight_to_keying_in():
+    odd = [owner(owner_id=1, unit_id=10, unit="1201"), owner(owner_id=2, unit_id=11, building="B", unit="12A")]
+    ivr, _, store, _ = make(owners=odd, directory=CanonicalDirectory(by_phone={PHONE: odd}))
+    ch = FakeChannel(inputs=["2", "3", "1201", "1", "1", "#"])
+    assert await ivr.run(ch) is Outcome.DONE
+    assert store.tickets[0].owner_id == 1
+    assert "zh/choose-unit" not in ch.played
+    assert ch.played.index("zh/phone-shared") + 1 == ch.played.index("zh/enter-building")
+
+
+async def test_self_service_on_a_shared_phone_keys_the_unit_in_under_the_unit_guard():
+    ivr, _, _, _ = make(owners=TWO_UNITS, directory=CanonicalDirectory(by_phone={PHONE: TWO_UNITS}))
+    ch = FakeChannel(inputs=["1", "1", "0301", "1", "#"])
+    await ivr.run(ch)
+    assert "zh/choose-unit" not in ch.played  # reading this number's units aloud would be no check at all
+    assert "zh/fee-balance-is" in ch.played
+
+
+async def test_self_service_on_a_shared_phone_without_a_guard_offers_the_units():
+    cfg = Config.model_validate({"ivr": {"self_service_guard": "none"}})
+    ivr, _, _, _ = make(cfg, owners=[TWO_UNITS[0], replace(TWO_UNITS[1], fee_balance_cents=0)])
+    ch = FakeChannel(inputs=["1", "2", "#"])
+    await ivr.run(ch)
+    assert "zh/choose-unit" in ch.played and "zh/enter-building" not in ch.played
+    assert "zh/fee-nothing-owed" in ch.played and "zh/fee-balance-is" not in ch.played
+
+
+@pytest.mark.parametrize("building,unit", [("1", "0305"), ("1", "305"), ("01", "0305"), ("001", "305")])
+async def test_self_service_unit_guard_accepts_the_unit_with_or_without_its_leading_zero(building, unit):
+    # the directory stores canonical labels (owners file "0305" is unit "305"): the keyed unit is
+    # checked by the directory, not compared as text by the IVR
+    me = owner(building="1", unit="305")
+    ivr, _, _, _ = make(directory=CanonicalDirectory(by_phone={PHONE: [me]}))
+    ch = FakeChannel(inputs=["1", building, unit, "1", "#"])
+    await ivr.run(ch)
+    assert "zh/unit-not-found" not in ch.played
+    assert "zh/fee-balance-is" in ch.played
+    from callcentre.domain import speech
+
+    heard = _after(ch.played, "zh/you-entered")
+    spoken = speech.unit_address(building, unit, "zh")  # read back as keyed
+    assert heard[1:1 + len(spoken)] == [f"zh/{n}" for n in spoken]
+
+
+async def test_self_service_pin_guard_asks_an_unknown_caller_for_the_pin_too():
+    cfg = Config.model_validate({"ivr": {"self_service_guard": "pin"}})
+    me = owner(has_pin=True)
+    directory = CanonicalDirectory(by_phone={"+8613911112222": [me]}, pins={1: "2468"})
+    ivr, _, _, _ = make(cfg, directory=directory)
+    ch = FakeChannel(caller_id="02888880000", inputs=["1", "3", "1201", "1", "1111", "1111", "1111", "#"])
+    await ivr.run(ch)
+    assert ch.played.count("zh/pin-wrong") == 3 and "zh/fee-balance-is" not in ch.played
+    ch = FakeChannel(caller_id="02888880000", inputs=["1", "3", "1201", "1", "2468", "#"])
+    ivr, _, _, _ = make(cfg, directory=directory)
+    await ivr.run(ch)
+    assert "zh/fee-balance-is" in ch.played
+
+
+async def test_unit_lookup_failure_is_not_a_crash():
+    class Down(CanonicalDirectory):
+        async def find_unit(self, building, unit):
+            raise StorageUnavailable("database is locked")
+
+    ivr, _, store, _ = make(directory=Down(by_phone={}))
+    ch = FakeChannel(caller_id="02888880000", inputs=["2", "3", "1201", "1", "1", "#"])
+    assert await ivr.run(ch) is Outcome.DONE
+    [t] = store.tickets
+    assert t.owner_id is None and "unit:db-down" in t.ivr_path
 
 
 @pytest.mark.parametrize("hangup_at", range(1, 40))

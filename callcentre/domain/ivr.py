@@ -124,6 +124,8 @@ class DialplanQueueConnector:
 
 
 _UNIT_DIGITS = re.compile(r"^[0-9]+$")
+_MAX_UNIT_CHOICES = 9
+"""A shared phone's units are offered as a menu (digits 1-9) up to this many; more are keyed in."""
 
 
 class HotlineIVR:
@@ -261,22 +263,27 @@ class HotlineIVR:
         await ch.play(self._p(call, names))
 
     async def _choose(
-        self, ch: Channel, call: CallInfo, intro: Sequence[str], options: dict[str, Sequence[str]], *, label: str
+        self, ch: Channel, call: CallInfo, intro: Sequence[str], options: dict[str, Sequence[str]], *, label: str,
+        once: Sequence[str] = (), attempts: int | None = None,
     ) -> str | None:
-        """Play a menu and return a valid digit, or None after max_attempts wrong or silent tries."""
+        """Play a menu and return a valid digit, or None after ``attempts`` (default
+        ``ivr.max_attempts``) wrong or silent tries. ``once`` (the greeting) is played before the
+        first try only: a re-prompt repeats the menu, not the welcome."""
         menu: list[str] = list(intro)
         for digit, item in options.items():
             menu.extend(item)
             if not any(n.endswith(_press(digit)) for n in item):
                 menu.append(_press(digit))
-        for attempt in range(1, self.ivr.max_attempts + 1):
-            result = await ch.get_digits(self._p(call, menu), self.ivr.digit_timeout_ms, 1)
+        tries = attempts or self.ivr.max_attempts
+        for attempt in range(1, tries + 1):
+            prompts = [*once, *menu] if attempt == 1 else menu
+            result = await ch.get_digits(self._p(call, prompts), self.ivr.digit_timeout_ms, 1)
             digit = result.digits[:1]
             if digit in options:
                 return digit
             call.log.info("menu input rejected", menu=label, got=digit or None, attempt=attempt)
             call.path.append(f"{label}:{'?' if digit else 'silence'}")
-            if attempt < self.ivr.max_attempts:
+            if attempt < tries:
                 await self._say(ch, call, ["invalid-choice" if digit else "no-input"])
         return None
 
@@ -301,16 +308,16 @@ class HotlineIVR:
         return options
 
     async def _main_menu(self, ch: Channel, call: CallInfo, greet: bool) -> Outcome:
-        intro = ["greeting", "main-menu-intro"] if greet else ["main-menu-intro"]
+        once = ["greeting"] if greet else []
         while True:
-            digit = await self._choose(ch, call, intro, self._menu_options(call), label="menu")
+            digit = await self._choose(ch, call, ["main-menu-intro"], self._menu_options(call), label="menu", once=once)
             if digit is None:
                 call.path.append("menu:max-attempts")
                 return await self._to_agent(ch, call, reason="menu-attempts", skill=None)
             action = self.ivr.menu[digit]
             call.path.append(digit)
             call.log.info("menu choice", digit=digit, action=action)
-            intro = ["main-menu-intro"]
+            once = []
             if action == "english":
                 call.language = "en"
                 await self._say(ch, call, ["language-switched"])
@@ -335,6 +342,9 @@ class HotlineIVR:
     ) -> OwnerMatch | None:
         """Building + unit keyed in and confirmed. ``among`` limits the answer to the caller's own units.
 
+        The directory decides whether what was keyed names a unit (``0305`` and ``305`` are the same
+        unit there), for the caller's own units too: the IVR never compares labels itself.
+
         When ``optional``, a caller who keys nothing in is let through at once (they may not know or
         want to give their unit to report a problem in a public area)."""
         for _attempt in range(self.ivr.max_attempts):
@@ -352,14 +362,21 @@ class HotlineIVR:
             spoken = speech.unit_address(building, unit, call.language)
             if not await self._confirm(ch, call, ["you-entered", *spoken]):
                 continue
-            if among is not None:
-                found = [m for m in among if m.building == building and m.unit == unit]
-            else:
+            try:
                 found = await self.directory.find_unit(building, unit)
+            except StorageUnavailable as exc:
+                call.log.error("unit look-up failed", error=str(exc), building=building, unit=unit)
+                call.path.append("unit:db-down")
+                return None
+            if among is not None:
+                units = {m.unit_id for m in found}
+                found = [m for m in among if m.unit_id in units]
             if found:
                 call.path.append(f"unit:{building}-{unit}")
-                call.log.info("caller identified by unit", building=building, unit=unit, owner_id=found[0].owner_id)
+                call.log.info("caller identified by unit", building=building, unit=unit, owner_id=found[0].owner_id,
+                              unit_id=found[0].unit_id, stored_as=f"{found[0].building}-{found[0].unit}")
                 return found[0]
+            call.log.info("unit not found", building=building, unit=unit, among=None if among is None else len(among))
             await self._say(ch, call, ["unit-not-found"])
         return None
 
@@ -368,32 +385,57 @@ class HotlineIVR:
         return result.digits[:1] == "1"
 
     async def _ensure_owner(self, ch: Channel, call: CallInfo, optional: bool = False) -> OwnerMatch | None:
-        """Identify the caller by unit: among their own units when the phone is shared, else any unit."""
+        """Identify the caller: a shared phone picks one of its units, an unknown one keys in any unit."""
         if call.owner is not None:
             return call.owner
         if call.matches:
-            owner = await self._identify_by_unit(ch, call, among=call.matches, optional=optional)
+            owner = await self._pick_shared_unit(ch, call, optional=optional)
         else:
             await self._say(ch, call, ["unknown-caller"])
             owner = await self._identify_by_unit(ch, call, among=None, optional=optional)
         call.owner = owner
         return owner
 
+    async def _pick_shared_unit(self, ch: Channel, call: CallInfo, optional: bool) -> OwnerMatch | None:
+        """The caller's number belongs to more than one owner or unit.
+
+        One unit (people living together): that unit, nothing to ask. Several: the caller hears
+        why they are asked (``phone-shared``), then a menu of the units ("1-0301, press 1; 2-0502,
+        press 2", read by :func:`speech.unit_address`); no valid choice, more than nine units, or a
+        label the keypad cannot speak: they key the unit in, checked against this number's units."""
+        units = _distinct_units(call.matches)
+        if len(units) == 1:
+            call.path.append("unit:phone")
+            call.log.info("shared phone, one unit", unit_id=units[0].unit_id, owners=len(call.matches),
+                          owner_id=units[0].owner_id)
+            return units[0]
+        await self._say(ch, call, ["phone-shared"])
+        call.log.info("shared phone: asking which unit", units=len(units))
+        if len(units) <= _MAX_UNIT_CHOICES and all(speech.can_say_address(m.building, m.unit) for m in units):
+            options = {str(i): speech.unit_address(m.building, m.unit, call.language) for i, m in enumerate(units, 1)}
+            digit = await self._choose(ch, call, ["choose-unit"], options, label="shared", attempts=1)
+            if digit is not None:
+                chosen = units[int(digit) - 1]
+                call.path.append(f"unit:{chosen.building}-{chosen.unit}")
+                call.log.info("caller chose a unit", digit=digit, owner_id=chosen.owner_id, unit_id=chosen.unit_id)
+                return chosen
+        return await self._identify_by_unit(ch, call, among=call.matches, optional=optional)
+
     # ------------------------------------------------------------------ self-service
 
     async def _self_service(self, ch: Channel, call: CallInfo) -> None:
-        owner = call.owner
         guard = self.ivr.self_service_guard
-        if owner is None:
-            owner = await self._ensure_owner(ch, call)
-            verified = owner is not None  # they keyed in and confirmed the unit
-        elif guard == "unit":
-            owner = await self._identify_by_unit(ch, call, among=[owner])
-            verified = owner is not None
-        elif guard == "pin" and owner.has_pin:
-            verified = await self._check_pin(ch, call, owner)
+        if guard == "unit" and call.matches:
+            # Caller ID can be spoofed: a known number keys in its unit too, checked against the
+            # number's own units (for a shared number this also says which unit).
+            owner = await self._identify_by_unit(ch, call, among=[call.owner] if call.owner else call.matches)
         else:
-            verified = True
+            # An unknown number keys in its unit (with guard "unit", that is the check); a shared
+            # number picks one of its units.
+            owner = await self._ensure_owner(ch, call)
+        verified = owner is not None
+        if owner is not None and guard == "pin" and owner.has_pin:
+            verified = await self._check_pin(ch, call, owner)
         if owner is None or not verified:
             call.path.append("ss:unverified")
             return
@@ -588,6 +630,17 @@ async def acknowledged(tickets: TicketStore, ticket: Ticket, clog: Any) -> None:
         clog.warning("ticket not marked as told to the caller", ticket=ticket.number, error=str(exc))
 
 
+def _distinct_units(matches: Sequence[OwnerMatch]) -> list[OwnerMatch]:
+    """One match per unit, in the directory's order (the first person listed for each unit)."""
+    seen: set[int] = set()
+    out: list[OwnerMatch] = []
+    for m in matches:
+        if m.unit_id not in seen:
+            seen.add(m.unit_id)
+            out.append(m)
+    return out
+
+
 def _press(digit: str) -> str:
     return {"*": "press-star", "#": "press-hash"}.get(digit, f"press-{digit}")
 
@@ -617,7 +670,7 @@ def required_prompts(cfg: Config) -> set[str]:
         "fee-nothing-owed", "fee-due-by", "no-open-ticket", "latest-ticket-is", "ticket-status-is",
         "repair-menu-intro", "complaint-menu-intro", "emergency-menu-intro", "record-repair", "record-complaint",
         "ticket-created", "promise-by", "emergency-connecting", "apology", "language-switched", "menu-emergency",
-        "leave-message", "message-saved",
+        "leave-message", "message-saved", "phone-shared", "choose-unit",
         # call distribution (callcentre/distribution.py)
         "queue-position", "queue-expected-wait", "minutes-word", "callback-offer", "callback-registered",
         "no-agents", "closed-hours", "max-wait-reached", "rate-service", "thanks-rating", "please-wait",

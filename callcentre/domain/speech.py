@@ -254,6 +254,11 @@ def unit_address(building: str, unit: str, lang: Lang) -> list[str]:
     return ["building"] + b + ["unit-word"] + u
 
 
+def can_say_address(building: str, unit: str) -> bool:
+    """Whether :func:`unit_address` can read this address (digits only: there are no letter prompts)."""
+    return all(isinstance(v, str) and v.isascii() and v.isdigit() for v in (building, unit)) and len(building) <= 8
+
+
 def _all_prompts() -> frozenset[str]:
     names = {f"digit-{i}" for i in range(10)}
     names |= {f"num-{i}" for i in range(21)} | {f"num-{i}" for i in range(30, 100, 10)}
