@@ -238,3 +238,108 @@ async def test_sip_call_capture_hangup_between_command_and_reply() -> None:
         "hung_up": True,
         "after": "FRESH",
     }
+
+
+# ------------------------------------------------------------------------------- hang-up captures
+# tests/fixtures/agi-hangup-during-*.txt: the caller hangs up (AMI Hangup of the Local ;1) while each
+# command runs. Asterisk answers the command itself first (-1, or "-1 (hangup)" for RECORD FILE) and
+# sends HANGUP ~40 ms later; agi-two-commands-one-write.txt shows that a second line written before
+# the first is answered is not read (res_agi's buffered fgets): it is answered only when a third comes.
+
+
+class FgetsAsterisk:
+    """Plays res_agi after the hang-up as the captures show it: answers one command per read, and
+    records any read that held more than one line (a command written before its predecessor's reply)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.lines: list[bytes] = []
+        self.pipelined: list[bytes] = []
+        self._buf = b""
+
+    async def command(self) -> bytes:
+        while b"\n" not in self._buf:
+            chunk = await self.reader.read(4096)
+            if not chunk:
+                return b""
+            if chunk.count(b"\n") > 1:
+                self.pipelined.append(chunk)
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        self.lines.append(line + b"\n")
+        return line + b"\n"
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+def _after_hangup(name: str) -> tuple[bytes, bytes, bytes, float]:
+    """The command, Asterisk's reply to it, the HANGUP line, and the seconds between them, as captured."""
+    lines = read_capture(name)
+    note = next(i for i, ln in enumerate(lines) if ln.tag == "--" and b"hangs up" in ln.data)
+    command = next(ln.data for ln in reversed(lines[:note]) if ln.tag == ">>")
+    after = [ln for ln in lines[note + 1:] if ln.tag == "<<"]
+    assert after[1].data == b"HANGUP\n", (name, after[:2])
+    return command, after[0].data, after[1].data, after[1].t - after[0].t
+
+
+HANGUP_CAPTURES = {
+    "agi-hangup-during-answer.txt": lambda ch: ch.answer(),
+    "agi-hangup-during-stream-file.txt": lambda ch: ch.play(["tt-monkeys"]),
+    "agi-hangup-during-stream-file-escape.txt": lambda ch: ch.play(["tt-monkeys"], "0123456789#*"),
+    "agi-hangup-during-get-data.txt": lambda ch: ch.get_digits(["tt-monkeys"], 5000, 4),
+    "agi-hangup-during-get-data-timeout.txt": lambda ch: ch.get_digits(["beep"], 10000, 4),
+    "agi-hangup-during-record-file.txt": lambda ch: ch.record("/tmp/capture-rec", "wav", 10, 0, beep=False),
+    "agi-hangup-during-exec-dial.txt": lambda ch: ch.exec("Dial", "Local/agent8@cc-test-phones/n", "30"),
+    "agi-hangup-during-wait-for-digit.txt": lambda ch: ch.wait_for_digit(5000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HANGUP_CAPTURES))
+async def test_hangup_during_each_command_as_captured(name: str) -> None:
+    command, reply, hangup, gap = _after_hangup(name)
+    outcome: list[object] = []
+
+    async def handler(ch: AGIChannel) -> None:
+        try:
+            outcome.append(await HANGUP_CAPTURES[name](ch))
+        except CallerHungUp:
+            outcome.append("hung up")
+        finally:
+            await ch.set_result("done")
+
+    server = FastAGIServer(AGIConfig(port=0, command_timeout_seconds=2.0), lambda env: handler)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        ast = FgetsAsterisk(reader, writer)
+        head = []
+        for ln in read_capture(name):
+            head.append(ln.data)
+            if ln.data == b"\n":
+                break
+        await ast.send(b"".join(head))  # the captured environment, as Asterisk sent it
+        ours = await ast.command()
+        assert ours.split()[:2] == command.split()[:2], (ours, command)  # the same command (our own arguments)
+        await ast.send(reply)
+        # as captured: HANGUP ~40 ms after the reply, and only then does res_agi read the next command
+        await asyncio.sleep(gap)
+        await ast.send(hangup)
+        await asyncio.sleep(0.05)
+        nxt = await ast.command()
+        if nxt == PROBE:  # -1 is ambiguous: the channel asked; res_agi answers it 511 after HANGUP
+            await ast.send(DEAD)
+            nxt = await ast.command()
+        assert nxt == b"SET VARIABLE CC_RESULT done\n", ast.lines
+        await ast.send(b"200 result=1\n")
+        assert await asyncio.wait_for(ast.command(), 3) == b""  # then the session ends
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.stop(1.0)
+    assert ast.pipelined == []
+    if name.endswith("exec-dial.txt"):
+        assert outcome == [-1]  # Dial's -1: the distribution reads DIALSTATUS (allowed on a dead channel)
+    else:
+        assert outcome == ["hung up"], outcome
