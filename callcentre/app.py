@@ -400,7 +400,9 @@ async def health(request: web.Request) -> web.Response:
             "port": agi.port if agi else None,
             "active_sessions": agi.active_sessions if agi else 0,
         },
-        "ami": ami.status() if ami else {"connected": False, "enabled": False},
+        # open_calls: the channels the call tracker believes are up (after a resync, what Asterisk listed)
+        "ami": {**ami.status(), "open_calls": len(services.tracker.open_calls())} if ami
+        else {"connected": False, "enabled": False},
         "acd": {"enabled": services.acd is not None},
     }
     ok = body["database"].get("ok") and body["fastagi"]["ok"] and (ami is None or ami.connected)
