@@ -253,10 +253,38 @@ def test_asterisklint_reports_nothing(tmp_path: Path) -> None:
     # Linted inside the extensions.conf a user writes: linted alone, an include file always
     # draws H_DP_GENERAL_MISPLACED / H_DP_GLOBALS_MISPLACED ([general] and [globals] belong
     # to the user's extensions.conf, not to us). No other message is tolerated.
+    #
+    # One hint is tolerated, because the real Asterisk proved asterisklint wrong about it:
+    # H_PAT_NON_CANONICAL wants a literal '-' LAST in a [...] set ("_[0-9A-Za-z_-]."), but
+    # Asterisk 20's pattern tree reads "_-]" as a range from '_' to ']', swallows the ']' and
+    # logs "A matching ']' was not found" for every call (tests/pbx/test_pbx_dialplan.py). Our
+    # patterns write the '-' first; the hint is accepted only where its "canonical" form is
+    # exactly ours with the leading '-' moved to the end.
     result = _run_asterisklint(_install_like_a_user(tmp_path))
     output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 0, output
-    assert output == ""
+    hint = re.compile(r"^\S+:\d+ H_PAT_NON_CANONICAL: pattern '(?P<ours>[^']+)' is not in the canonical "
+                      r"form '(?P<lint>[^']+)'$")
+    left = []
+    for line in output.splitlines():
+        m = hint.match(line)
+        if m and _dash_moved_last(m["ours"]) == _without_redundant_ranges(m["lint"]):
+            continue
+        left.append(line)
+    assert not left, "\n".join(left)
+    assert result.returncode in (0, 1), output  # 1: hints only (the tolerated one above)
+
+
+def _dash_moved_last(pattern: str) -> str:
+    """``_[-0-9a]x`` -> ``_[0-9a-]x``: each set's leading '-' written last, as asterisklint wants."""
+    return _without_redundant_ranges(re.sub(r"\[-([^\]]*)\]", r"[\1-]", pattern))
+
+
+def _without_redundant_ranges(pattern: str) -> str:
+    """asterisklint writes two-letter ranges as letters ("f-g" -> "fg"): compare sets, not spellings."""
+    def norm(m: re.Match[str]) -> str:
+        return "[" + "".join(sorted(_filter_allowed(m[1].rstrip("-")))) + ("-" if m[1].endswith("-") else "") + "]"
+
+    return re.sub(r"\[([^\]]*)\]", norm, pattern)
 
 
 def test_asterisklint_would_catch_a_broken_dialplan(tmp_path: Path) -> None:
@@ -278,6 +306,7 @@ def test_contexts_and_entry_points(dialplan: Dialplan) -> None:
     assert set(dialplan.contexts) == {
         "callcentre-hotline",
         "callcentre-agents",
+        "callcentre-agent-dial",
         "callcentre-callback",
         "callcentre-fallback",
         "callcentre-outbound",
@@ -288,11 +317,48 @@ def test_contexts_and_entry_points(dialplan: Dialplan) -> None:
     assert {"survey", "callback"} <= set(dialplan.contexts["callcentre-callback"])
     assert {"s", "agent-leg"} <= set(dialplan.contexts["callcentre-fallback"])
     # Agent names as the server and the capture use them are matched by the agents context.
-    (pattern,) = dialplan.contexts["callcentre-agents"]
-    assert pattern.startswith("_")
-    rx = _asterisk_pattern_to_regex(pattern)
-    for name in ("agent1", "agent2", "Agent_3", "front-desk"):
-        assert rx.fullmatch(name), name
+    patterns = list(dialplan.contexts["callcentre-agents"])
+    assert all(p.startswith("_") for p in patterns)
+    rxs = [_asterisk_pattern_to_regex(p) for p in patterns]
+    for name in ("agent1", "agent2", "Agent_3", "front-desk", "-x", "a", "x", "Z", "7", "_", "-", "s"):
+        assert sum(bool(rx.fullmatch(name)) for rx in rxs) == 1, name
+
+
+# Extensions Asterisk runs by itself in the context a channel is in (hang-up, invalid, timeouts,
+# exception). A pattern matching one of them runs that code instead: the old agents pattern
+# "_[0-9A-Za-z_-]!" made every agent leg's hang-up dial "PJSIP/h".
+_SPECIAL_EXTENS = ("h", "i", "t", "T", "e")
+
+
+def test_no_pattern_catches_the_extensions_asterisk_runs_itself(dialplan: Dialplan) -> None:
+    checked = 0
+    for context, extens in dialplan.contexts.items():
+        for exten in extens:
+            if exten.startswith("_"):
+                checked += 1
+                rx = _asterisk_pattern_to_regex(exten)
+                for special in _SPECIAL_EXTENS:
+                    assert not rx.fullmatch(special), f"[{context}] {exten} matches {special!r}"
+    assert checked >= 6
+
+
+def test_a_literal_dash_in_a_pattern_set_comes_first(dialplan: Dialplan) -> None:
+    """Asterisk's pattern tree reads "x-]" as a range up to ']' (and then finds no ']')."""
+    sets = 0
+    for extens in dialplan.contexts.values():
+        for exten in extens:
+            for cls in re.findall(r"\[([^\]]*)\]", exten):
+                sets += 1
+                assert not cls.endswith("-"), f"{exten}: '-' last in [{cls}]"
+    assert sets >= 2
+
+
+def test_agent_patterns_hand_over_to_the_dial_context(dialplan: Dialplan) -> None:
+    for exten, steps in dialplan.contexts["callcentre-agents"].items():
+        assert [(s.app, s.data) for s in steps] == [
+            ("Set", "CC_AGENT_NAME=${EXTEN}"), ("Goto", "callcentre-agent-dial,s,1")], exten
+    # Only "s" there: no extension Asterisk runs by itself can match in the dialling context.
+    assert list(dialplan.contexts["callcentre-agent-dial"]) == ["s"]
 
 
 def _asterisk_pattern_to_regex(pattern: str) -> re.Pattern[str]:
@@ -452,20 +518,44 @@ def test_filters_keep_no_dial_string_or_shell_metacharacters(dialplan: Dialplan)
 
 
 def test_agent_filter_keeps_dash_and_refuses_changed_names(dialplan: Dialplan) -> None:
-    (steps,) = dialplan.contexts["callcentre-agents"].values()
+    (steps,) = dialplan.contexts["callcentre-agent-dial"].values()
     (set_agent,) = [s for s in steps if s.app == "Set" and s.data.startswith("CC_AGENT=")]
     ((spec, arg),) = _filter_calls(set_agent.data)
-    assert arg == "${EXTEN}"
+    assert arg == "${CC_AGENT_NAME}"
     allowed = _filter_allowed(spec)
     assert set("-_") <= allowed and set("aZ09") <= allowed
     # "_-" at the end of the list would have lost '-': the reader agrees with Asterisk.
     assert "-" not in _filter_allowed("a-zA-Z0-9_-")
     # Names FILTER shortened are refused, not dialled as someone else.
-    assert any(s.app == "GotoIf" and "${LEN(${CC_AGENT})} != ${LEN(${EXTEN})}" in s.data for s in steps)
-    dial = next(s for s in steps if s.app == "Dial")
-    assert dial.data.split(",")[0] == "${CC_TECH}/${CC_AGENT}"
+    assert any(s.app == "GotoIf" and "${LEN(${CC_AGENT})} != ${LEN(${CC_AGENT_NAME})}" in s.data for s in steps)
+    dials = [s.data.split(",")[0] for s in steps if s.app == "Dial"]
+    # PJSIP/SIP as the technology, or LOCAL: a context of the operator's own.
+    assert dials == ["${CC_TECH}/${CC_AGENT}", "Local/${CC_AGENT}@${CC_CONTEXT}/n"]
     tech_values = {s.data.partition("=")[2] for s in steps if s.data.startswith("CC_TECH=")}
     assert "PJSIP" in tech_values
+    tests = " ".join(s.data for s in steps if s.app == "GotoIf")
+    assert '"${CC_TECH}" = "SIP"' in tests and '"${CC_TECH}" = "LOCAL"' in tests
+    (set_ctx,) = [s for s in steps if s.data.startswith("CC_CONTEXT=")]
+    ((ctx_spec, ctx_arg),) = _filter_calls(set_ctx.data)
+    assert ctx_arg == "${CALLCENTRE_AGENT_CONTEXT}" and "@" not in _filter_allowed(ctx_spec)
+
+
+def test_outbound_dials_pjsip_sip_or_local_and_refuses_other_numbers(dialplan: Dialplan) -> None:
+    out = dialplan.contexts["callcentre-outbound"]
+    steps = out["_+86X."]
+    dials = [s.data for s in steps if s.app == "Dial"]
+    assert dials == ["PJSIP/${CC_NUM}@${CC_TRUNK},60", "SIP/${CC_TRUNK}/${CC_NUM},60",
+                     "Local/${CC_NUM}@${CC_CONTEXT}/n,60"]
+    tests = " ".join(s.data for s in steps if s.app == "GotoIf")
+    assert '"${CC_TECH}" = "SIP"' in tests and '"${CC_TECH}" = "LOCAL"' in tests
+    assert any(s.data == "CC_TECH=${FILTER(A-Z,${CALLCENTRE_TRUNK_TECH})}" for s in steps)
+    assert any(s.data == "CC_CONTEXT=${FILTER(-_0-9A-Za-z,${CALLCENTRE_TRUNK_CONTEXT})}" for s in steps)
+    # Busy passes back through the Local channel (the Originate reports Reason 5, not a hang-up).
+    assert "Busy" in [s.app for s in steps] and "Congestion" in [s.app for s in steps]
+    # The server sends E.164 ("+..."): another country's number is refused by "_+X.", not left
+    # without an extension; numbers without '+' by "_X.".
+    for exten in ("_+X.", "_X."):
+        assert [s.app for s in out[exten]] == ["Log", "Congestion", "Hangup"], exten
 
 
 def test_ticket_from_the_capture_survives_the_filter(dialplan: Dialplan) -> None:
