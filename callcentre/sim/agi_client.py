@@ -106,6 +106,46 @@ def write_wav(path: Path, seconds: float) -> None:
         w.writeframes(b"\x00\x00" * int(min(seconds, 5.0) * SAMPLE_RATE))
 
 
+class _StdioLines:
+    """Command lines as res_agi reads them: it polls the socket, then ``fgets`` from a stdio buffer.
+
+    Everything that arrived in one read lands in the buffer; the first line is handled, and the next
+    line already buffered is only taken once the socket becomes readable again (new bytes arrive),
+    so of two commands written at once the second waits for a third (agi-two-commands-one-write.txt).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.socket = b""  # arrived, not yet read by fgets ("in the kernel")
+        self.stdio = b""  # read by fgets, not yet returned
+        self.eof = False
+
+    async def _recv(self) -> None:
+        chunk = await self.reader.read(65536)
+        if chunk:
+            self.socket += chunk
+        else:
+            self.eof = True
+
+    async def next(self) -> bytes:
+        """The next line, or b'' at EOF."""
+        if not self.socket and not self.eof:
+            await self._recv()  # poll(): wait until the socket is readable
+        if self.eof and not self.socket and b"\n" not in self.stdio:
+            return b""
+        while b"\n" not in self.stdio:
+            self.stdio += self.socket  # fgets reads what is there
+            self.socket = b""
+            if b"\n" in self.stdio:
+                break
+            if self.eof:
+                line, self.stdio = self.stdio, b""
+                return line
+            await self._recv()
+        line, _, self.stdio = self.stdio.partition(b"\n")
+        return line + b"\n"
+
+
 @dataclass
 class AGISession:
     """One FastAGI connection for one channel; answers commands like res_agi."""
@@ -166,8 +206,9 @@ class AGISession:
         try:
             self._send(self.env_block(request, script, args))
             await writer.drain()
+            lines = _StdioLines(reader)
             while True:
-                raw = await reader.readline()
+                raw = await lines.next()
                 if not raw:
                     break
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
@@ -251,6 +292,12 @@ class AGISession:
         words = [a.upper() for a in argv]
         name = next((c for c in COMMANDS if words[: len(c.split())] == c.split()), None)
         command_id = str(random.randint(1, 2**31 - 1))
+        if self.script.hangup_between_command_and_reply == index and not self.channel.hung_up:
+            # The caller hangs up as the command arrives: res_agi sees the hang-up first, writes
+            # HANGUP, then runs the command on the dead channel (agi-hangup-during-channel-status.txt:
+            # HANGUP, then 511 for CHANNEL STATUS; GET/SET VARIABLE still answer).
+            self.hang_up_caller()
+            self._send_hangup()
         self.pbx.emit_channel("AGIExecStart", self.channel, [("CommandId", command_id), ("Command", line)],
                               privilege="agi,all")
         if name is None:
@@ -275,9 +322,6 @@ class AGISession:
                               privilege="agi,all")
         if " result=-1" in reply and (self.dead or not self.channel.hung_up):
             self.agi_failure = True  # res_agi: a failing command on a live (or dead-mode) channel
-        if self.script.hangup_between_command_and_reply == index and not self.channel.hung_up:
-            self.hang_up_caller()
-            self._send_hangup()
         self._send(reply)
 
     async def _dispatch(self, name: str, argv: list[str]) -> str:
@@ -483,6 +527,8 @@ class AGISession:
             "CONTEXT": ch.context, "EXTEN": ch.exten, "PRIORITY": str(ch.priority),
             "CHANNEL(UNIQUEID)": ch.uniqueid,
         }
+        if up == "HANGUPCAUSE" and ch.hangupcause_var is not None:
+            return str(ch.hangupcause_var)
         if up == "CALLERID(ALL)":
             n, m = func["CALLERID(NAME)"], func["CALLERID(NUM)"]
             return f'"{n}" <{m}>' if n else f"<{m}>"

@@ -353,8 +353,10 @@ class AMIServer:
         ch = self._channel_or_error(client, action)
         if ch is None:
             return
-        cause = int(action.get("Cause") or 16) if (action.get("Cause") or "16").isdigit() else 16
-        self.pbx.request_hangup(ch, cause)
+        # Asterisk hangs up with cause 0 when the action names none (ami-ami-hangup-ringing-leg.txt)
+        raw = (action.get("Cause") or "0").strip()
+        cause = int(raw) if raw.isdigit() else 0
+        self.pbx.manager_hangup(ch, cause)
         self._send(client, self._response(action, "Success", [("Message", "Channel Hungup")]))
 
     async def _act_redirect(self, client: AMIClient, action: ReceivedAction) -> None:

@@ -41,9 +41,30 @@ CAUSE_TEXT = {
     16: "Normal Clearing",
     17: "User busy",
     19: "User alerting, no answer",
+    20: "Subscriber absent",
     21: "Call Rejected",
     34: "Circuit/channel congestion",
+    66: "Channel not implemented",
 }
+KNOWN_TECHS = ("Local", "SIP", "PJSIP")
+
+
+def dial_end_status(cause: int) -> str:
+    """DialEnd's DialStatus for an outgoing leg that hung up unanswered (ast_hangup_cause_to_dial_status)."""
+    return {17: "BUSY", 34: "CONGESTION", 3: "CHANUNAVAIL", 20: "CHANUNAVAIL"}.get(cause, "NOANSWER")
+
+
+def dialstatus_for_cause(cause: int) -> str:
+    """DIALSTATUS app_dial sets when its only leg hung up unanswered with ``cause`` (handle_cause):
+    busy, congestion, "no answer" only for causes 16 and 19, every other cause (0 included: an AMI
+    Hangup without Cause) counts as "no channel" (ami-ami-hangup-ringing-leg.txt)."""
+    if cause == 17:
+        return "BUSY"
+    if cause == 34:
+        return "CONGESTION"
+    if cause in (16, 19):
+        return "NOANSWER"
+    return "CHANUNAVAIL"
 DIAL_TIME_VARS = (
     "DIALSTATUS", "DIALEDPEERNUMBER", "DIALEDPEERNAME", "ANSWEREDTIME", "ANSWEREDTIME_MS",
     "DIALEDTIME", "DIALEDTIME_MS", "RINGTIME", "RINGTIME_MS", "PROGRESSTIME", "PROGRESSTIME_MS",
@@ -56,6 +77,7 @@ class DialStatus(enum.Enum):
     BUSY = "BUSY"
     CANCEL = "CANCEL"
     CHANUNAVAIL = "CHANUNAVAIL"
+    CONGESTION = "CONGESTION"
 
 
 class OriginateReason(enum.IntEnum):
@@ -93,6 +115,8 @@ class SimChannel:
     answered_at: float | None = None
     bridge_id: str = ""
     hangup_cause: int = 16
+    # what ${HANGUPCAUSE} reads (app_dial sets it from the last outgoing leg; not a VarSet)
+    hangupcause_var: int | None = None
     gone: bool = False
     hangup_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -208,6 +232,7 @@ class SimPBX:
         self._uid_seq = itertools.count()
         self._name_seq = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ringing: dict[str, str] = {}  # channel name -> "leg" / "far" while its Dial rings it
         self.booted_at = time.monotonic()
         self.core_sounds: dict[str, float] = {"beep": 0.4255}
 
@@ -295,6 +320,19 @@ class SimPBX:
             return
         ch.hangup_cause = cause
         self.emit_channel("SoftHangupRequest" if soft else "HangupRequest", ch, [("Cause", str(cause))])
+        ch.hangup_event.set()
+
+    def manager_hangup(self, ch: SimChannel, cause: int = 0) -> None:
+        """AMI ``Hangup`` (cause 0 unless the action gives one). A ringing Dial leg is ended by its Dial,
+        which emits the events in Asterisk's order (ami-ami-hangup-ringing-*.txt); the phone's own half
+        of a Local leg first shows ``SoftHangupRequest`` Cause 16, the dialed ``;1`` nothing."""
+        role = self._ringing.get(ch.name)
+        if role is None or ch.gone:
+            self.request_hangup(ch, cause)
+            return
+        if role == "far":
+            self.emit_channel("SoftHangupRequest", ch, [("Cause", "16")])
+        ch.hangup_cause = cause
         ch.hangup_event.set()
 
     def destroy(self, ch: SimChannel, cause: int | None = None) -> None:
@@ -411,40 +449,101 @@ class SimPBX:
         if tech == "Local":
             key = f"Local/{rest.split('/')[0]}"
         agent = self.agents.get(key)
-        if agent is None or tech not in ("Local", "SIP", "PJSIP"):
-            log.info("dial to unknown interface", interface=interface, uniqueid=caller.uniqueid)
-            self.set_var(caller, "DIALSTATUS", DialStatus.CHANUNAVAIL.value)
-            return DialStatus.CHANUNAVAIL, 0
+        if agent is None or tech not in KNOWN_TECHS:
+            return self._dial_unreachable(caller, tech, rest, dialstring)
         leg, far = self._agent_legs(caller, tech, rest, dialstring)
         self.emit("DialBegin", "call,all", snapshot(caller), snapshot(leg, "Dest"), [("DialString", dialstring)])
-        if agent.busy:
-            self.set_state(far, ChannelState.BUSY)
-            self.emit("DialEnd", "call,all", snapshot(caller), snapshot(leg, "Dest"), [("DialStatus", "BUSY")])
-            self._drop_legs(leg, far, 17)
-            self.set_var(caller, "DIALSTATUS", DialStatus.BUSY.value)
-            return DialStatus.BUSY, 0
-        ring_started = time.monotonic()
-        self.set_state(leg, ChannelState.RINGING)
-        self.set_var(caller, "RINGTIME", "0")
-        self.set_var(caller, "RINGTIME_MS", str(int((time.monotonic() - ring_started) * 1000)))
-        self.emit("DialState", "call,all", snapshot(caller), snapshot(leg, "Dest"), [("DialStatus", "RINGING")])
+        if agent.busy or agent.congested:
+            # ami-dial-unreachable.txt: Busy() shows Newstate Busy before DialEnd, Congestion() after
+            # Hangup ;1; HangupRequest ;2 and Hangup ;1 with Cause 0, the phone's ;2 with 17 / 34
+            status = DialStatus.BUSY if agent.busy else DialStatus.CONGESTION
+            if agent.busy:
+                self.set_state(far, ChannelState.BUSY)
+            self.emit("DialEnd", "call,all", snapshot(caller), snapshot(leg, "Dest"), [("DialStatus", status.value)])
+            caller.hangupcause_var = 0
+            if far is not leg and not agent.busy:
+                self.request_hangup(far, 0, soft=False)
+                self.set_var(caller, "DIALSTATUS", status.value)
+                self.destroy(leg, 0)
+                self.set_state(far, ChannelState.BUSY)
+                self.emit_channel("SoftHangupRequest", far, [("Cause", "16")])
+                self.destroy(far, 34)
+                return status, 0
+            self._drop_legs(leg, far, 0, far_cause=17 if agent.busy else 34)
+            self.set_var(caller, "DIALSTATUS", status.value)
+            return status, 0
+        if agent.rings:
+            ring_started = time.monotonic()
+            self.set_state(leg, ChannelState.RINGING)
+            self.set_var(caller, "RINGTIME", "0")
+            self.set_var(caller, "RINGTIME_MS", str(int((time.monotonic() - ring_started) * 1000)))
+            self.emit("DialState", "call,all", snapshot(caller), snapshot(leg, "Dest"), [("DialStatus", "RINGING")])
         caller.application, caller.app_data = "Dial", data
-        outcome = await self.race(
-            answer=None if agent.answer_after is None else self.sleep_for(agent.answer_after),
-            deadline=None if timeout is None else self.sleep_for(timeout),
-            events=(caller.hangup_event, leg.hangup_event, far.hangup_event),
-        )
+        self._ringing[leg.name] = "leg"
+        if far is not leg:
+            self._ringing[far.name] = "far"
+        try:
+            outcome = await self.race(
+                answer=None if agent.answer_after is None else self.sleep_for(agent.answer_after),
+                deadline=None if timeout is None else self.sleep_for(timeout),
+                events=(caller.hangup_event, leg.hangup_event, far.hangup_event),
+            )
+        finally:
+            self._ringing.pop(leg.name, None)
+            self._ringing.pop(far.name, None)
         if caller.hung_up:
+            # ami-hangup-during-exec-dial.txt: the legs go with cause 16, DIALSTATUS between them
             self.emit("DialEnd", "call,all", snapshot(caller), snapshot(leg, "Dest"), [("DialStatus", "CANCEL")])
-            self._drop_legs(leg, far, 0)
-            self.set_var(caller, "DIALSTATUS", DialStatus.CANCEL.value)
+            self._drop_legs(leg, far, 16, status_var=(caller, DialStatus.CANCEL.value))
             return DialStatus.CANCEL, -1
+        if outcome == "event":
+            return self._leg_hung_up(caller, leg, far)
         if outcome != "answer":
-            cause = 0 if outcome == "timeout" else (leg.hangup_cause if leg.hung_up else far.hangup_cause)
             self.emit("DialEnd", "call,all", snapshot(caller), snapshot(leg, "Dest"), [("DialStatus", "NOANSWER")])
-            self._drop_legs(leg, far, cause, status_var=(caller, "NOANSWER"))
+            self._drop_legs(leg, far, 0, status_var=(caller, "NOANSWER"))
             return DialStatus.NOANSWER, 0
         return await self._bridge_call(caller, leg, far, agent, dialstring)
+
+    def _leg_hung_up(self, caller: SimChannel, leg: SimChannel, far: SimChannel) -> tuple[DialStatus, int]:
+        """The ringing leg hung up unanswered (an AMI Hangup, the phone rejecting): DialEnd maps the
+        cause one way, DIALSTATUS another (ami-ami-hangup-ringing-leg.txt / -phone.txt)."""
+        by_far = far is not leg and far.hung_up and not leg.hung_up
+        cause = far.hangup_cause if by_far else leg.hangup_cause
+        end = [("DialStatus", dial_end_status(cause))]
+        if by_far:
+            self.emit_channel("HangupRequest", leg, [("Cause", str(cause))])
+            self.destroy(far, cause)
+            self.emit("DialEnd", "call,all", snapshot(caller), snapshot(leg, "Dest"), end)
+            self.destroy(leg, cause)
+        else:
+            self.emit("DialEnd", "call,all", snapshot(caller), snapshot(leg, "Dest"), end)
+            if far is not leg:
+                self.emit_channel("HangupRequest", far, [("Cause", str(cause))])
+            self.destroy(leg, cause)
+            if far is not leg:
+                self.emit_channel("SoftHangupRequest", far, [("Cause", "16")])
+                self.destroy(far, cause)
+        caller.hangupcause_var = cause
+        status = DialStatus(dialstatus_for_cause(cause))
+        self.set_var(caller, "DIALSTATUS", status.value)
+        return status, 0
+
+    def _dial_unreachable(self, caller: SimChannel, tech: str, rest: str, dialstring: str) -> tuple[DialStatus, int]:
+        """No such peer / technology / extension (ami-dial-unreachable.txt): CHANUNAVAIL with no
+        DialBegin or DialEnd; a Local pair is created and hung up at once (cause 0)."""
+        log.info("dial to unknown interface", interface=f"{tech}/{rest}", uniqueid=caller.uniqueid)
+        if tech == "Local":
+            target = rest.split("/")[0]
+            exten, _, ctx = target.partition("@")
+            base = f"Local/{target}-{self.next_name_seq()}"
+            leg = self.new_channel(f"{base};1", "Local", ctx, caller.exten, ChannelState.DOWN, caller.linkedid)
+            far = self.new_channel(f"{base};2", "Local", ctx, exten, ChannelState.RING, caller.linkedid)
+            self.newexten(leg, "AppDial", "(Outgoing Line)")
+            self.destroy(far, 0)
+            self.destroy(leg, 0)
+        caller.hangupcause_var = 20 if tech in KNOWN_TECHS else 66
+        self.set_var(caller, "DIALSTATUS", DialStatus.CHANUNAVAIL.value)
+        return DialStatus.CHANUNAVAIL, 0
 
     def _agent_legs(self, caller: SimChannel, tech: str, rest: str, dialstring: str) -> tuple[SimChannel, SimChannel]:
         """Create the outgoing channel(s) of a Dial: a Local pair (;1 is the leg) or one SIP/PJSIP channel."""
@@ -473,7 +572,7 @@ class SimPBX:
         return leg, leg
 
     def _drop_legs(self, leg: SimChannel, far: SimChannel, cause: int,
-                   status_var: tuple[SimChannel, str] | None = None) -> None:
+                   status_var: tuple[SimChannel, str] | None = None, far_cause: int | None = None) -> None:
         if far is not leg and not far.gone:
             self.request_hangup(far, cause, soft=False)
         self.destroy(leg, cause)
@@ -481,7 +580,7 @@ class SimPBX:
             self.set_var(status_var[0], "DIALSTATUS", status_var[1])
         if far is not leg and not far.gone:
             self.emit_channel("SoftHangupRequest", far, [("Cause", "16")])
-            self.destroy(far, cause)
+            self.destroy(far, cause if far_cause is None else far_cause)
 
     async def race(self, answer: float | None, deadline: float | None, events: tuple[asyncio.Event, ...]) -> str:
         """Wait for the first of: answer timer, dial timeout, any of ``events``; return which."""

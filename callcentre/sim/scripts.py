@@ -71,12 +71,16 @@ class CallerScript:
 @dataclass(slots=True)
 class AgentScript:
     """An agent's phone: rings ``answer_after`` seconds then answers (None: never), talks
-    ``talk_seconds`` then hangs up; ``busy`` rejects every call with BUSY."""
+    ``talk_seconds`` then hangs up; ``busy`` rejects every call with BUSY. ``rings=False``: the phone
+    never signals ringing (a SIP peer whose host does not answer INVITEs: DialBegin, no DialState,
+    DialEnd NOANSWER at the timeout, as ami-dial-unreachable.txt shows for ``SIP/deadpeer``)."""
 
     interface: str
     answer_after: float | None = 2.0
     talk_seconds: float = 5.0
     busy: bool = False
+    rings: bool = True
+    congested: bool = False  # the phone answers with Congestion(): DIALSTATUS CONGESTION
 
 
 class CallEnd(enum.Enum):
