@@ -260,3 +260,27 @@ async def test_locked_table_on_postgres_is_storage_unavailable(tmp_path: Path) -
     finally:
         await holder_eng.dispose()
         await eng.dispose()
+
+
+async def test_a_unit_written_with_leading_zeros_is_found_however_it_is_keyed(
+    sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """The owners file writes 0305; callers key 0305 or 305 (and building 1 or 01): one unit.
+
+    Labels are stored canonically (digits without leading zeros), so the file's "0305" and a later
+    file's "305" are the same unit, not two."""
+    path = write(tmp_path, HEADER + "1,0305,陈建国,13800138001,1280.50,2026-10-31,no,zh,,owner\n"
+                 "01,305,陈太太,13800138009,1280.50,2026-10-31,no,zh,,owner\n")
+    report = await run(sessions, path)
+    assert report.units_created == 1
+    async with sessions() as s:
+        [(building, unit)] = (await s.execute(select(Unit.building, Unit.unit))).all()
+    assert (building, unit) == ("1", "305")
+    directory = SqlDirectory(sessions)
+    for keyed in (("1", "0305"), ("1", "305"), ("01", "0305"), ("001", "00305")):
+        found = await directory.find_unit(*keyed)
+        assert [m.owner_name for m in found] == ["陈建国", "陈太太"], keyed
+    # and a phone's own matches carry the same unit as the keyed look-up (the IVR compares unit ids)
+    [mine] = await directory.find_by_phone("+8613800138001")
+    assert mine.unit_id == found[0].unit_id
+    assert await directory.find_unit("1", "3050") == [] and await directory.find_unit("10", "305") == []
