@@ -16,6 +16,13 @@ ALL_AMI_CAPTURES = [
     "ami-queue-abandon-and-errors.txt",
     "ami-queue-connect-and-agi-failure.txt",
     "ami-sip-call.txt",
+    # recorded by tools/record_captures.py (tests/fixtures/README-captures.md)
+    "ami-answer-local.txt",
+    "ami-dial-unreachable.txt",
+    "ami-ami-hangup-ringing-leg.txt",
+    "ami-ami-hangup-ringing-phone.txt",
+    "ami-hangup-during-answer.txt",
+    "ami-hangup-during-exec-dial.txt",
 ]
 
 
@@ -56,6 +63,23 @@ def test_every_capture_replays_without_error(name: str) -> None:
     tracker, _ = replay(name)
     for record in tracker.records():
         assert record.uniqueid and record.channel
+
+
+def test_dial_unreachable_only_the_dead_sip_peer_and_the_refusing_phones_are_dials() -> None:
+    """Missing peer / technology / context / extension: no DialBegin, so no dial for the tracker."""
+    _, rec = replay("ami-dial-unreachable.txt")
+    agi_dials = [c for c in rec.of("dial_end") if not c[3] == "ANSWER"]
+    assert [c[3] for c in agi_dials] == ["NOANSWER", "CONGESTION", "BUSY"]
+    assert [c[3].split("-")[0] for c in rec.of("dial_begin") if "capture-agi" not in c[3]] == [
+        "SIP/deadpeer", "Local/agent9@cc", "Local/agent7@cc"]
+
+
+@pytest.mark.parametrize("name", ["ami-ami-hangup-ringing-leg.txt", "ami-ami-hangup-ringing-phone.txt"])
+def test_ami_hangup_of_ringing_leg_is_a_noanswer_dial_end(name: str) -> None:
+    """The DialEnd event says NOANSWER (DIALSTATUS, on the AGI side, says CHANUNAVAIL)."""
+    _, rec = replay(name)
+    ends = [c for c in rec.of("dial_end") if c[3] != "ANSWER"]
+    assert [c[3] for c in ends] == ["NOANSWER"]
 
 
 def test_dial_agents_two_attempts_noanswer_then_answer() -> None:
