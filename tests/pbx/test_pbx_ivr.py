@@ -491,3 +491,51 @@ async def test_repair_complaint_emergency_agent_menu_errors_and_english(pbx):
 
     assert_no_missing_prompt(pbx)
     print_figures(pbx, started, "requests world, 6 calls")
+
+
+# ------------------------------------------------------------------ world 3: the PIN guard
+
+@pytest.mark.pbx_world(config={"ivr": {"self_service_guard": "pin"}})
+async def test_pin_guard_for_a_known_and_an_unknown_number(pbx):
+    """``ivr.self_service_guard: pin``: 刘秀英 (1-0302, PIN 1357) from her own phone with a wrong PIN
+    three times hears no balance; from a number we do not know she keys in her unit and then must
+    give the PIN too (a keyed unit alone is not the PIN check)."""
+    started = time.monotonic()
+
+    async def wrong_pin() -> Caller:
+        c = await Caller(pbx, "13912345602").dial()
+        await c.on("zh/greeting", "dtmf:1")
+        for _ in range(3):
+            await c.on("zh/enter-pin", "dtmf:2468#")
+            await c.hears("zh/pin-wrong")
+        await c.on("zh/main-menu-intro", "hangup")
+        return c
+
+    async def unknown_with_pin() -> Caller:
+        c = await Caller(pbx, "13900000000").dial()
+        await c.on("zh/greeting", "dtmf:1")
+        await c.hears("zh/unknown-caller")
+        await c.on("zh/enter-building", "dtmf:1#")
+        await c.on("zh/enter-unit", "dtmf:0302#")
+        await c.on("zh/you-entered", "dtmf:1")
+        await c.on("zh/enter-pin", "dtmf:1357#")
+        await c.hears("zh/no-open-ticket")
+        await c.on("zh/main-menu-intro", "hangup")
+        return c
+
+    wrong, unknown = await asyncio.gather(wrong_pin(), unknown_with_pin())
+    h = wrong.heard()
+    assert h.count("zh/pin-wrong") == 3 and "zh/fee-balance-is" not in h, h
+    assert "zh/enter-building" not in h  # a known number is asked for the PIN only
+    row = await call_row(pbx, wrong.uniqueid, until=lambda r: r.outcome)
+    assert "1>ss:unverified" in row.ivr_path, row.ivr_path
+
+    h = unknown.heard()
+    i = index_of(h, ["zh/enter-pin", "zh/fee-balance-is", *spoken("zh", speech.amount(128050, "zh")), "zh/fee-due-by",
+                     *spoken("zh", speech.date(date(2026, 10, 31), "zh"))])
+    assert h.index("zh/you-entered") < i
+    [read] = unknown.log("fee balance read")
+    [owner_id] = [o.id for o in await pbx.rows(Owner, Owner.name == "刘秀英")]
+    assert read["owner_id"] == owner_id
+    assert_no_missing_prompt(pbx)
+    print_figures(pbx, started, "PIN world, 2 calls")
