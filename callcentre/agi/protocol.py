@@ -9,6 +9,9 @@ Ground truth is the Asterisk 20 captures in ``tests/fixtures/agi-*.txt`` and ``r
   as a *second command*, so :func:`build_command` refuses lines that long.
 * Replies are one line (``200 result=...``, ``510 ...``, ``511 ...``) except the usage reply,
   ``520-...`` followed by free text and ``520 End of proper usage.``
+* The ``agi_*`` environment goes out raw, in a fixed order: a caller name or number holding CR/LF
+  (or a blank line) arrives split over lines. :class:`EnvAssembler` keeps it one field and ends the
+  header at Asterisk's own blank line; typed fields show control characters :func:`visible`.
 """
 
 from __future__ import annotations
