@@ -69,6 +69,9 @@ async def wait_booted(pbx: PBX, limit: float = 20.0) -> float:
 
 
 def server_errors(pbx: PBX) -> list[dict[str, Any]]:
+    """Error lines of the server log (asserted empty); its warnings are printed for the record."""
+    warnings = sorted({str(ln.get("event")) for ln in pbx.server.lines if ln.get("level") == "warning"})
+    print("server warnings:", warnings)
     return [ln for ln in pbx.server.lines if ln.get("level") in ("error", "critical")]
 
 
@@ -298,3 +301,46 @@ async def test_sigterm_while_asterisk_is_down_and_the_ami_link_retries_exits_pro
     assert pbx.server.lines[-1].get("event") == "stopped", pbx.server.raw[-5:]
     assert not server_errors(pbx), server_errors(pbx)
 
+
+
+# --------------------------------------------------------------------------- SIGTERM after a busy test run
+
+@pytest.mark.pbx_world(agents={"agent1": "never"}, users=[("boss", "supervisor", {"name": "Boss"})])
+async def test_sigterm_after_every_call_is_hung_up_mid_way_exits_promptly(pbx: PBX):
+    """What the fixture does after each test, with a session of each kind in progress: hang every
+    channel up at once, then SIGTERM. Every FastAGI session must notice its hang-up (no session left
+    to wait the 75 s grace for) and the process must be gone well within the bound."""
+    boss = await pbx.login("boss")
+    try:
+        await pbx.call("13800138000", PERSON, hold=120)  # waits while agent1's phone rings
+        await pbx.call("13800138001", ["wait:2", "dtmf:2", "wait:2", "dtmf:1"], hold=120)  # records, never ends
+        await pbx.call("13912345602", [], hold=120)  # silent in the menu
+
+        async def all_busy():
+            st = agents_by_name(await api(boss, "/api/agents"))
+            h = await api(boss, "/health")
+            recording = any(e.get("Event") == "AGIExecStart" and e.get("CallerIDNum") == "13800138001"
+                            and e.get("Command", "").startswith("RECORD FILE") for e in pbx.ami.events)
+            return st.get("agent1") == "ringing" and recording and h["fastagi"]["active_sessions"] == 3, (st, h["fastagi"])
+        await until(all_busy, 30, "a caller waiting, one recording, one in the menu")
+
+        t0 = time.monotonic()
+        await pbx.ami.action("Hangup", Channel="/.*/", Cause="16")
+        await pbx.no_channels(10)
+
+        async def no_sessions():
+            h = await api(boss, "/health")
+            return h["fastagi"]["active_sessions"] == 0 and h["ami"]["open_calls"] == 0, h
+        await until(no_sessions, 10, "every FastAGI session ended after the hang-ups", every=0.05)
+        ended = time.monotonic() - t0
+    finally:
+        await boss.close()
+    proc = pbx.server.proc
+    assert proc is not None
+    t1 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = await asyncio.wait_for(proc.wait(), SIGTERM_EXIT_BOUND + 5)
+    exit_s = time.monotonic() - t1
+    print(f"\nall channels hung up: sessions ended {ended:.2f} s later; SIGTERM -> exit {rc} in {exit_s:.2f} s")
+    assert rc == 0 and exit_s < SIGTERM_EXIT_BOUND, (rc, exit_s)
+    assert not server_errors(pbx), server_errors(pbx)
