@@ -129,6 +129,10 @@ async def test_wrong_digits_and_silence_reprompt_three_times_then_agent():
     assert ch.played.count("zh/invalid-choice") == 1 and ch.played.count("zh/no-input") == 1
     # the menu is played three times, the welcome once
     assert ch.played.count("zh/main-menu-intro") == 3 and ch.played.count("zh/greeting") == 1
+    # the apology opens the next try and takes keys (a real PBX drops keys during a prompt without escapes)
+    tries = [o[1] for o in ch.ops if o[0] == "get_digits"]
+    assert [t[0] for t in tries] == ["zh/greeting", "zh/invalid-choice", "zh/no-input"]
+    assert not any(o[0] == "play" and ("zh/invalid-choice" in o[1] or "zh/no-input" in o[1]) for o in ch.ops)
     assert connector.calls[0]["reason"] == "menu-attempts"
     assert store.tickets == []
 

@@ -275,21 +275,25 @@ class HotlineIVR:
             if not any(n.endswith(_press(digit)) for n in item):
                 menu.append(_press(digit))
         tries = attempts or self.ivr.max_attempts
+        lead: list[str] = list(once)
         for attempt in range(1, tries + 1):
-            prompts = [*once, *menu] if attempt == 1 else menu
-            result = await ch.get_digits(self._p(call, prompts), self.ivr.digit_timeout_ms, 1)
+            # The apology for a failed try leads the next one and takes keys like the menu does: on a
+            # real PBX a key pressed during a prompt played without escape digits is lost.
+            result = await ch.get_digits(self._p(call, [*lead, *menu]), self.ivr.digit_timeout_ms, 1)
             digit = result.digits[:1]
             if digit in options:
                 return digit
             call.log.info("menu input rejected", menu=label, got=digit or None, attempt=attempt)
             call.path.append(f"{label}:{'?' if digit else 'silence'}")
-            if attempt < tries:
-                await self._say(ch, call, ["invalid-choice" if digit else "no-input"])
+            lead = ["invalid-choice" if digit else "no-input"]
         return None
 
-    async def _enter_number(self, ch: Channel, call: CallInfo, prompt: str, max_digits: int) -> str | None:
-        """Collect a number ended by '#' or the timeout; only digits are kept."""
-        result = await ch.get_digits(self._p(call, [prompt]), self.ivr.digit_timeout_ms, max_digits)
+    async def _enter_number(
+        self, ch: Channel, call: CallInfo, prompt: str, max_digits: int, lead: Sequence[str] = ()
+    ) -> str | None:
+        """Collect a number ended by '#' or the timeout; only digits are kept. ``lead`` prompts come
+        first and can be typed over too (a caller who knows what comes next need not wait)."""
+        result = await ch.get_digits(self._p(call, [*lead, prompt]), self.ivr.digit_timeout_ms, max_digits)
         digits = result.digits.rstrip("#")
         return digits if _UNIT_DIGITS.match(digits) else None
 
@@ -338,7 +342,8 @@ class HotlineIVR:
     # ------------------------------------------------------------------ identification
 
     async def _identify_by_unit(
-        self, ch: Channel, call: CallInfo, among: list[OwnerMatch] | None, optional: bool = False
+        self, ch: Channel, call: CallInfo, among: list[OwnerMatch] | None, optional: bool = False,
+        lead: Sequence[str] = (),
     ) -> OwnerMatch | None:
         """Building + unit keyed in and confirmed. ``among`` limits the answer to the caller's own units.
 
@@ -347,8 +352,9 @@ class HotlineIVR:
 
         When ``optional``, a caller who keys nothing in is let through at once (they may not know or
         want to give their unit to report a problem in a public area)."""
-        for _attempt in range(self.ivr.max_attempts):
-            building = await self._enter_number(ch, call, "enter-building", self.ivr.building_entry_max_digits)
+        for attempt in range(self.ivr.max_attempts):
+            building = await self._enter_number(ch, call, "enter-building", self.ivr.building_entry_max_digits,
+                                                lead=lead if attempt == 0 else ())
             if building is None:
                 if optional:
                     call.path.append("unit:skipped")
@@ -391,6 +397,8 @@ class HotlineIVR:
         if call.matches:
             owner = await self._pick_shared_unit(ch, call, optional=optional)
         else:
+            # Played on its own, not typed over: the simulator's scripted callers (tests/test_e2e_hotline.py)
+            # take one input per prompt that accepts keys.
             await self._say(ch, call, ["unknown-caller"])
             owner = await self._identify_by_unit(ch, call, among=None, optional=optional)
         call.owner = owner
@@ -409,17 +417,20 @@ class HotlineIVR:
             call.log.info("shared phone, one unit", unit_id=units[0].unit_id, owners=len(call.matches),
                           owner_id=units[0].owner_id)
             return units[0]
-        await self._say(ch, call, ["phone-shared"])
         call.log.info("shared phone: asking which unit", units=len(units))
         if len(units) <= _MAX_UNIT_CHOICES and all(speech.can_say_address(m.building, m.unit) for m in units):
             options = {str(i): speech.unit_address(m.building, m.unit, call.language) for i, m in enumerate(units, 1)}
-            digit = await self._choose(ch, call, ["choose-unit"], options, label="shared", attempts=1)
+            digit = await self._choose(ch, call, ["choose-unit"], options, label="shared", attempts=1,
+                                       once=["phone-shared"])
             if digit is not None:
                 chosen = units[int(digit) - 1]
                 call.path.append(f"unit:{chosen.building}-{chosen.unit}")
                 call.log.info("caller chose a unit", digit=digit, owner_id=chosen.owner_id, unit_id=chosen.unit_id)
                 return chosen
-        return await self._identify_by_unit(ch, call, among=call.matches, optional=optional)
+            lead: list[str] = []
+        else:
+            lead = ["phone-shared"]
+        return await self._identify_by_unit(ch, call, among=call.matches, optional=optional, lead=lead)
 
     # ------------------------------------------------------------------ self-service
 
