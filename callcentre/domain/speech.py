@@ -24,8 +24,9 @@ English: British style ("one hundred and five", "two thousand and seven"), amoun
 from __future__ import annotations
 
 import datetime
-import re
 from typing import Literal
+
+from callcentre.domain.ticket_number import TicketNumber
 
 Lang = Literal["zh", "en"]
 
@@ -33,7 +34,6 @@ LANGS: tuple[Lang, ...] = ("zh", "en")
 
 MAX_NUMBER = 99_999_999
 
-_TICKET = re.compile(r"[A-Za-z]{0,8}([0-9]{4})([0-9]{2})([0-9]{2})-([0-9]{1,8})")
 
 
 def _check_lang(lang: str) -> Lang:
@@ -228,14 +228,15 @@ def clock_time(hour: int, minute: int, lang: Lang) -> list[str]:
 def ticket_number(number: str, lang: Lang) -> list[str]:
     """Speak a ticket number such as ``R20261124-0007`` as its month-day and counter digits.
 
-    The prefix and year are left out: callers only need what they can key in or quote back.
-    """
+    The prefix and year are left out: callers only need what they can key in or quote back. What
+    is a ticket number is :class:`callcentre.domain.ticket_number.TicketNumber`'s to say (one
+    definition for the store, the desk, the dialplan and this)."""
     _check_lang(lang)
-    m = _TICKET.fullmatch(number) if isinstance(number, str) else None
-    if m is None:
+    parsed = TicketNumber.parse(number)
+    if parsed is None:
         raise ValueError(f"not a ticket number: {number!r} (expected e.g. R20261124-0007)")
-    _year, month, day, counter = m.groups()
-    return digits(month + day, lang) + digits(counter, lang)
+    counter = number.rsplit("-", 1)[1]  # as written (its leading zeros are read out)
+    return digits(f"{parsed.day:%m%d}", lang) + digits(counter, lang)
 
 
 def unit_address(building: str, unit: str, lang: Lang) -> list[str]:
