@@ -367,17 +367,21 @@ def _on_login(services: Services):
         best effort: a PBX without app_queue answers QueueStatus with an error, which is logged.
         """
         from callcentre.ami.link import AMIError
+        from callcentre.ami.protocol import event_name
 
         ami = services.ami
         assert ami is not None
         channels = await ami.core_show_channels()
         services.tracker.resync(channels, services.clock.monotonic())
         summary = {"channels": sum(1 for m in channels if m.get("Event") == "CoreShowChannel")}
-        steps = (("queue_entries", lambda: ami.queue_status(services.cfg.acd.fallback_queue)), ("status", ami.channel_status))
-        for name, action in steps:  # each coroutine made only when its turn comes (a cancel leaves none behind)
+        # Counted by event name: a real QueueStatus answers QueueParams and a QueueMember per member
+        # before any QueueEntry (a caller waiting), so "all events but the Complete" counted the members.
+        steps = (("queue_entries", "QueueEntry", lambda: ami.queue_status(services.cfg.acd.fallback_queue)),
+                 ("status", "Status", ami.channel_status))
+        for name, event, action in steps:  # each coroutine made only when its turn comes (a cancel leaves none behind)
             try:
                 events = await action()
-                summary[name] = len(events) - 1
+                summary[name] = sum(1 for m in events if event_name(m) == event)
             except AMIError as exc:
                 log.warning("ami resync step failed", step=name, error=str(exc))
         if services.acd is not None:

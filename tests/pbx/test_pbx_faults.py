@@ -185,7 +185,8 @@ async def test_a_kicked_ami_session_reconnects_resyncs_and_the_calls_in_progress
         await log_after(pbx, mark, "ami link up", 10)
         resync = await log_after(pbx, mark, "ami resynchronised", 10)
         print(f"kicked: link up again and resynchronised {time.monotonic() - t0:.2f} s later; {resync}")
-        assert resync["channels"] >= 4, resync  # A with agent1 (4 legs) and the recording caller (2)
+        assert resync["channels"] == 6, resync  # A with agent1 (4 Local legs) and the recording caller (2)
+        assert resync["status"] == 6 and resync["queue_entries"] == 0, resync  # nobody in the fallback queue
 
         # nothing was lost: agent1 still on the call, its caller still there, the repair gets its ticket
         h = await api(boss, "/health")
