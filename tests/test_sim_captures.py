@@ -259,10 +259,14 @@ def captured_call(name: str) -> list[dict[str, str]]:
     return [m for m in ami_messages(name) if "Event" in m]
 
 
-@pytest.mark.parametrize("half", ["1", "2"])
-async def test_ami_hangup_of_ringing_leg_matches_capture(half: str) -> None:
-    """DialEnd NOANSWER but DIALSTATUS CHANUNAVAIL, the legs' events in the recorded order."""
-    name = "ami-ami-hangup-ringing-leg.txt" if half == "1" else "ami-ami-hangup-ringing-phone.txt"
+@pytest.mark.parametrize("half,cause,name", [
+    ("1", 0, "ami-ami-hangup-ringing-leg.txt"),
+    ("2", 0, "ami-ami-hangup-ringing-phone.txt"),
+    ("1", 16, "ami-ami-hangup-ringing-leg-cause16.txt"),
+])
+async def test_ami_hangup_of_ringing_leg_matches_capture(half: str, cause: int, name: str) -> None:
+    """Without Cause: DialEnd NOANSWER but DIALSTATUS CHANUNAVAIL; with Cause 16 both NOANSWER; the
+    legs' events in the recorded order."""
     pbx = sim()
     server = AMIServer(pbx, "callcentre", "x")
 
@@ -274,7 +278,7 @@ async def test_ami_hangup_of_ringing_leg_matches_capture(half: str) -> None:
         dest = next(e for e in events if e["Event"] == "DialState")["DestChannel"]
         target = pbx.find_channel(dest[:-1] + half)
         assert target is not None
-        pbx.manager_hangup(target, 0)  # what AMIServer's Hangup action does with no Cause header
+        pbx.manager_hangup(target, cause)  # what AMIServer's Hangup action does (no Cause header: 0)
         await asyncio.sleep(0.1)
         ch = next(c for c in pbx.channels.values() if c.name.endswith(";2") and "@hotline-in" in c.name)
         pbx.request_hangup(ch, 16)

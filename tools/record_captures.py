@@ -390,9 +390,9 @@ async def dial_unreachable(rec: Recorder, conn: AGIConn) -> None:
     await conn.drain_for(2.0)
 
 
-def ami_hangup_ringing(which: str) -> Scenario:
+def ami_hangup_ringing(which: str, cause: str | None = None) -> Scenario:
     """EXEC Dial to a phone that never answers; the test's AMI hangs up the ringing leg (;1 = the dialed
-    channel, ;2 = the phone's own half)."""
+    channel, ;2 = the phone's own half), with ``Cause`` if given."""
 
     async def scenario(rec: Recorder, conn: AGIConn) -> None:
         await conn.cmd("ANSWER")
@@ -405,7 +405,7 @@ def ami_hangup_ringing(which: str) -> Scenario:
         dest = state["DestChannel"]
         target = dest if which == "1" else dest[:-1] + "2"
         conn.log.add("--", f"AMI Hangup {target} (the ringing agent leg)")
-        await rec.ami.action("Hangup", Channel=target)
+        await rec.ami.action("Hangup", Channel=target, **({"Cause": cause} if cause else {}))
         await conn.reply(30)
         for var in ("DIALSTATUS", "HANGUPCAUSE", "DIALEDPEERNAME", "DIALEDTIME", "ANSWEREDTIME"):
             await conn.cmd(f"GET VARIABLE {var}")
@@ -433,6 +433,8 @@ SCENARIOS: dict[str, tuple[Scenario, str | None, str | None]] = {
     "dialunreach": (dial_unreachable, "agi-dial-unreachable.txt", "ami-dial-unreachable.txt"),
     "amihangup1": (ami_hangup_ringing("1"), "agi-ami-hangup-ringing-leg.txt", "ami-ami-hangup-ringing-leg.txt"),
     "amihangup2": (ami_hangup_ringing("2"), "agi-ami-hangup-ringing-phone.txt", "ami-ami-hangup-ringing-phone.txt"),
+    "amihangupcause": (ami_hangup_ringing("1", "16"), "agi-ami-hangup-ringing-leg-cause16.txt",
+                       "ami-ami-hangup-ringing-leg-cause16.txt"),
     "pipelined": (pipelined_live, "agi-two-commands-one-write.txt", None),
     "hupanswer": (hangup_during("ANSWER", 0.1, answer=False), "agi-hangup-during-answer.txt", "ami-hangup-during-answer.txt"),
     "hupstream": (hangup_during('STREAM FILE tt-monkeys ""', 1.0), "agi-hangup-during-stream-file.txt", None),
