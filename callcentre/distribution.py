@@ -64,6 +64,10 @@ _CALLBACK = "callback-key"
 _SKILL = re.compile(r"^[a-z0-9_\-]{1,32}$")
 _DIGITS = re.compile(r"^\+?[0-9]{3,20}$")
 _PREVIOUS_AGENT_MAX = 100_000
+# A channel name as Asterisk reports it (Local/agent1@callcentre-agents-0000002a;1, PJSIP/agent1-0000002a):
+# nothing ChanSpy's argument list would split on.
+_CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_\-+.@#*/;]{1,128}$")
+_SPY_OPTIONS = {"listen": "qE", "whisper": "qwE", "barge": "qBE"}
 
 
 @dataclass
@@ -77,6 +81,8 @@ class _Waiter:
     agent_id: str | None = None  # who answered
     entered_mono: float = 0.0  # entry into the queue, on the monotonic clock
     answer_recorded: bool = False
+    announcing: bool = False  # the position announcement is playing (it blocks the AGI session)
+    offer_pending: bool = False  # an offer is in the inbox: stop announcing
 
 
 @dataclass
@@ -116,6 +122,10 @@ class ACDService(CallListener):
         self._offer_by_caller: dict[str, str] = {}  # caller uniqueid -> offer being dialled
         self._dest_channel: dict[str, str] = {}  # offer id -> agent-leg channel (for cancelling)
         self._our_legs: set[str] = set()  # agent-leg uniqueids of our own offers
+        # The agent's half of each call we put through (the channel the server dialled or originated,
+        # i.e. the ';1' of a Local agent leg): uniqueid -> (agent id, channel name), and agent -> uniqueid.
+        self._agent_legs: dict[str, tuple[str, str]] = {}
+        self._leg_of_agent: dict[str, str] = {}
         self._elsewhere: dict[str, str] = {}  # channel uniqueid -> agent id busy on a call we did not route
         self._cancelled: set[str] = set()
         self._callbacks: dict[str, _CallbackRequest] = {}
@@ -200,7 +210,10 @@ class ACDService(CallListener):
         Wallboard snapshots are pushed by the web layer (callcentre/web, once a second when changed);
         alerts, agent states and screen-pops are published here at once."""
         while True:
-            await asyncio.sleep(0.2)
+            # Wake for the earliest timer (a wrap-up ending is an agent becoming free: the waiting
+            # caller should not wait up to a whole period for it), at most 0.2 s apart.
+            due = self.dist.next_timer()
+            await asyncio.sleep(0.2 if due is None else min(0.2, max(0.005, due - self.clock.monotonic())))
             try:
                 self._apply(self.dist.tick(self.clock.monotonic()))
             except Exception:  # the loop must survive a bug in one decision
@@ -232,6 +245,9 @@ class ACDService(CallListener):
                     log.warning("offer for a call no longer waiting", offer=offer.offer_id)
                     continue
                 waiter.inbox.put_nowait(d)
+                waiter.offer_pending = True
+                if waiter.announcing:
+                    self._interrupt_announcement(waiter, offer.offer_id)
                 self._screen_pop(offer, waiter.call)
             elif isinstance(d, CancelOffer):
                 self._cancelled.add(d.offer_id)
@@ -302,6 +318,32 @@ class ACDService(CallListener):
             self.publish(topic, {"type": "screen_pop", "offer_id": offer.offer_id, "call": card})
 
         self._spawn(full(), f"screen-pop-{offer.offer_id}")
+
+    def _interrupt_digit(self) -> str:
+        return "*" if self.cfg.acd.callback_digit == "#" else "#"
+
+    def _interrupt_announcement(self, waiter: _Waiter, offer_id: str) -> None:
+        """An agent is free while the caller hears the (10-second) position announcement: stop it now.
+
+        The session is busy in STREAM FILE and reads nothing from us until the file ends, so the
+        announcement's escape digits include one the server itself "presses" on the caller's channel
+        (AMI PlayDTMF, Receive: true). Without AMI the announcement stops at the end of the current
+        file instead (see _announce)."""
+        if self.ami is None or not self.ami.connected:
+            return
+        from callcentre.ami.link import AMIError
+
+        channel, digit = waiter.call.channel, self._interrupt_digit()
+
+        async def press() -> None:
+            try:
+                await self.ami.send({"Action": "PlayDTMF", "Channel": channel, "Digit": digit,
+                                     "Duration": "80", "Receive": "true"})
+            except AMIError as exc:
+                log.info("announcement not interrupted; it stops at the end of the current file",
+                         uniqueid=waiter.call.uniqueid, offer=offer_id, error=str(exc))
+
+        self._spawn(press(), f"interrupt-{offer_id}")
 
     def _end_pop(self, agent_id: str | None, offer_id: str | None) -> None:
         if agent_id:
@@ -404,6 +446,7 @@ class ACDService(CallListener):
                 music = True
             item = await waiter.inbox.get()
             if isinstance(item, MakeOffer):
+                waiter.offer_pending = False
                 if item.offer.offer_id in self._cancelled:
                     self._cancelled.discard(item.offer.offer_id)
                     continue
@@ -457,8 +500,20 @@ class ACDService(CallListener):
         if can_callback:
             words.append("callback-offer")
         key = self.cfg.acd.callback_digit
-        pressed = await self._say(waiter.ch, waiter.call, words, key if can_callback else "")
-        return pressed == key
+        escape = (key if can_callback else "") + self._interrupt_digit()
+        # File by file, so an offer that comes while it plays waits for one file at most even when
+        # the AMI interrupt (a digit pressed on the caller's channel) cannot be sent.
+        waiter.announcing = True
+        try:
+            for word in words:
+                if waiter.offer_pending:
+                    return False
+                pressed = await self._say(waiter.ch, waiter.call, [word], escape)
+                if pressed:
+                    return pressed == key and can_callback
+        finally:
+            waiter.announcing = False
+        return False
 
     async def _register_callback(self, waiter: _Waiter, clog) -> bool:
         """The caller pressed the call-back key. A ticket records the promise before the caller hears
@@ -644,6 +699,7 @@ class ACDService(CallListener):
             log.warning("call-back script for an unknown request", call=call_id)
             return
         offer_id = req.offer.offer_id
+        self._remember_leg(req.offer.agent_id, ch.uniqueid, ch.channel_name)
         if not _DIGITS.match(req.number):
             log.warning("call-back number is not diallable", call=call_id)
             return
@@ -670,6 +726,10 @@ class ACDService(CallListener):
             return
         self._dest_channel[offer_id] = dest_channel
         self._our_legs.add(dest_uniqueid)
+        try:
+            self._remember_leg(self.dist.offer(offer_id).agent_id, dest_uniqueid, dest_channel)
+        except AcdError:
+            pass
         if offer_id in self._cancelled:
             # Cancelled (agent paused, caller's turn re-offered) before the phone started ringing.
             self._cancel_leg(offer_id, "cancelled before ringing")
@@ -688,8 +748,18 @@ class ACDService(CallListener):
                 self._record_answer(waiter, offer_id, at)
         # NOANSWER / BUSY / CANCEL are handled when the Dial returns in the AGI session, with DIALSTATUS.
 
+    def _remember_leg(self, agent_id: str, uniqueid: str, channel: str) -> None:
+        old = self._leg_of_agent.pop(agent_id, None)
+        if old is not None:
+            self._agent_legs.pop(old, None)
+        self._agent_legs[uniqueid] = (agent_id, channel)
+        self._leg_of_agent[agent_id] = uniqueid
+
     def hangup(self, uniqueid: str, cause: int | None, at: float) -> None:
         self._our_legs.discard(uniqueid)
+        leg = self._agent_legs.pop(uniqueid, None)
+        if leg is not None and self._leg_of_agent.get(leg[0]) == uniqueid:
+            del self._leg_of_agent[leg[0]]
         agent_id = self._elsewhere.pop(uniqueid, None)
         if agent_id is not None:
             self._apply(self.dist.free_elsewhere(agent_id, uniqueid))
@@ -721,7 +791,10 @@ class ACDService(CallListener):
                 refs.setdefault(agent_id, set()).add(rec.uniqueid)
         self._elsewhere = {u: a for a, us in refs.items() for u in us}
         # legs whose Hangup was lost while the link was down are gone from Asterisk: forget them
-        self._our_legs &= {rec.uniqueid for rec in open_calls}
+        present = {rec.uniqueid for rec in open_calls}
+        self._our_legs &= present
+        for uid in [u for u in self._agent_legs if u not in present]:
+            self.hangup(uid, None, 0.0)
         for view in self.dist.snapshot().agents:
             self._apply(self.dist.resync_elsewhere(view.agent_id, refs.get(view.agent_id, set())))
 
@@ -824,12 +897,16 @@ class ACDService(CallListener):
     async def supervise(self, supervisor_id: int, agent_id: int | str, mode: str) -> None:
         """Listen (q), whisper (qw) or barge (qB) on an agent's call, rung on the supervisor's own phone.
 
-        The browser picks only the agent and one of three modes: the application (ChanSpy), its
-        channel prefix (the agent's validated interface) and the phone rung (the supervisor's
-        validated interface, from the database) are all ours."""
+        ChanSpy is given the exact channel of the agent's half of the call (the channel we dialled or
+        originated), never the agent's interface as a prefix: ``PJSIP/agent1`` is also a prefix of
+        ``PJSIP/agent10-…``, and a Local interface names two halves, of which the ``;2`` one faces the
+        caller (whispering there is heard by the caller, not the agent). Option E ends the
+        supervisor's leg with the call. The browser picks only the agent and one of three modes:
+        the application, the channel and the phone rung (the supervisor's validated interface, from
+        the database) are all ours."""
         from callcentre.ami.link import AMIError
 
-        options = {"listen": "q", "whisper": "qw", "barge": "qB"}.get(mode)
+        options = _SPY_OPTIONS.get(mode)
         if options is None:
             raise ValueError(f"unknown mode {mode!r}")
         if self.ami is None or not self.ami.connected:
@@ -838,6 +915,12 @@ class ACDService(CallListener):
             agent = self.dist.agent(str(agent_id))
         except AcdError as exc:
             raise ValueError(str(exc)) from exc
+        leg = self._agent_legs.get(self._leg_of_agent.get(agent.agent_id, ""))
+        if self.dist.agent_state(agent.agent_id) is not AgentState.ON_CALL or leg is None:
+            raise ValueError(f"agent {agent.login} is not on a call put through by the server")
+        channel = leg[1]
+        if not _CHANNEL_NAME.match(channel):
+            raise ValueError("the agent's channel name cannot be given to ChanSpy")
         phone = await self._supervisor_interface(int(supervisor_id)) if self._supervisor_interface else None
         if not phone:
             raise ValueError("no phone is set for this supervisor (users.supervisor_interface)")
@@ -845,13 +928,13 @@ class ACDService(CallListener):
             await self.ami.send(
                 {
                     "Action": "Originate", "Channel": phone, "Application": "ChanSpy",
-                    "Data": f"{agent.interface},{options}", "CallerID": f'"Listen {agent.login}" <0>',
+                    "Data": f"{channel},{options}", "CallerID": f'"Listen {agent.login}" <0>',
                     "Timeout": "30000", "Async": "true",
                 }
             )
         except AMIError as exc:
             raise ValueError(f"Asterisk refused: {exc}") from exc
-        log.info("supervision started", supervisor=supervisor_id, agent=agent.agent_id, mode=mode)
+        log.info("supervision started", supervisor=supervisor_id, agent=agent.agent_id, mode=mode, channel=channel)
 
 
 def _who(call: CallInfo) -> str | None:
