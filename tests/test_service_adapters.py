@@ -354,8 +354,16 @@ async def callback_setup(e: Env) -> tuple[int, CallbackScheduler, FakeOriginate,
     return tid, sched, orig, published
 
 
-async def answered_survey(e: Env, inputs: list) -> tuple[int, CallbackScheduler, FakeChannel, SurveyResult]:
+async def answered_survey(e: Env, inputs: list, *, channel_language: str = "en", default_language: str = "en",
+                          owner_language: str | None = None) -> tuple[int, CallbackScheduler, FakeChannel, SurveyResult]:
     tid, sched, orig, _ = await callback_setup(e)
+    if owner_language is not None:
+        from callcentre.storage.models import Owner
+
+        async with e.sessions() as s, s.begin():
+            s.add(Owner(id=1, name="Zhang", vip=False, language=owner_language, created_at=T0, updated_at=T0))
+            await s.flush()
+            (await s.get(TicketRow, tid)).owner_id = 1  # type: ignore[union-attr]
     assert await sched.run_due() == 1
     call = orig.calls[0]
     assert call["channel"] == "Local/+8613800138000@callcentre-outbound"
@@ -363,9 +371,9 @@ async def answered_survey(e: Env, inputs: list) -> tuple[int, CallbackScheduler,
     number = (await e.tickets.state(tid)).number
     assert call["variables"]["TICKET"] == number
     await sched.handle_event(response(call["action_id"], 4))
-    ch = FakeChannel(inputs=inputs, language="en", args=(number,),
+    ch = FakeChannel(inputs=inputs, language=channel_language, args=(number,),
                      variables={"TICKET": number, "CC_CALLBACK": call["variables"]["CC_CALLBACK"]})
-    result = await SurveyScript(e.tickets, sched).run(ch)
+    result = await SurveyScript(e.tickets, sched, default_language=default_language).run(ch)
     return tid, sched, ch, result
 
 
@@ -382,6 +390,20 @@ async def test_survey_answered_and_confirmed_closes(env: Env) -> None:
         "done", "answered", 4, "solved", 5)
     async with env.sessions() as s:
         assert (await s.get(TicketServiceState, tid)).satisfaction == 5  # type: ignore[union-attr]
+
+
+async def test_survey_speaks_the_owners_language_not_the_originated_channels(env: Env) -> None:
+    # On a real Asterisk the Originate'd channel has the PBX's default language ("en"): a Mandarin owner
+    # must still hear Mandarin, as on the hotline.
+    _tid, _sched, ch, result = await answered_survey(env, ["1", ""], channel_language="en", default_language="en",
+                                                     owner_language="zh")
+    assert result is SurveyResult.CLOSED
+    assert ch.played[0] == "zh/survey-intro" and not any(p.startswith("en/") for p in ch.played), ch.played
+
+
+async def test_survey_without_an_owner_speaks_the_ivr_default_language(env: Env) -> None:
+    _tid, _sched, ch, _result = await answered_survey(env, ["1", ""], channel_language="en", default_language="zh")
+    assert ch.played[0] == "zh/survey-intro", ch.played
 
 
 async def test_survey_not_solved_reopens_major_back_to_agent(env: Env) -> None:

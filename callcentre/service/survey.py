@@ -71,7 +71,11 @@ class SurveyScript:
                 blog.warning("survey for an unknown ticket", ticket=number[:40])
                 return SurveyResult.UNKNOWN_TICKET
             blog = blog.bind(ticket=number)
-            lang = ch.language if ch.language in ("zh", "en") else self._default_language
+            # The owner's language, as the hotline IVR speaks to them; else the IVR's default. Not the
+            # channel's: an Originate'd channel has the PBX's default language ("en" unless configured),
+            # whatever the owner speaks (seen on a real Asterisk 20).
+            owner_lang = await self._tickets.owner_language(ticket_id)
+            lang = owner_lang if owner_lang in ("zh", "en") else self._default_language
 
             def p(*names: str) -> list[str]:
                 return [f"{lang}/{n}" for n in names]

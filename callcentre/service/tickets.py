@@ -45,7 +45,7 @@ from callcentre.domain.service import (
     find_repeats,
     next_attempt,
 )
-from callcentre.storage.models import Phone, TicketRow
+from callcentre.storage.models import Owner, Phone, TicketRow
 from callcentre.storage.service_models import AttemptState, CallbackAttempt, TicketHistory, TicketLink, TicketServiceState
 
 log = structlog.get_logger(__name__)
@@ -198,6 +198,12 @@ class TicketService:
     async def id_for_number(self, number: str) -> int | None:
         async with self._sessions() as s:
             return (await s.execute(select(TicketRow.id).where(TicketRow.number == number))).scalar_one_or_none()
+
+    async def owner_language(self, ticket_id: int) -> str | None:
+        """The language of the ticket's owner (from the owners directory), None without one."""
+        q = select(Owner.language).join(TicketRow, TicketRow.owner_id == Owner.id).where(TicketRow.id == ticket_id)
+        async with self._sessions() as s:
+            return (await s.execute(q)).scalar_one_or_none()
 
     async def history(self, ticket_id: int) -> list[HistoryEntry]:
         q = select(TicketHistory).where(TicketHistory.ticket_id == ticket_id).order_by(TicketHistory.at, TicketHistory.id)

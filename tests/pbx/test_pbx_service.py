@@ -124,6 +124,13 @@ async def test_closure_call_back_closes_reopens_and_retries_a_busy_owner(pbx: PB
     agi_survey = [e for e in pbx.ami.events if e.get("Event") == "AGIExecStart"
                   and e.get("Context") == "callcentre-callback" and e.get("Exten") == "survey"]
     assert agi_survey, "no survey AGI ran in callcentre-callback"
+    # The owners are Mandarin speakers (owners.csv): the survey speaks zh, although Asterisk gives the
+    # Originate'd channel its default language (agi_language: en).
+    debug = pbx.agi_debug()
+    owner_legs = {e["Channel"] for e in agi_survey}
+    assert any("agi_language: en" in ln and any(f"<{c}>" in ln for c in owner_legs) for ln in debug)
+    intros = [ln for ln in debug if "STREAM FILE callcentre/" in ln and "/survey-intro" in ln]
+    assert intros and all("callcentre/zh/survey-intro" in ln for ln in intros), intros
 
     # 刘秀英 was busy: Reason 5, attempt 1 kept as busy, attempt 2 scheduled a minute later
     async def first_busy():
