@@ -323,3 +323,39 @@ async def test_dial_unreachable_events_match_capture() -> None:
     assert got == want
     assert not any(e[0] == "DialBegin" and e[1] in ("SIP/nobody", "Local/x@nonexistent", "Local/nosuchexten@cc")
                    for e in want)
+
+
+async def test_caller_hangup_during_exec_dial_events_match_capture() -> None:
+    """The handset (;1) hung up by AMI during EXEC Dial: HangupRequest ;2 and Hangup ;1 with Cause 0,
+    DialEnd CANCEL, the agent legs with 16, DIALSTATUS CANCEL, AGISTATUS HANGUP, Hangup ;2 Cause 0."""
+    pbx = sim()
+    ringing = asyncio.Event()
+    pbx.subscribe(lambda f: ringing.set() if f[0] == ("Event", "DialState") else None)
+
+    async def hang(pbx: SimPBX, events: list[dict[str, str]]) -> None:
+        await asyncio.wait_for(ringing.wait(), 10)
+        handset = next(c for c in pbx.channels.values() if c.name.endswith(";1") and "@hotline-in" in c.name)
+        pbx.manager_hangup(handset, 0)  # AMI Hangup without Cause
+
+    events = await sim_events(pbx, ["ANSWER", "EXEC Dial Local/agent8@cc-test-phones/n,30", "CHANNEL STATUS"], hang)
+
+    def calls(msgs: list[dict[str, str]]) -> list[tuple[str, ...]]:
+        def role(name: str) -> str:
+            return ("agent" if "@cc-test-phones" in name else "caller") + name[-2:]
+
+        out: list[tuple[str, ...]] = []
+        for m in msgs:
+            ev = m.get("Event")
+            if ev == "DialBegin" and "Channel" in m:
+                out = []  # from the EXEC Dial on (the Originate of the recording is not the sim's)
+            if ev in ("DialBegin", "DialState", "DialEnd") and "Channel" in m:
+                out.append((ev, role(m["DestChannel"]), m.get("DialStatus", "")))
+            elif ev in ("HangupRequest", "SoftHangupRequest", "Hangup"):
+                out.append((ev, role(m["Channel"]), m["Cause"]))
+            elif ev == "VarSet" and m["Variable"] in ("DIALSTATUS", "AGISTATUS") and m["Value"]:
+                out.append((ev, m["Variable"], m["Value"]))
+        return out
+
+    got, want = calls(events), calls(captured_call("ami-hangup-during-exec-dial.txt"))
+    assert got == want
+    assert ("DialEnd", "agent;1", "CANCEL") in want and ("Hangup", "caller;2", "0") == want[-1]

@@ -708,7 +708,8 @@ async def _after_agi(pbx: SimPBX, session: AGISession, connected: bool, result: 
         pbx.emit_channel("SoftHangupRequest", ch, [("Cause", "16")])
         if session.peer is not None and not session.peer.gone:
             pbx.emit_channel("HangupRequest", session.peer, [("Cause", "16")])
-        pbx.destroy(ch, 16)
+        # hung up from its other half by an AMI Hangup: Hangup carries that cause (0 without one)
+        pbx.destroy(ch, ch.hangup_cause if session.peer is not None and session.peer.gone else 16)
     if session.peer is not None and not session.peer.gone:
         pbx.destroy(session.peer, 16)
 
@@ -748,6 +749,7 @@ async def run_inbound_call(pbx: SimPBX, script: CallerScript) -> CallResult:
             pbx.set_callerid(ch, num, name)
             pbx.set_connected(ch, num, name)
         pbx.local_bridge(one, two)
+        one.local_other = two  # an AMI Hangup of the handset hangs up the hotline half
         agi_ch, peer = two, one
         pbx.set_state(one, ChannelState.UP)
         one.application, one.app_data = "Wait", "600"

@@ -117,6 +117,8 @@ class SimChannel:
     hangup_cause: int = 16
     # what ${HANGUPCAUSE} reads (app_dial sets it from the last outgoing leg; not a VarSet)
     hangupcause_var: int | None = None
+    # the other half of a Local pair that goes down with this one (the caller's handset ;1 -> ;2)
+    local_other: SimChannel | None = None
     gone: bool = False
     hangup_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -327,6 +329,16 @@ class SimPBX:
         which emits the events in Asterisk's order (ami-ami-hangup-ringing-*.txt); the phone's own half
         of a Local leg first shows ``SoftHangupRequest`` Cause 16, the dialed ``;1`` nothing."""
         role = self._ringing.get(ch.name)
+        other = ch.local_other
+        if role is None and other is not None and not ch.gone and not other.gone:
+            # ami-hangup-during-exec-dial.txt: HangupRequest on the other half, Hangup of this one,
+            # both with the action's cause; the other half's application sees the hang-up
+            self.emit_channel("HangupRequest", other, [("Cause", str(cause))])
+            ch.hangup_cause = cause
+            self.destroy(ch, cause)
+            other.hangup_cause = cause
+            other.hangup_event.set()
+            return
         if role is None or ch.gone:
             self.request_hangup(ch, cause)
             return
