@@ -341,3 +341,97 @@ async def test_agent_ready_to_offer_latency_ours_and_app_queue(pbx):
     finally:
         await desk.close()
         await boss.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# 3 + 4. The queue call-back (key 1), and listen / whisper / barge on live agent calls.
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.pbx_world(
+    agents={"agentcb": "answer:1:30"},
+    users=[("boss", "supervisor", {"name": "Boss", "supervisor_interface": "Local/9001@cc-test-park"})],
+    globals={"CC_OWNER": "answer:2::6"},
+    config={"acd": {"wrapup_seconds": 1, "satisfaction_survey": False},
+            "centre": {"outbound_template": "Local/{number}@cc-test-owner"}},
+)
+async def test_queue_call_back_and_supervision_on_the_agents_own_channel(pbx):
+    cb_id = await user_id(pbx, "agentcb")
+    boss, csrf = await login(pbx, "boss")
+    log_of = pbx.asterisk_log
+
+    async def supervise(agent_id: Any, mode: Any) -> tuple[int, Any]:
+        return await api(boss, "POST", "/api/supervise", pbx, csrf, json={"agent_id": agent_id, "mode": mode})
+
+    async def spied_on(mode: str, agent_leg: str) -> None:
+        """The API call makes Asterisk run ChanSpy on exactly ``agent_leg``, with the mode's options."""
+        mark = len(pbx.ami.events)
+        status, body = await supervise(cb_id, mode)
+        assert status == 202, body
+        start = await pbx.ami.wait_for("ChanSpyStart", 15, start=mark)
+        print(f"{mode}: {start['SpyerChannel']} spies on {start['SpyeeChannel']}")
+        assert start["SpyeeChannel"] == agent_leg
+        assert start["SpyerChannel"].startswith("Local/9001@cc-test-park-")
+        options = {"listen": "qE", "whisper": "qwE", "barge": "qBE"}[mode]
+        assert f"Launching ChanSpy({agent_leg},{options}) on {start['SpyerChannel']}" in log_of()
+        await pbx.ami.action("Hangup", Channel=start["SpyerChannel"])
+        await pbx.ami.wait_for("ChanSpyStop", 10, start=mark)
+
+    try:
+        # a caller is put through to agentcb, who talks for 30 s
+        await pbx.call(YANG, ["wait:2", "dtmf:0"], hold=120)
+        answered = await pbx.ami.wait_for(lambda e: e.get("Event") == "DialEnd" and e.get("DialStatus") == "ANSWER"
+                                          and "/agentcb@" in e.get("DestChannel", ""), 30)
+        agent_leg = answered["DestChannel"]
+        assert agent_leg.endswith(";1")  # the half the server dialled, bridged with the caller
+
+        # 4. listen, whisper, barge: each on that very channel, with its options
+        for mode in ("listen", "whisper", "barge"):
+            await spied_on(mode, agent_leg)
+        # refused, with a clear error and without anything sent to Asterisk
+        mark = len(pbx.ami.events)
+        for agent_id, mode, code in ((cb_id, "spy", "invalid_mode"), (cb_id, "q,B", "invalid_mode"),
+                                     ("1;Hangup", "listen", "invalid_request"), (999999, "listen", "unknown_agent")):
+            status, body = await supervise(agent_id, mode)
+            print(f"supervise {agent_id!r} {mode!r}: {status} {body['error']}")
+            assert status in (400, 404) and body["error"]["code"] == code, body
+        await asyncio.sleep(0.5)
+        assert not [e for e in pbx.ami.events[mark:] if e.get("Event") == "Newchannel" and "9001@" in e.get("Channel", "")]
+
+        # 3. a second caller waits, presses 1 for a call-back, hears it booked, hangs up
+        mark = len(pbx.ami.events)
+        await pbx.call(ZHANG, ["wait:2", "dtmf:0", "wait:8", "dtmf:1", "wait:13", "hangup"])
+        caller = await pbx.hotline_leg(ZHANG)
+
+        async def callback_ticket() -> Any:
+            return next((t for t in await pbx.tickets() if t.category == "callback_request"), None)
+        ticket = await until(callback_ticket, 30, "the call-back ticket")
+        assert not pbx.ami.find("Hangup", Uniqueid=caller["Uniqueid"])  # saved while the caller is still on
+        assert (ticket.kind, ticket.caller_id, ticket.call_uniqueid) == ("message", "+" + "86" + ZHANG, caller["Uniqueid"])
+        await pbx.wait_hangup(caller["Uniqueid"], 30)
+        agi = stream_results(pbx, caller["Channel"])
+        assert any("callcentre/zh/callback-registered" in ln for ln in agi), agi[-10:]
+        assert not pbx.ami.find("Newchannel", Context="callcentre-callback")  # not while agentcb is busy
+
+        # agentcb's first call ends; after the wrap-up the server rings agentcb into the call-back script
+        leg = await pbx.ami.wait_for(lambda e: e.get("Event") == "Newchannel"
+                                     and e.get("Channel", "").startswith("Local/agentcb@cc-test-phones-")
+                                     and e.get("Channel", "").endswith(";1"), 60, start=mark)
+        to_owner = await pbx.ami.wait_for(lambda e: e.get("Event") == "DialBegin" and e.get("Channel") == leg["Channel"],
+                                          30)
+        assert to_owner["DestChannel"].startswith("Local/+8613800138000@cc-test-owner-"), to_owner
+        assert f"Executing [callback@callcentre-callback:1] NoOp(\"{leg['Channel']}\"" in log_of()
+        owner_answer = await pbx.ami.wait_for("DialEnd", 20, DestUniqueid=to_owner["DestUniqueid"])
+        assert owner_answer["DialStatus"] == "ANSWER"
+        bridged = await pbx.ami.wait_for(lambda e: e.get("Event") == "BridgeEnter" and e.get("Uniqueid") == leg["Uniqueid"],
+                                         10)
+        await pbx.ami.wait_for("BridgeEnter", 10, Uniqueid=to_owner["DestUniqueid"], BridgeUniqueid=bridged["BridgeUniqueid"])
+        # supervision works on a call-back call too (the channel the server originated)
+        await spied_on("listen", leg["Channel"])
+        await pbx.server.wait_log("call-back made", 30, ticket=ticket.number)
+        # nobody on a call now (wrap-up): refused with a reason, nothing originated
+        await pbx.server.wait_log("agent state", 10, new="wrap_up")
+        status, body = await supervise(cb_id, "listen")
+        assert status == 409 and body["error"]["code"] == "supervise_refused" and "not on a call" in body["error"]["message"]
+        assert len(pbx.ami.find("ChanSpyStart")) == 4
+    finally:
+        await boss.close()
