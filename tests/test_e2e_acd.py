@@ -388,3 +388,26 @@ async def test_stopping_the_acd_waits_for_a_call_back_ticket_being_saved():
     saving.cancel()  # the caller's session is cancelled (shutdown) while the ticket is being saved
     await acd.stop()
     assert len(store.tickets) == 1 and not acd._committing
+
+
+@pytest.mark.stack_env(CALLCENTRE_ACD__AGENTS=ONE_AGENT, CALLCENTRE_ACD__WRAPUP_SECONDS="0")
+async def test_supervision_spies_on_the_exact_channel_of_the_agents_call_and_only_during_one(stack):
+    """ChanSpy gets the agent's leg as Asterisk named it in DialBegin (PJSIP/agent1 as a prefix would also
+    match agent10, and a Local interface's ;2 half faces the caller); no call, no Originate."""
+    from callcentre.storage.users_repo import create_user
+
+    boss = await create_user(stack.services.session_factory, "boss", "Boss", "supervisor", "boss-password-1",
+                             supervisor_interface="PJSIP/boss")
+    stack.pbx.add_agent(AgentScript("PJSIP/agent1", answer_after=1, talk_seconds=100))
+    a1 = await agent_id(stack, "a1")
+    with pytest.raises(ValueError, match="not on a call"):
+        await stack.services.acd.supervise(boss.id, a1, "listen")
+    assert stack.ami_server.actions_named("Originate") == []
+    call = asyncio.ensure_future(stack.pbx.place_call(CallerScript("13800138000", inputs=["0", ""])))
+    assert await eventually(lambda: stack.services.acd.dist.agent_state(a1) is AgentState.ON_CALL)
+    [leg] = [c.name for c in stack.pbx.channels.values() if c.name.startswith("PJSIP/agent1-")]
+    await stack.services.acd.supervise(boss.id, a1, "whisper")
+    [orig] = stack.ami_server.actions_named("Originate")
+    assert (orig.get("Channel"), orig.get("Application"), orig.get("Data")) == ("PJSIP/boss", "ChanSpy", f"{leg},qwE")
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
