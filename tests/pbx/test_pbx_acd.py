@@ -350,9 +350,9 @@ async def test_agent_ready_to_offer_latency_ours_and_app_queue(pbx):
 @pytest.mark.pbx_world(
     agents={"agentcb": "answer:1:30"},
     users=[("boss", "supervisor", {"name": "Boss", "supervisor_interface": "Local/9001@cc-test-park"})],
-    globals={"CC_OWNER": "answer:2::6"},
-    config={"acd": {"wrapup_seconds": 1, "satisfaction_survey": False},
-            "centre": {"outbound_template": "Local/{number}@cc-test-owner"}},
+    # the owner is rung through our own [callcentre-outbound] (its LOCAL trunk choice) into the test's owner phone
+    globals={"CC_OWNER": "answer:2::6", "CALLCENTRE_TRUNK_TECH": "LOCAL", "CALLCENTRE_TRUNK_CONTEXT": "cc-test-owner"},
+    config={"acd": {"wrapup_seconds": 1, "satisfaction_survey": False}},
 )
 async def test_queue_call_back_and_supervision_on_the_agents_own_channel(pbx):
     cb_id = await user_id(pbx, "agentcb")
@@ -418,10 +418,12 @@ async def test_queue_call_back_and_supervision_on_the_agents_own_channel(pbx):
                                      and e.get("Channel", "").endswith(";1"), 60, start=mark)
         to_owner = await pbx.ami.wait_for(lambda e: e.get("Event") == "DialBegin" and e.get("Channel") == leg["Channel"],
                                           30)
-        assert to_owner["DestChannel"].startswith("Local/+8613800138000@cc-test-owner-"), to_owner
+        # centre.outbound_template's default, Local/{number}@callcentre-outbound, with the E.164 number
+        assert to_owner["DestChannel"].startswith("Local/+8613800138000@callcentre-outbound-"), to_owner
         assert f"Executing [callback@callcentre-callback:1] NoOp(\"{leg['Channel']}\"" in log_of()
         owner_answer = await pbx.ami.wait_for("DialEnd", 20, DestUniqueid=to_owner["DestUniqueid"])
         assert owner_answer["DialStatus"] == "ANSWER"
+        assert "cc-test: owner phone 13800138000 rings" in log_of()  # the national number reached the owner
         bridged = await pbx.ami.wait_for(lambda e: e.get("Event") == "BridgeEnter" and e.get("Uniqueid") == leg["Uniqueid"],
                                          10)
         await pbx.ami.wait_for("BridgeEnter", 10, Uniqueid=to_owner["DestUniqueid"], BridgeUniqueid=bridged["BridgeUniqueid"])
