@@ -2,7 +2,8 @@
 
 Three owners report a repair through the real IVR at the same time; a supervisor resolves the three
 tickets through the API; the server then places an AMI Originate to each owner
-(``Local/<E.164>@cc-test-owner``, the test's owner phones) into ``callcentre-callback,survey``, where
+(the default ``Local/<E.164>@callcentre-outbound``: our own outbound context, its LOCAL trunk choice
+handing the national number to the test's owner phones ``[cc-test-owner]``) into ``callcentre-callback,survey``, where
 the FastAGI ``survey`` script asks "1 solved, 2 not":
 
 * 张伟 presses 1: the ticket is closed;
@@ -32,7 +33,6 @@ ANSWER_1 = "answer:1:wwwwww1:25"
 ANSWER_2 = "answer:1:wwwwww2:25"
 
 CONFIG = {
-    "centre": {"outbound_template": "Local/{number}@cc-test-owner"},
     "service": {"callback": {
         "first_delay_minutes": 0, "retry_delays_minutes": [1], "max_attempts": 3, "ring_seconds": 10,
         "calling_hours_start": "00:00", "calling_hours_end": "23:59",
@@ -41,7 +41,8 @@ CONFIG = {
 
 
 def _owner_var(e164: str) -> str:
-    return "CC_OWNER_" + "".join(c for c in e164 if c.isdigit())
+    """The owner phone's global: [callcentre-outbound] dials +86 mobiles in national form (11 digits)."""
+    return "CC_OWNER_" + e164.removeprefix("+86")
 
 
 async def _resolve(session, base: str, number: str) -> None:
@@ -75,7 +76,8 @@ async def _until(pred, limit: float, what: str, every: float = 0.5):
         await asyncio.sleep(every)
 
 
-@pytest.mark.pbx_world(config=CONFIG, users=[("boss", "supervisor", {"name": "Boss"})])
+@pytest.mark.pbx_world(config=CONFIG, users=[("boss", "supervisor", {"name": "Boss"})],
+                       globals={"CALLCENTRE_TRUNK_TECH": "LOCAL", "CALLCENTRE_TRUNK_CONTEXT": "cc-test-owner"})
 async def test_closure_call_back_closes_reopens_and_retries_a_busy_owner(pbx: PBX):
     from callcentre.storage.models import TicketRow
 
@@ -120,7 +122,8 @@ async def test_closure_call_back_closes_reopens_and_retries_a_busy_owner(pbx: PB
         assert a.survey_answer == ("solved" if t is zhang else "not_solved"), a.survey_answer
         ev = await pbx.ami.wait_for("OriginateResponse", 5, ActionID=a.action_id)
         assert ev["Response"] == "Success" and ev["Reason"] == "4", ev
-        assert ev["Channel"].startswith(f"Local/{a.number}@cc-test-owner"), ev
+        assert ev["Channel"].startswith(f"Local/{a.number}@callcentre-outbound"), ev
+        assert f"cc-test: owner phone {a.number.removeprefix('+86')} rings" in pbx.asterisk_log()
     agi_survey = [e for e in pbx.ami.events if e.get("Event") == "AGIExecStart"
                   and e.get("Context") == "callcentre-callback" and e.get("Exten") == "survey"]
     assert agi_survey, "no survey AGI ran in callcentre-callback"
