@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 async def eventually(predicate: Callable[[], bool | Awaitable[bool]], limit: float = 10.0, every: float = 0.02) -> bool:
@@ -21,3 +23,16 @@ async def eventually(predicate: Callable[[], bool | Awaitable[bool]], limit: flo
             return True
         await asyncio.sleep(every)
     return await check()
+
+
+async def until(predicate: Callable[[], Awaitable[T]], limit: float, what: str, every: float = 0.1) -> T:
+    """The first truthy value of ``await predicate()``; AssertionError naming ``what`` after ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while True:
+        got = await predicate()
+        if got:
+            return got
+        if loop.time() > end:
+            raise AssertionError(f"not within {limit} s: {what}")
+        await asyncio.sleep(every)

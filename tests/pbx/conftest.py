@@ -139,7 +139,8 @@ class PBX:
             q = select(model)
             if where:
                 q = q.where(*where)
-            return list((await s.execute(q.order_by(model.id))).scalars())
+            # by primary key (CallRow's is its uniqueid, not an id)
+            return list((await s.execute(q.order_by(*model.__mapper__.primary_key))).scalars())
 
     async def tickets(self) -> list[Any]:
         from callcentre.storage.models import TicketRow

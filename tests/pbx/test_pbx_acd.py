@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.pbx.conftest import PASSWORD
+from tests.waiting import until
 
 RING_TARGET = 10.0  # rings_target 2 x ring_cycle_seconds 5
 TOLERANCE = 0.5  # Asterisk's Dial timeout and our event receipt: a little jitter, never a third ring
@@ -92,17 +93,6 @@ async def login(pbx: Any, name: str) -> tuple[Any, str]:
         await s.close()
         raise AssertionError(f"login {name}: {status} {me}")
     return s, me["csrf"]
-
-
-async def until(pred: Any, limit: float, what: str, every: float = 0.1) -> Any:
-    end = time.monotonic() + limit
-    while True:
-        got = await pred()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {limit} s: {what}")
-        await asyncio.sleep(every)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import time
 import pytest
 
 from tests.pbx.conftest import PBX
+from tests.waiting import until
 
 OWNERS = {  # caller number as dialled in -> the E.164 number the call-back rings
     "13800138000": "+8613800138000",  # 张伟 1-1201
@@ -65,17 +66,6 @@ async def _attempts(pbx: PBX, ticket_id: int):
     return await pbx.rows(CallbackAttempt, CallbackAttempt.ticket_id == ticket_id)
 
 
-async def _until(pred, limit: float, what: str, every: float = 0.5):
-    end = time.monotonic() + limit
-    while True:
-        got = await pred()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {limit} s")
-        await asyncio.sleep(every)
-
-
 @pytest.mark.pbx_world(config=CONFIG, users=[("boss", "supervisor", {"name": "Boss"})],
                        globals={"CALLCENTRE_TRUNK_TECH": "LOCAL", "CALLCENTRE_TRUNK_CONTEXT": "cc-test-owner"})
 async def test_closure_call_back_closes_reopens_and_retries_a_busy_owner(pbx: PBX):
@@ -109,9 +99,9 @@ async def test_closure_call_back_closes_reopens_and_retries_a_busy_owner(pbx: PB
         return row
 
     # 1 closes (the poller places due call-backs every 15 s; the survey takes ~10 s)
-    closed = await _until(lambda: _is(status(zhang.id), "closed"), 60, "张伟's ticket closed")
+    closed = await until(lambda: _is(status(zhang.id), "closed"), 60, "张伟's ticket closed")
     assert closed.status == "closed"
-    reopened = await _until(lambda: _is(status(chen.id), "reopened"), 60, "陈建国's ticket reopened")
+    reopened = await until(lambda: _is(status(chen.id), "reopened"), 60, "陈建国's ticket reopened")
     assert reopened.priority == "major", reopened.priority
     print(f"\nsurvey answers stored {time.monotonic() - t0:.1f} s after the tickets were resolved")
 
@@ -140,7 +130,7 @@ async def test_closure_call_back_closes_reopens_and_retries_a_busy_owner(pbx: PB
         rows = await _attempts(pbx, liu.id)
         return rows if rows and rows[0].state == "done" else None
 
-    rows = await _until(first_busy, 45, "刘秀英's first attempt ended")
+    rows = await until(first_busy, 45, "刘秀英's first attempt ended")
     assert rows[0].result == "busy" and rows[0].reason_code == 5, vars(rows[0])
     ev = await pbx.ami.wait_for("OriginateResponse", 5, ActionID=rows[0].action_id)
     assert ev["Reason"] == "5", ev
@@ -151,7 +141,7 @@ async def test_closure_call_back_closes_reopens_and_retries_a_busy_owner(pbx: PB
 
     # she is free now; the second attempt rings, she presses 1, the ticket is closed
     await pbx.set_global(_owner_var(OWNERS["13912345602"]), ANSWER_1)
-    await _until(lambda: _is(status(liu.id), "closed"), 110, "刘秀英's ticket closed on the retry", every=1)
+    await until(lambda: _is(status(liu.id), "closed"), 110, "刘秀英's ticket closed on the retry", every=1)
     rows = await _attempts(pbx, liu.id)
     assert [(r.attempt_no, r.result) for r in rows] == [(1, "busy"), (2, "answered")], [vars(r) for r in rows]
     assert rows[1].action_id != rows[0].action_id
