@@ -63,6 +63,8 @@ Publish = Callable[[str, Mapping[str, Any]], None]
 _CALLBACK = "callback-key"
 _SKILL = re.compile(r"^[a-z0-9_\-]{1,32}$")
 _DIGITS = re.compile(r"^\+?[0-9]{3,20}$")
+# A caller number passed on to the agent's phone as it came (anything else is replaced, see _ring).
+_DIALLABLE = re.compile(r"\+?[0-9*#]{0,32}")
 _PREVIOUS_AGENT_MAX = 100_000
 # A channel name as Asterisk reports it (Local/agent1@callcentre-agents-0000002a;1, PJSIP/agent1-0000002a):
 # nothing ChanSpy's argument list would split on.
@@ -555,6 +557,10 @@ class ACDService(CallListener):
         ch = waiter.ch
         try:
             await ch.set_variable("CALLERID(name)", offer.caller_display[:64])
+            if not _DIALLABLE.fullmatch(waiter.call.caller_id_raw or ""):
+                # The agent's phone gets the caller's number too: one with anything but digits (CR/LF,
+                # ${...}, a name typed into the number) is replaced by what we understood of it.
+                await ch.set_variable("CALLERID(num)", waiter.call.caller_id or "anonymous")
         except ChannelError:
             pass
         waiter.offer_id = offer.offer_id

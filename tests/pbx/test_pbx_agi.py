@@ -223,6 +223,9 @@ async def test_hostile_caller_name_and_number_reach_an_agent_harmlessly(pbx: PBX
         print(f"{ext:7} agent sees {shown!r}; caller leg CALLERID(name) {d.get('CallerIDName')!r}")
         for value in (shown, d.get("CallerIDName", "")):
             assert value and not any(c in value for c in '\r\n"<>;|\t\x01') and len(value) <= 64, (ext, value)
+        # and the number it shows is digits (the caller's own, normalised) or "anonymous", never the raw value
+        number = d.get("DestConnectedLineNum", "")
+        assert re.fullmatch(r"\+?[0-9]{1,32}|anonymous", number), (ext, number)
         wire = _wire(pbx, legs[ext]["Channel"])
         sets = [ln for ln in wire if ln.startswith("Rx << SET VARIABLE CALLERID(name) ")]
         assert len(sets) == 1 and _reply_to(wire, sets[0][len("Rx << "):]) == "200 result=1", wire
