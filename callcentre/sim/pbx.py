@@ -545,11 +545,7 @@ class SimPBX:
         DialBegin or DialEnd; a Local pair is created and hung up at once (cause 0)."""
         log.info("dial to unknown interface", interface=f"{tech}/{rest}", uniqueid=caller.uniqueid)
         if tech == "Local":
-            target = rest.split("/")[0]
-            exten, _, ctx = target.partition("@")
-            base = f"Local/{target}-{self.next_name_seq()}"
-            leg = self.new_channel(f"{base};1", "Local", ctx, caller.exten, ChannelState.DOWN, caller.linkedid)
-            far = self.new_channel(f"{base};2", "Local", ctx, exten, ChannelState.RING, caller.linkedid)
+            leg, far = self._local_pair(caller, rest)
             self.newexten(leg, "AppDial", "(Outgoing Line)")
             self.destroy(far, 0)
             self.destroy(leg, 0)
@@ -557,14 +553,20 @@ class SimPBX:
         self.set_var(caller, "DIALSTATUS", DialStatus.CHANUNAVAIL.value)
         return DialStatus.CHANUNAVAIL, 0
 
+    def _local_pair(self, caller: SimChannel, rest: str) -> tuple[SimChannel, SimChannel]:
+        """The two halves Asterisk makes for a Dial of ``Local/<exten>@<context>[/n]``: ;1 faces the
+        caller (state Down), ;2 runs the dialplan (state Ring)."""
+        target = rest.split("/")[0]
+        exten, _, ctx = target.partition("@")
+        base = f"Local/{target}-{self.next_name_seq()}"
+        leg = self.new_channel(f"{base};1", "Local", ctx, caller.exten, ChannelState.DOWN, caller.linkedid)
+        far = self.new_channel(f"{base};2", "Local", ctx, exten, ChannelState.RING, caller.linkedid)
+        return leg, far
+
     def _agent_legs(self, caller: SimChannel, tech: str, rest: str, dialstring: str) -> tuple[SimChannel, SimChannel]:
         """Create the outgoing channel(s) of a Dial: a Local pair (;1 is the leg) or one SIP/PJSIP channel."""
         if tech == "Local":
-            target = rest.split("/")[0]
-            exten, _, ctx = target.partition("@")
-            base = f"Local/{target}-{self.next_name_seq()}"
-            leg = self.new_channel(f"{base};1", "Local", ctx, caller.exten, ChannelState.DOWN, caller.linkedid)
-            far = self.new_channel(f"{base};2", "Local", ctx, exten, ChannelState.RING, caller.linkedid)
+            leg, far = self._local_pair(caller, rest)
             self.set_var(leg, "DIALEDPEERNUMBER", dialstring)
             self.newexten(leg, "AppDial", "(Outgoing Line)")
             self.set_callerid(leg, caller.exten, caller.caller_name)
