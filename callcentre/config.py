@@ -23,6 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from callcentre.domain.ticket_number import PREFIX_PATTERN
+
 ENV_PREFIX = "CALLCENTRE_"
 
 
@@ -264,6 +266,14 @@ class TicketsConfig(_Section):
         "enquiry": "Q",
     }
     promises: PromisesConfig = PromisesConfig()
+
+    @field_validator("number_prefix")
+    @classmethod
+    def _prefixes(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = {k: p for k, p in v.items() if not re.fullmatch(PREFIX_PATTERN, p)}
+        if bad:
+            raise ValueError(f"ticket number prefixes are 1 to 4 capital letters (A-Z): {bad}")
+        return v
 
 
 class BusinessHours(_Section):

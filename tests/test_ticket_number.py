@@ -47,3 +47,11 @@ def test_format_round_trips_and_pads_to_four_digits() -> None:
 def test_bad_parts_are_refused(prefix, counter) -> None:
     with pytest.raises(ValueError):
         TicketNumber(prefix, date(2026, 1, 1), counter)
+
+
+def test_a_configured_prefix_that_is_not_a_ticket_prefix_is_refused_at_start_up() -> None:
+    from callcentre.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="tickets.number_prefix"):
+        load_config(None, environ={"CALLCENTRE_TICKETS__NUMBER_PREFIX__REPAIR": "rep-"})
+    assert load_config(None, environ={"CALLCENTRE_TICKETS__NUMBER_PREFIX__REPAIR": "RP"}).tickets.number_prefix["repair"] == "RP"

@@ -12,11 +12,11 @@ reported to the call-back scheduler as ``hung_up`` / ``no_input`` so the retry p
 from __future__ import annotations
 
 import enum
-import re
 from typing import Awaitable, TypeVar
 
 import structlog
 
+from callcentre.domain.ticket_number import is_ticket_number
 from callcentre.domain import speech
 from callcentre.domain.ivr import RESULT_VARIABLE
 from callcentre.domain.ports import CallerHungUp, Channel
@@ -27,7 +27,6 @@ from callcentre.service.tickets import TicketService
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-_TICKET = re.compile(r"^[A-Z]{0,8}[0-9]{8}-[0-9]{1,8}$")
 
 
 class SurveyResult(str, enum.Enum):
@@ -64,7 +63,7 @@ class SurveyScript:
             number = ((await ch.get_variable("TICKET")) or (ch.args[0] if ch.args else "") or "").strip().upper()
             raw_attempt = (await ch.get_variable(ATTEMPT_VARIABLE)) or ""
             attempt_id = int(raw_attempt) if raw_attempt.isdigit() else None
-            if _TICKET.fullmatch(number):
+            if is_ticket_number(number):
                 ticket_id = await self._tickets.id_for_number(number)
             if ticket_id is None:
                 # Leave CC_RESULT unset: the dialplan hands the owner to a person.

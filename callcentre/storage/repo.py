@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from callcentre.domain.ticket_number import TicketNumber
 from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind, TicketStatus
 from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock, today_local
 from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, Role, TicketCounter, TicketRow, Unit
@@ -252,7 +253,7 @@ class SqlTicketStore:
             {"last": TicketCounter.last + 1},
         ).returning(TicketCounter.last)
         last = (await s.execute(stmt)).scalar_one()
-        return f"{self._prefix(kind)}{day:%Y%m%d}-{last:04d}"
+        return str(TicketNumber(self._prefix(kind), day, last))
 
     async def create_ticket(self, draft: TicketDraft, promised_by: datetime | None) -> Ticket:
         """Create and commit; the same (call_uniqueid, kind) returns the ticket already made.
