@@ -114,6 +114,15 @@ class PBX:
                 raise AssertionError(f"channels still up after {limit} s: {[c.get('Channel') for c in left]}")
             await asyncio.sleep(0.2)
 
+    async def sigterm(self, limit: float = SIGTERM_EXIT_BOUND + 5) -> tuple[int, float]:
+        """SIGTERM the server as systemd would; its exit code and the seconds it took to exit."""
+        proc = self.server.proc
+        assert proc is not None
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(proc.wait(), limit)
+        return rc, time.monotonic() - t0
+
     async def set_phone(self, agent: str, spec: str) -> None:
         r = await self.ami.action("Setvar", Variable=f"CC_PHONE_{agent}", Value=spec)
         assert r.get("Response") == "Success", r

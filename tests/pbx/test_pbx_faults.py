@@ -279,12 +279,7 @@ async def test_sigterm_while_asterisk_is_down_and_the_ami_link_retries_exits_pro
         await asyncio.sleep(2)  # a few reconnect rounds (0.1-1 s backoff in this tier)
         h = await api(boss, "/health")
         assert h["ami"]["connected"] is False and h["ok"] is False, h
-        proc = pbx.server.proc
-        assert proc is not None
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rc = await asyncio.wait_for(proc.wait(), SIGTERM_EXIT_BOUND + 5)
-        exit_s = time.monotonic() - t0
+        rc, exit_s = await pbx.sigterm()
         print(f"\nSIGTERM with Asterisk down and a wallboard open: exited {rc} after {exit_s:.2f} s")
         assert rc == 0, "\n".join(pbx.server.raw[-30:])
         assert exit_s < SIGTERM_EXIT_BOUND, exit_s
@@ -336,12 +331,7 @@ async def test_sigterm_after_every_call_is_hung_up_mid_way_exits_promptly(pbx: P
         ended = time.monotonic() - t0
     finally:
         await boss.close()
-    proc = pbx.server.proc
-    assert proc is not None
-    t1 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    rc = await asyncio.wait_for(proc.wait(), SIGTERM_EXIT_BOUND + 5)
-    exit_s = time.monotonic() - t1
+    rc, exit_s = await pbx.sigterm()
     print(f"\nall channels hung up: sessions ended {ended:.2f} s later; SIGTERM -> exit {rc} in {exit_s:.2f} s")
     assert rc == 0 and exit_s < SIGTERM_EXIT_BOUND, (rc, exit_s)
     assert not server_errors(pbx), server_errors(pbx)
