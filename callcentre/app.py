@@ -23,6 +23,7 @@ from callcentre.agi.server import FastAGIServer
 from callcentre.ami.calls import CallTracker
 from callcentre.ami.link import AMILink
 from callcentre.config import Config
+from callcentre.config.loader import environ as config_environ
 from callcentre.domain.acd import Agent
 from callcentre.domain.ivr import HotlineIVR
 from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock
@@ -183,7 +184,7 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         if cfg.webhooks.urls:
             w = cfg.webhooks
             settings = WebhookSettings(
-                urls=tuple(w.urls), secret=load_secret(cfg._env(), w.secret_file), timeout_seconds=w.timeout_seconds,
+                urls=tuple(w.urls), secret=load_secret(config_environ(cfg), w.secret_file), timeout_seconds=w.timeout_seconds,
                 retry_base_seconds=w.retry_base_seconds, retry_max_seconds=w.retry_max_seconds,
                 max_attempts=w.max_attempts, poll_seconds=w.poll_seconds,
             )

@@ -92,3 +92,40 @@ def test_the_shutdown_grace_must_cover_the_longest_recording():
     cfg = load_config(REPO / "config.yaml", environ={"CALLCENTRE_IVR__RECORD_MAX_SECONDS": "120",
                                                      "CALLCENTRE_AGI__SHUTDOWN_GRACE_SECONDS": "135"})
     assert cfg.agi.shutdown_grace_seconds == 135
+
+
+def test_the_domain_takes_only_schema_models_from_the_configuration():
+    """The schema stands apart from its loader: what the domain imports from callcentre.config is a
+    model of callcentre.config.schema, never the YAML/environment loader."""
+    import ast
+
+    from callcentre.config import schema
+
+    seen = []
+    for path in sorted((REPO / "callcentre" / "domain").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("callcentre.config"):
+                assert node.module != "callcentre.config.loader", path.name
+                for alias in node.names:
+                    seen.append((path.name, alias.name))
+                    assert hasattr(schema, alias.name), f"{path.name} imports {alias.name} from the configuration"
+            if isinstance(node, ast.Import):
+                assert not any(a.name in ("yaml", "callcentre.config.loader") for a in node.names), path.name
+    assert ("promises.py", "PromisesConfig") in seen  # the scan did see the domain's imports
+
+
+def test_a_config_built_in_code_reads_its_secrets_from_the_process_environment(monkeypatch, tmp_path):
+    from callcentre.config import Config, WebConfig
+    from callcentre.config.loader import ami_secret, environ, web_session_key
+
+    key_file = tmp_path / "session.key"
+    key_file.write_text("from-a-file\n", encoding="utf-8")
+    cfg = Config(web=WebConfig(session_key_file=key_file))
+    monkeypatch.setenv("CALLCENTRE_AMI_SECRET", "process-secret")
+    monkeypatch.delenv("CALLCENTRE_WEB_SESSION_KEY", raising=False)
+    assert environ(cfg)["CALLCENTRE_AMI_SECRET"] == "process-secret"
+    assert ami_secret(cfg) == cfg.ami_secret() == "process-secret"
+    assert web_session_key(cfg) == cfg.web_session_key() == "from-a-file"
+    loaded = load_config(None, environ={"CALLCENTRE_AMI_SECRET": "loaded"})
+    assert environ(loaded) == {"CALLCENTRE_AMI_SECRET": "loaded"}  # the environment it was loaded from, not the process's
+    assert loaded.ami_secret() == "loaded"

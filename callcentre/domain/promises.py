@@ -29,7 +29,7 @@ from typing import Iterable
 
 import structlog
 
-from callcentre.config import PromisesConfig
+from callcentre.config.schema import PromisesConfig
 from callcentre.domain.lifecycle import TicketState
 from callcentre.domain.model import Priority
 

@@ -7,7 +7,7 @@ caller: who a ticket may be dispatched to, when a complaint is a repeat (002: re
 from first contacts that were not satisfied), and when to call the owner back and what their answer
 does (关闭反馈 / 回访).
 
-:class:`ServiceConfig` is a proposal for a ``service`` section of ``callcentre.config.Config``.
+:class:`ServiceConfig` is the ``service`` section of :class:`callcentre.config.schema.Config`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Iterable
 from zoneinfo import ZoneInfo
 
 
-from callcentre.config import (  # noqa: F401  (re-exported: the service section lives in config)
+from callcentre.config.schema import (  # noqa: F401  (re-exported: the service section lives in config)
     CallbackPolicy,
     Department,
     PromisesConfig,
     ServiceConfig,
     Worker,
-    _parse_hhmm,
+    parse_hhmm,
 )
 from callcentre.domain.lifecycle import ConfirmClosed, Reopen, TicketState, TransitionRecord, transition
 from callcentre.domain.model import Priority, TicketKind
@@ -159,8 +159,8 @@ def originate_result(reason: str | int) -> CallbackResult:
 
 def _into_calling_hours(candidate: datetime, policy: CallbackPolicy, zone: ZoneInfo) -> datetime:
     """The first instant at or after ``candidate`` inside calling hours on a calling day."""
-    start = _parse_hhmm(policy.calling_hours_start)
-    end = _parse_hhmm(policy.calling_hours_end)
+    start = parse_hhmm(policy.calling_hours_start)
+    end = parse_hhmm(policy.calling_hours_end)
     local = candidate.astimezone(zone)
     for _ in range(8):
         if local.weekday() in policy.calling_days:

@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from callcentre.config import Config, _parse_hhmm
+from callcentre.config import Config, parse_hhmm
 from callcentre.domain import reports
 from callcentre.domain.model import TicketKind, TicketStatus
 from callcentre.domain.ports import Clock, SystemClock
@@ -227,7 +227,7 @@ def next_run_at(now: datetime, hhmm: str, tz: str) -> datetime:
     """The next local ``hhmm`` strictly after ``now``, as an aware UTC datetime."""
     zone = ZoneInfo(tz)
     local = now.astimezone(zone)
-    at = _parse_hhmm(hhmm)
+    at = parse_hhmm(hhmm)
     candidate = datetime.combine(local.date(), at, tzinfo=zone)
     if candidate <= local:
         candidate = datetime.combine(local.date() + timedelta(days=1), at, tzinfo=zone)

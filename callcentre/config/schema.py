@@ -1,35 +1,21 @@
-"""Configuration: one YAML file, validated at start-up, overridable by environment variables.
+"""The configuration's schema: every section as a validated, frozen pydantic model, and nothing else.
 
-Precedence (highest first): environment variables, the YAML file, built-in defaults.
-
-* ``CALLCENTRE_<SECTION>__<KEY>=value`` overrides one key, e.g. ``CALLCENTRE_AMI__HOST=10.0.0.5``
-  or ``CALLCENTRE_ACD__RING_CYCLE_SECONDS=6``. Values are parsed as YAML scalars, so ``6`` is a number
-  and ``[a, b]`` a list.
-* Secrets never live in the YAML file in git: ``CALLCENTRE_AMI_SECRET`` / ``ami.secret_file`` and
-  ``CALLCENTRE_WEB_SESSION_KEY`` / ``web.session_key_file``.
-
-A bad value raises :class:`ConfigError` whose message names the key and the reason.
+The domain imports these models (and only these); reading the YAML file, applying environment
+overrides and reading secrets is :mod:`callcentre.config.loader`'s. Each validator's message names
+the key and the reason, so a bad value is reported at start-up in words a person can act on.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from datetime import time
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from callcentre.domain.ticket_number import PREFIX_PATTERN
-
-ENV_PREFIX = "CALLCENTRE_"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is meant for a person."""
 
 
 class _Section(BaseModel):
@@ -366,7 +352,8 @@ class ACDConfig(_Section):
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _CODE = re.compile(r"^[a-z0-9_\-]+$")
 
-def _parse_hhmm(v: str) -> time:
+def parse_hhmm(v: str) -> time:
+    """``HH:MM`` (already validated) as a time of day."""
     hours, minutes = v.split(":")
     return time(int(hours), int(minutes))
 
@@ -443,7 +430,7 @@ class CallbackPolicy(_Section):
 
     @model_validator(mode="after")
     def _window(self) -> "CallbackPolicy":
-        if _parse_hhmm(self.calling_hours_start) >= _parse_hhmm(self.calling_hours_end):
+        if parse_hhmm(self.calling_hours_start) >= parse_hhmm(self.calling_hours_end):
             raise ValueError("calling_hours_start must be before calling_hours_end")
         return self
 
@@ -564,110 +551,16 @@ class Config(_Section):
             )
         return self
 
+    # Secrets are read by the loader (environment, then file, then the inline value); these two stay
+    # on the model because every part that holds a Config asks it for them.
     def ami_secret(self) -> str | None:
         """The AMI secret from CALLCENTRE_AMI_SECRET, else ami.secret_file, else ami.secret."""
-        value = _secret(self._env(), ENV_PREFIX + "AMI_SECRET", self.ami.secret_file, self.ami.secret, "ami.secret_file")
-        if value and value.startswith("CHANGE-ME"):
-            raise ConfigError(
-                "ami secret: still the placeholder from dialplans/manager_callcentre.conf; "
-                "set a real secret there and in CALLCENTRE_AMI_SECRET"
-            )
-        return value
+        from callcentre.config.loader import ami_secret
+
+        return ami_secret(self)
 
     def web_session_key(self) -> str | None:
-        return _secret(
-            self._env(), ENV_PREFIX + "WEB_SESSION_KEY", self.web.session_key_file, self.web.session_key,
-            "web.session_key_file",
-        )
+        """The session-signing key from CALLCENTRE_WEB_SESSION_KEY, else web.session_key_file, else inline."""
+        from callcentre.config.loader import web_session_key
 
-    def _env(self) -> dict[str, str]:
-        return self._environ if self._environ is not None else dict(os.environ)
-
-
-def _secret(environ: dict[str, str], env_name: str, path: Path | None, inline: str | None, key: str) -> str | None:
-    value = environ.get(env_name)
-    if value:
-        return value
-    if path is not None:
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
-    return inline
-
-
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """Turn CALLCENTRE_SECTION__KEY[__SUB]=value into a nested dict."""
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        if raw == "" or re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", raw.strip()):
-            value: Any = raw.strip()  # YAML 1.1 would read 20:00 as the number 1200
-        else:
-            try:
-                value = yaml.safe_load(raw)
-            except yaml.YAMLError:
-                value = raw
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"environment variable {name}: conflicts with another override")
-        node[path[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(merged.get(k), dict):
-            merged[k] = _merge(merged[k], v)
-        else:
-            merged[k] = v
-    return merged
-
-
-def _format_errors(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling)"
-        lines.append(f"  {key}: {msg}")
-    return "invalid configuration:\n" + "\n".join(lines)
-
-
-def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Load and validate the configuration; raise ConfigError with a readable message."""
-    environ = dict(os.environ if environ is None else environ)
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {p} does not exist") from exc
-        except OSError as exc:
-            raise ConfigError(f"config file {p}: {exc.strerror}") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p}: the top level must be a mapping of sections")
-        data = loaded
-    data = _merge(data, _env_overrides(environ))
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
-    cfg._environ = environ
-    # Resolve secrets early so a missing secret file is reported at start-up.
-    cfg.ami_secret()
-    cfg.web_session_key()
-    return cfg
+        return web_session_key(self)
