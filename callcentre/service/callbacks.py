@@ -47,7 +47,7 @@ from callcentre.service.escalation import WALLBOARD, Publish
 from callcentre.service.tickets import DIALLABLE, TicketService, add_history, load_ticket
 from callcentre.storage.models import TicketRow
 from callcentre.storage.service_models import AttemptState, CallbackAttempt
-from callcentre.tasks import cancel_and_wait
+from callcentre.tasks import cancel_and_wait, run_periodically
 
 log = structlog.get_logger(__name__)
 
@@ -126,24 +126,15 @@ class CallbackScheduler:
             log.error("callback event dropped: queue full", action_id=message.get("ActionID"))
 
     async def _poll(self) -> None:
-        while True:
-            try:
-                await self.run_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep polling through a database hiccup
-                log.error("callback pass failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(self._poll_seconds)
+        await run_periodically("callback-poller", self.run_due, self._poll_seconds)  # through a database hiccup
 
     async def _consume(self) -> None:
         while True:
             message = await self._events.get()
             try:
                 await self.handle_event(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("OriginateResponse not handled", error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("OriginateResponse not handled", action_id=message.get("ActionID"))
 
     # --- placing calls --------------------------------------------------------------------------
 

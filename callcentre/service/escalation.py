@@ -21,7 +21,7 @@ from callcentre.domain.lifecycle import Escalate, TicketState, TransitionRefused
 from callcentre.domain.ports import Clock
 from callcentre.domain.promises import AlertKind, ClockSample, PromiseAlert, due_escalations, evaluation_time
 from callcentre.service.tickets import ConcurrentChange, TicketNotFound, TicketService
-from callcentre.tasks import cancel_and_wait
+from callcentre.tasks import cancel_and_wait, run_periodically
 
 log = structlog.get_logger(__name__)
 
@@ -47,14 +47,8 @@ class EscalationLoop:
         self._task = None
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be down for a moment; try again next tick
-                log.error("escalation pass failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(self._cfg.service.escalation_check_seconds)
+        # A failed pass (the database down for a moment) is logged; the next tick tries again.
+        await run_periodically("escalation-loop", self.run_once, self._cfg.service.escalation_check_seconds)
 
     async def run_once(self) -> list[PromiseAlert]:
         """One pass; returns the alerts that were recorded and published."""

@@ -28,7 +28,7 @@ from callcentre.domain.model import TicketKind, TicketStatus
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.storage.models import CallRow, TicketRow, Unit
 from callcentre.storage.service_models import TicketServiceState
-from callcentre.tasks import cancel_and_wait
+from callcentre.tasks import cancel_and_wait, run_periodically
 
 log = structlog.get_logger(__name__)
 
@@ -242,6 +242,8 @@ class ReconciliationScheduler:
     csv)`` (the web layer stores/publishes it). Wakes at least every minute, so a wall-clock step
     delays it by a minute at most."""
 
+    _target: datetime  # the next run, set by start()
+
     def __init__(
         self, session_factory: async_sessionmaker[AsyncSession], cfg: Config, clock: Clock, deliver: Deliver
     ) -> None:
@@ -252,6 +254,7 @@ class ReconciliationScheduler:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self._target = next_run_at(self._clock.now(), self._cfg.service.reconciliation_time, self._cfg.centre.timezone)
         self._task = asyncio.create_task(self._run(), name="daily-reconciliation")
 
     async def stop(self) -> None:
@@ -267,20 +270,19 @@ class ReconciliationScheduler:
         return text, csv_text
 
     async def _run(self) -> None:
-        target = next_run_at(self._clock.now(), self._cfg.service.reconciliation_time, self._cfg.centre.timezone)
-        while True:
-            now = self._clock.now()
-            if now >= target:
-                day = target.astimezone(ZoneInfo(self._cfg.centre.timezone)).date()
-                try:
-                    await self.run_for(day)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.error("daily reconciliation failed", day=day.isoformat(), error=f"{type(exc).__name__}: {exc}")
-                target = next_run_at(now, self._cfg.service.reconciliation_time, self._cfg.centre.timezone)
-                continue
-            await asyncio.sleep(min(60.0, max(0.5, (target - now).total_seconds())))
+        def until_due() -> float:  # at most a minute, so a wall-clock step delays the report a minute at most
+            return min(60.0, max(0.5, (self._target - self._clock.now()).total_seconds()))
+
+        await run_periodically("daily-reconciliation", self._run_if_due, until_due)
+
+    async def _run_if_due(self) -> None:
+        now = self._clock.now()
+        if now < self._target:
+            return
+        day = self._target.astimezone(ZoneInfo(self._cfg.centre.timezone)).date()
+        # The next target first: a failed report (logged with its traceback) waits for the next day.
+        self._target = next_run_at(now, self._cfg.service.reconciliation_time, self._cfg.centre.timezone)
+        await self.run_for(day)
 
 
 __all__ = [

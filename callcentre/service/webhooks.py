@@ -34,7 +34,7 @@ from callcentre.domain.lifecycle import TicketState
 from callcentre.domain.ports import Clock
 from callcentre.storage.models import TicketRow
 from callcentre.storage.service_models import OutboxState, WebhookAttempt, WebhookOutbox
-from callcentre.tasks import cancel_and_wait
+from callcentre.tasks import cancel_and_wait, run_periodically
 
 log = structlog.get_logger(__name__)
 
@@ -175,18 +175,7 @@ class WebhookSender:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.deliver_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a database hiccup must not end the loop
-                log.error("webhook delivery pass failed", error=f"{type(exc).__name__}: {exc}")
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
-            except asyncio.TimeoutError:
-                pass
+        await run_periodically("webhook-sender", self.deliver_due, self._settings.poll_seconds, wake=self._wake)
 
     async def deliver_due(self) -> int:
         """Try every due row once; returns how many were delivered."""

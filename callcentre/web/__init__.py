@@ -20,6 +20,7 @@ from aiohttp import WSCloseCode, web
 
 from callcentre.storage.desk_repo import DeskRepo
 from callcentre.storage.users_repo import UsersRepo
+from callcentre.tasks import cancel_and_wait, run_periodically
 from callcentre.web.auth import LoginLimiter, SessionCodec
 from callcentre.web.hub import WALLBOARD, Hub
 from callcentre.web.ports import ACDControl
@@ -134,29 +135,25 @@ async def _live_push(app: web.Application) -> AsyncIterator[None]:
     the application runs; the ACD adapter may also publish changes itself at once."""
     state = app[WEB]
 
-    async def loop() -> None:
-        last = ""
-        while True:
-            await asyncio.sleep(state.push_interval)
-            if state.hub.subscribers(WALLBOARD) == 0 or state.acd is None:
-                last = ""
-                continue
-            try:
-                snap = state.acd_snapshot()
-            except Exception:  # a faulty snapshot must not end live push
-                log.exception("acd snapshot failed")
-                continue
-            encoded = json.dumps(snap, sort_keys=True, default=str)
-            if encoded != last:
-                last = encoded
-                state.hub.publish(WALLBOARD, {"type": "snapshot", **snap})
+    last = ""
 
-    task = asyncio.create_task(loop(), name="wallboard-push")
+    async def push_if_changed() -> None:
+        nonlocal last
+        if state.hub.subscribers(WALLBOARD) == 0 or state.acd is None:
+            last = ""
+            return
+        snap = state.acd_snapshot()  # a faulty snapshot is logged by the loop and does not end live push
+        encoded = json.dumps(snap, sort_keys=True, default=str)
+        if encoded != last:
+            last = encoded
+            state.hub.publish(WALLBOARD, {"type": "snapshot", **snap})
+
+    loop = run_periodically("wallboard-push", push_if_changed, lambda: state.push_interval, wait_first=True)
+    task = asyncio.create_task(loop, name="wallboard-push")
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
 
 
 async def _close_sockets(app: web.Application) -> None:
