@@ -82,18 +82,20 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
             services.acd.alerts.append(payload["alert"])
         services.hub.publish(topic, payload)
 
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        from callcentre.service.tickets import TicketService
-        from callcentre.storage.users_repo import UsersRepo
+    from callcentre.service.tickets import TicketService
+    from callcentre.storage.users_repo import UsersRepo
 
+    # No connection is made here (the engine connects on first use), so the web layer gets its services now.
+    services.engine = storage_db.create_engine(cfg.database)
+    sf = services.session_factory = storage_db.session_factory(services.engine)
+    services.directory = SqlDirectory(sf)
+    services.tickets = SqlTicketStore(sf, services.clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix))
+    services.ticket_service = TicketService(sf, cfg, services.clock, webhook_urls=tuple(cfg.webhooks.urls))
+    services.users = UsersRepo(sf, services.clock)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
         if migrate:
             await storage_db.upgrade(cfg.database.url, progress=lambda msg: log.info("migration", step=msg))
-        services.engine = storage_db.create_engine(cfg.database)
-        sf = services.session_factory = storage_db.session_factory(services.engine)
-        services.directory = SqlDirectory(sf)
-        services.tickets = SqlTicketStore(sf, services.clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix))
-        services.ticket_service = TicketService(sf, cfg, services.clock, webhook_urls=tuple(cfg.webhooks.urls))
-        services.users = UsersRepo(sf, services.clock)
         yield
         await services.engine.dispose()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Mapping
 
+from callcentre.domain.errors import Conflict, Invalid
 from callcentre.domain.model import Priority, TicketKind, TicketStatus
 
 # A note is free text typed by an agent; cap it so one paste cannot bloat every history view.
@@ -33,8 +34,10 @@ class EventName(str, enum.Enum):
     ESCALATE = "escalate"
 
 
-class TransitionRefused(Exception):
+class TransitionRefused(Conflict):
     """The event is not allowed in the ticket's current status; the message is meant for a person."""
+
+    code = "transition_refused"
 
     def __init__(self, number: str, status: TicketStatus, event: EventName, reason: str) -> None:
         self.number = number
@@ -191,15 +194,15 @@ def allowed_events(status: TicketStatus) -> list[EventName]:
 
 def _check_aware(at: datetime, what: str) -> None:
     if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(f"{what} must be a timezone-aware datetime (got {at!r})")
+        raise Invalid(f"{what} must be a timezone-aware datetime (got {at!r})")
 
 
 def _clean_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must not be empty")
+        raise Invalid(f"{what} must not be empty")
     value = value.strip()
     if len(value) > _NAME_MAX_CHARS or any(ord(c) < 32 for c in value):
-        raise ValueError(f"{what} must be at most {_NAME_MAX_CHARS} printable characters")
+        raise Invalid(f"{what} must be at most {_NAME_MAX_CHARS} printable characters")
     return value
 
 
@@ -209,20 +212,21 @@ def transition(
     """Apply ``event`` to ``state``; return the new state and the history record.
 
     Raises :class:`TransitionRefused` when the event is not allowed in the current status (the message
-    names both), and ``ValueError`` for bad input (empty actor, naive time, over-long note).
+    names both), and :class:`~callcentre.domain.errors.Invalid` (a ValueError) for bad input (empty actor,
+    naive time, over-long note).
     """
     _check_aware(at, "at")
     by = _clean_name(by, "by (who made the change)")
     note = (note or "").strip()
     if len(note) > NOTE_MAX_CHARS:
-        raise ValueError(f"note is {len(note)} characters; at most {NOTE_MAX_CHARS} are kept")
+        raise Invalid(f"note is {len(note)} characters; at most {NOTE_MAX_CHARS} are kept")
     name = event.name
     status = state.status
     if status not in _ALLOWED[name]:
         allowed = ", ".join(s.value for s in TicketStatus if s in _ALLOWED[name])
         raise TransitionRefused(state.number, status, name, f"allowed only when {allowed}")
     if at < state.created_at:
-        raise ValueError(f"ticket {state.number}: {name.value} at {at.isoformat()} is before it was created")
+        raise Invalid(f"ticket {state.number}: {name.value} at {at.isoformat()} is before it was created")
 
     details: dict[str, object] = {}
     new = state
@@ -259,13 +263,13 @@ def transition(
     elif isinstance(event, Reopen):
         reason = (event.reason or "").strip()
         if not reason:
-            raise ValueError(f"ticket {state.number}: reopening needs a reason")
+            raise Invalid(f"ticket {state.number}: reopening needs a reason")
         priority = Priority.MAJOR if event.raise_priority else state.priority
         details = {"reason": reason, "priority": priority.value}
         if event.promised_by is not None:
             _check_aware(event.promised_by, "promised_by")
             if event.promised_by <= at:
-                raise ValueError(f"ticket {state.number}: the new promise must be after the reopening")
+                raise Invalid(f"ticket {state.number}: the new promise must be after the reopening")
             details["promised_by"] = event.promised_by.isoformat()
         new = replace(
             state,

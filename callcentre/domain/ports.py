@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from callcentre.domain.model import OwnerMatch, Ticket, TicketDraft
 
@@ -157,3 +157,26 @@ def today_local(clock: Clock, tz: str) -> date:
     from zoneinfo import ZoneInfo
 
     return clock.now().astimezone(ZoneInfo(tz)).date()
+
+
+class ACDControl(Protocol):
+    """What the desk needs from call distribution (implemented by the ACD adapter; faked in tests).
+
+    ``action`` is a :class:`~callcentre.domain.users.AgentAction` value and ``mode`` a
+    :class:`~callcentre.domain.users.SuperviseMode` value: fixed words, never anything a browser typed.
+    """
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able: {"queue": [...], "agents": [...], "figures": {...}, "alerts": [...]}.
+
+        queue items: call_id, caller, owner_name, unit, ivr_choice, priority, entered_at, wait_seconds;
+        agents: agent_id (the users.id), name, state, since, reason, current_caller, answered_today,
+        missed_today, two_ring_share; figures: two_ring_share_today, avg_wait, longest_wait,
+        abandon_rate, waiting, agents_ready.
+        """
+
+    async def agent_action(self, agent_id: int, action: str, reason: str | None) -> None:
+        """Change an agent's state; raises ValueError when the change is illegal in the current state."""
+
+    async def supervise(self, supervisor_id: int, agent_id: int, mode: str) -> None:
+        """Originate ChanSpy on the agent's call to the supervisor's phone; ValueError if impossible."""

@@ -27,11 +27,14 @@ from callcentre.config.schema import (  # noqa: F401  (re-exported: the service 
     Worker,
     parse_hhmm,
 )
+from callcentre.domain.errors import Invalid
 from callcentre.domain.lifecycle import ConfirmClosed, Reopen, TicketState, TransitionRecord, transition
 from callcentre.domain.model import Priority, TicketKind
 from callcentre.domain.promises import promise_deadline
-class DispatchInvalid(ValueError):
+class DispatchInvalid(Invalid):
     """The department or worker is unknown, or the worker is not in that department."""
+
+    code = "invalid_dispatch"
 
 
 def check_dispatch(cfg: ServiceConfig, department: str, worker: str) -> None:

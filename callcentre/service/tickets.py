@@ -21,6 +21,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcentre.config import Config
+from callcentre.domain.errors import ConcurrentChange, TicketNotFound  # raised here; named in __all__
 from callcentre.domain.lifecycle import (
     ConfirmClosed,
     Dispatch,
@@ -53,14 +54,6 @@ log = structlog.get_logger(__name__)
 # What may be dialled: a leading '+' and digits, nothing an AMI value or a dial string could misread.
 DIALLABLE = re.compile(r"^\+?[0-9]{3,20}$")
 OPEN_STATES_PAGE = 500  # open tickets read per query by the escalation loop
-
-
-class TicketNotFound(LookupError):
-    """No ticket with that id or number."""
-
-
-class ConcurrentChange(Exception):
-    """Someone else changed the ticket since it was read; reload and try again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcentre.domain.callerid import safe_display_name
-from callcentre.domain.model import Priority, TicketDraft, TicketKind, TicketStatus
+from callcentre.domain.errors import Conflict, NotFound, TicketNotFound
+from callcentre.domain.model import Priority, TicketDraft, TicketStatus
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, TicketRow, Unit
 from callcentre.storage.repo import SqlTicketStore, _storage_errors, canonical_label
@@ -28,18 +29,6 @@ LAST_CALLS = 5
 SEARCH_LIMIT = 20
 NOTES_MAX = 4000
 _OPEN = [s.value for s in TicketStatus if s.is_open]
-
-
-class NotFound(LookupError):
-    """The owner, unit or ticket named does not exist."""
-
-
-class DeskConflict(Exception):
-    """The change is not possible in the record's current state; ``code`` is stable for the API."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _iso(value: Any) -> str | None:
@@ -274,7 +263,7 @@ class DeskRepo:
             if unit_id is not None:
                 link = await s.get(OwnerUnit, (owner_id, unit_id))
                 if link is None:
-                    raise DeskConflict("unit_not_owners", f"unit {unit_id} does not belong to owner {owner_id}")
+                    raise Conflict(f"unit {unit_id} does not belong to owner {owner_id}", code="unit_not_owners")
             unit_cond = Phone.unit_id.is_(None) if unit_id is None else Phone.unit_id == unit_id
             existing = (
                 await s.execute(select(Phone).where(Phone.number == number, Phone.owner_id == owner_id, unit_cond))
@@ -305,7 +294,7 @@ class DeskRepo:
         async with _storage_errors("read a ticket"), self._sessions() as s:
             row = (await s.execute(select(TicketRow).where(TicketRow.number == number))).scalar_one_or_none()
         if row is None:
-            raise NotFound(f"ticket {number} does not exist")
+            raise TicketNotFound(f"ticket {number} does not exist")
         return self._ticket(row, self._clock.now())
 
     async def create_ticket(self, draft: TicketDraft, promised_by: datetime | None) -> dict[str, Any]:
@@ -335,9 +324,9 @@ class DeskRepo:
         async with _storage_errors("update a ticket"), self._sessions() as s, s.begin():
             row = (await s.execute(select(TicketRow).where(TicketRow.number == number).with_for_update())).scalar_one_or_none()
             if row is None:
-                raise NotFound(f"ticket {number} does not exist")
+                raise TicketNotFound(f"ticket {number} does not exist")
             if row.status == TicketStatus.CLOSED.value:
-                raise DeskConflict("ticket_closed", f"ticket {number} is closed; reopen it through the service desk")
+                raise Conflict(f"ticket {number} is closed; reopen it through the service desk", code="ticket_closed")
             if priority is not None:
                 row.priority = Priority(priority).value
             if category is not None:
@@ -349,30 +338,3 @@ class DeskRepo:
             row.updated_at = now
         log.info("ticket updated", ticket=number, by=by)
         return self._ticket(row, now)
-
-
-def desk_draft(
-    *,
-    kind: TicketKind,
-    category: str,
-    priority: Priority,
-    caller_id_raw: str,
-    caller_id: str | None,
-    call_uniqueid: str | None,
-    owner_id: int | None,
-    unit_id: int | None,
-    notes: str | None,
-) -> TicketDraft:
-    """A draft for a ticket an agent makes at the desk (``source="agent"``)."""
-    return TicketDraft(
-        kind=kind,
-        category=category,
-        priority=priority,
-        caller_id_raw=caller_id_raw,
-        caller_id=caller_id,
-        call_uniqueid=call_uniqueid or "",
-        owner_id=owner_id,
-        unit_id=unit_id,
-        description=notes,
-        source="agent",
-    )

@@ -8,19 +8,15 @@ On the same declarative ``Base`` as :mod:`callcentre.storage.models`, so one Ale
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from callcentre.domain.users import UserRole
 from callcentre.storage.models import Base, UtcDateTime
 
-
-class UserRole(str, enum.Enum):
-    AGENT = "agent"
-    SUPERVISOR = "supervisor"
-    ADMIN = "admin"
+__all__ = ["AgentStateHistory", "User", "UserRole"]  # UserRole lives in the domain; named here for the table's rule
 
 
 class User(Base):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcentre.domain.callerid import safe_display_name
 from callcentre.domain.ports import Clock, SystemClock
+from callcentre.domain.users import UserExists, UserInvalid, UserRole, UserView  # the errors are raised from here
 from callcentre.storage.repo import _storage_errors
-from callcentre.storage.users import AgentStateHistory, User, UserRole
+from callcentre.storage.users import AgentStateHistory, User
 
 log = structlog.get_logger(__name__)
 
@@ -33,41 +33,6 @@ _LOGIN_RE = re.compile(r"^[a-z0-9_.\-]{1,64}$")
 _TOKEN_RE = re.compile(r"^[a-z0-9_\-]{1,32}$")
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024  # argon2 hashes any length; bound the work a request can cause
-
-
-class UserInvalid(ValueError):
-    """A user record cannot be created as given; the message names the field."""
-
-
-class UserExists(UserInvalid):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class UserView:
-    """A user as the web layer sees it: never the password hash."""
-
-    id: int
-    login: str
-    name: str
-    role: UserRole
-    active: bool
-    interface: str | None
-    skills: tuple[str, ...]
-    languages: tuple[str, ...]
-    senior: bool
-    supervisor_interface: str | None
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "login": self.login,
-            "name": self.name,
-            "role": self.role.value,
-            "skills": list(self.skills),
-            "languages": list(self.languages),
-            "senior": self.senior,
-        }
 
 
 def _split(text: str | None) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 import structlog
 from aiohttp import web
 
-from callcentre.storage.users import UserRole
+from callcentre.domain.users import EVERYONE, SUPERVISORS, UserRole
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +58,6 @@ class Session:
 SESSION_KEY = web.RequestKey("callcentre_session", Session)
 USER_KEY = web.RequestKey("callcentre_user", object)
 
-EVERYONE = (UserRole.AGENT, UserRole.SUPERVISOR, UserRole.ADMIN)
-SUPERVISORS = (UserRole.SUPERVISOR, UserRole.ADMIN)
 
 
 def _b64(data: bytes) -> str:
@@ -159,3 +157,9 @@ class LoginLimiter:
             self._hits[key] = hits
         while len(self._hits) > self._max_keys:
             self._hits.popitem(last=False)
+
+
+__all__ = [
+    "COOKIE_NAME", "CSRF_HEADER", "EVERYONE", "SESSION_KEY", "SESSION_SECONDS", "SUPERVISORS", "USER_KEY", "LoginLimiter",
+    "Session", "SessionCodec", "public", "roles",
+]

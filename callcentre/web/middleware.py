@@ -14,9 +14,8 @@ import structlog
 from aiohttp import web
 
 from callcentre.domain.acd import IllegalTransition, UnknownAgent
+from callcentre.domain.errors import ConcurrentChange, Conflict, Forbidden, Invalid, NotFound, Unavailable
 from callcentre.domain.ports import StorageUnavailable
-from callcentre.storage.desk_repo import DeskConflict
-from callcentre.storage.users_repo import UserInvalid
 from callcentre.web.auth import COOKIE_NAME, CSRF_HEADER, SESSION_KEY, USER_KEY
 from callcentre.web.jsonsafe import safe_dumps
 
@@ -36,6 +35,40 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     429: "too_many_attempts",
 }
+
+
+# Domain errors by kind: their own ``code`` (the error's) under the kind's HTTP status. The most
+# specific class of an error found here decides (a TicketNotFound is a NotFound is a LookupError).
+DOMAIN_STATUS: dict[type[BaseException], int] = {
+    NotFound: 404,
+    Invalid: 400,
+    Conflict: 409,
+    Forbidden: 403,
+    Unavailable: 503,
+}
+# Errors from parts that do not carry a code of their own: (status, code).
+FOREIGN_ERRORS: dict[type[BaseException], tuple[int, str]] = {
+    IllegalTransition: (409, "illegal_state_change"),
+    UnknownAgent: (404, "unknown_agent"),
+    LookupError: (404, "not_found"),
+}
+# Where the message shown is not the error's own (it names internals, or the API has always said this).
+PUBLIC_MESSAGES: dict[type[BaseException], str] = {
+    ConcurrentChange: "the ticket changed meanwhile; reload and try again",
+}
+
+
+def domain_error_response(exc: BaseException) -> web.Response | None:
+    """The JSON error for a domain (or foreign) error, None when it is not one we know."""
+    for cls in type(exc).__mro__:
+        if cls in DOMAIN_STATUS:
+            return json_error(DOMAIN_STATUS[cls], str(exc.code), PUBLIC_MESSAGES.get(type(exc), str(exc)))
+        if cls in FOREIGN_ERRORS:
+            status, code = FOREIGN_ERRORS[cls]
+            message = str(exc)
+            # A KeyError's str() is its quoted key: show the words, not the quotes.
+            return json_error(status, code, message.strip("'\"") if cls is LookupError else message)
+    return None
 
 
 class ApiError(Exception):
@@ -79,20 +112,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
         return json_error(e.status, _HTTP_CODES.get(e.status, "http_error"), e.reason, allow)
-    except DeskConflict as e:
-        return json_error(409, e.code, str(e))
-    except IllegalTransition as e:
-        return json_error(409, "illegal_state_change", str(e))
-    except UnknownAgent as e:
-        return json_error(404, "unknown_agent", str(e))
-    except LookupError as e:
-        return json_error(404, "not_found", str(e).strip("'\""))
-    except UserInvalid as e:
-        return json_error(400, "invalid_user", str(e))
     except StorageUnavailable as e:
         log.error("request failed: storage unavailable", path=request.path, error=str(e))
         return json_error(503, "storage_unavailable", "the database is unavailable; try again shortly")
-    except Exception:
+    except Exception as e:
+        known = domain_error_response(e)
+        if known is not None:
+            return known
         log.exception("request failed", path=request.path, method=request.method)
         return json_error(500, "internal_error", "internal error; it has been logged")
 
@@ -140,9 +166,9 @@ def make_auth_middleware(get_state: Callable[[web.Request], Any]) -> Any:
         session = state.sessions.read(request.cookies.get(COOKIE_NAME), state.now())
         user = None
         if session is not None:
-            user = await state.users.get(session.user_id)
-            if user is None or not user.active:
-                session, user = None, None
+            user = await state.features.accounts.active_user(session.user_id)
+            if user is None:
+                session = None
         request[SESSION_KEY] = session
         request[USER_KEY] = user
         if request.method in UNSAFE:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from callcentre.storage.users import UserRole
+from callcentre.domain.users import home_page, sees_supervisor_pages
 from callcentre.web.auth import USER_KEY, public
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -26,7 +26,7 @@ async def index(request: web.Request) -> web.StreamResponse:
     user = request[USER_KEY]
     if user is None:
         raise web.HTTPFound("/login")
-    raise web.HTTPFound("/agent" if user.role is UserRole.AGENT else "/wallboard")
+    raise web.HTTPFound(home_page(user))
 
 
 @public
@@ -46,7 +46,7 @@ async def wallboard_page(request: web.Request) -> web.StreamResponse:
     user = request[USER_KEY]
     if user is None:
         raise web.HTTPFound("/login?next=/wallboard")
-    if user.role is UserRole.AGENT:
+    if not sees_supervisor_pages(user):
         raise web.HTTPFound("/agent")
     return _page("wallboard.html")
 

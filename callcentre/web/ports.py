@@ -1,43 +1,117 @@
-"""What the web layer needs from call distribution (implemented by the ACD adapter; faked in tests).
+"""What the web layer needs from the rest of the server, one protocol per feature of the API.
 
-The browser only ever picks an agent and one of these fixed actions or modes; the adapter turns
-them into AMI actions (ChanSpy with ``q``/``w``/``B`` originated to the supervisor's own phone), so
-nothing a browser sends becomes an application name or its data.
+The handlers in :mod:`callcentre.web.api` and :mod:`callcentre.web.reports` call these and nothing
+under them (no repository, no SQL): the services of :mod:`callcentre.service.desk` implement them,
+tests may fake them. Refusals come back as the domain's errors (:mod:`callcentre.domain.errors`),
+which the error middleware turns into JSON with their codes.
 """
 
 from __future__ import annotations
 
-import enum
-from typing import Any, Protocol, runtime_checkable
+from datetime import date
+from typing import Any, Protocol, Sequence
+
+from callcentre.config import Config
+from callcentre.domain import reports
+from callcentre.domain.model import Priority, TicketKind
+from callcentre.domain.ports import ACDControl, Clock
+from callcentre.domain.users import AgentAction, SuperviseMode, UserView
+from callcentre.service.desk.tickets import NewDeskTicket, TicketChange
+from callcentre.service.reports import MonthRows
 
 
-class AgentAction(str, enum.Enum):
-    LOGIN = "login"
-    READY = "ready"
-    PAUSE = "pause"
-    END_WRAPUP = "end_wrapup"
-    LOGOUT = "logout"
+class Accounts(Protocol):
+    async def authenticate(self, login: str, password: str) -> UserView | None: ...
+
+    async def active_user(self, user_id: int) -> UserView | None: ...
 
 
-class SuperviseMode(str, enum.Enum):
-    LISTEN = "listen"  # ChanSpy option q
-    WHISPER = "whisper"  # ChanSpy option w
-    BARGE = "barge"  # ChanSpy option B
+class Agents(Protocol):
+    @property
+    def running(self) -> bool: ...
+
+    def server_time(self) -> str: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def agent_entry(self, agent_id: int) -> dict[str, Any] | None: ...
+
+    def queue(self) -> dict[str, Any]: ...
+
+    def agents(self) -> dict[str, Any]: ...
+
+    async def change_state(self, actor: UserView, agent_id: int, action: AgentAction,
+                           reason: str | None) -> dict[str, Any] | None: ...
+
+    async def supervise(self, actor: UserView, agent_id: int, mode: SuperviseMode) -> None: ...
 
 
-@runtime_checkable
-class ACDControl(Protocol):
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-able: {"queue": [...], "agents": [...], "figures": {...}, "alerts": [...]}.
+class Owners(Protocol):
+    async def lookup_by_phone(self, phone: str | None, *, exclude_uniqueid: str | None = None) -> dict[str, Any]: ...
 
-        queue items: call_id, caller, owner_name, unit, ivr_choice, priority, entered_at, wait_seconds;
-        agents: agent_id (the users.id), name, state, since, reason, current_caller, answered_today,
-        missed_today, two_ring_share; figures: two_ring_share_today, avg_wait, longest_wait,
-        abandon_rate, waiting, agents_ready.
-        """
+    async def owner_card(self, owner_id: int) -> dict[str, Any]: ...
 
-    async def agent_action(self, agent_id: int, action: str, reason: str | None) -> None:
-        """Change an agent's state; raises ValueError when the change is illegal in the current state."""
+    async def search(self, text: str, *, phone: str | None) -> list[dict[str, Any]]: ...
 
-    async def supervise(self, supervisor_id: int, agent_id: int, mode: str) -> None:
-        """Originate ChanSpy on the agent's call to the supervisor's phone; ValueError if impossible."""
+    async def attach_phone(self, actor: UserView, owner_id: int, number: str, raw: str, *,
+                           unit_id: int | None) -> dict[str, Any]: ...
+
+
+class Tickets(Protocol):
+    def categories(self) -> dict[str, list[dict[str, str]]]: ...
+
+    def category_priority(self, kind: TicketKind, category: str) -> Priority | None: ...
+
+    async def find(self, *, owner_id: int | None, phone: str | None) -> list[dict[str, Any]]: ...
+
+    async def get(self, number: str) -> dict[str, Any]: ...
+
+    async def create(self, actor: UserView, new: NewDeskTicket) -> dict[str, Any]: ...
+
+    async def update(self, actor: UserView, number: str, change: TicketChange) -> dict[str, Any]: ...
+
+
+class Reports(Protocol):
+    def today(self) -> date: ...
+
+    async def daily(self, day: date) -> reports.DailyReconciliation: ...
+
+    async def month(self, year: int, month: int) -> MonthRows: ...
+
+    def render_daily(self, recon: reports.DailyReconciliation) -> str: ...
+
+    def chart(self, month: MonthRows, group: reports.GroupBy, rows: Sequence[reports.MonthlyRow]) -> bytes: ...
+
+
+class DeskFeatures(Protocol):
+    """Every feature's service, as :func:`callcentre.service.desk.build_desk` makes them."""
+
+    @property
+    def accounts(self) -> Accounts: ...
+
+    @property
+    def agents(self) -> Agents: ...
+
+    @property
+    def owners(self) -> Owners: ...
+
+    @property
+    def tickets(self) -> Tickets: ...
+
+    @property
+    def reports(self) -> Reports: ...
+
+
+class WebServices(Protocol):
+    """The part of the composition root's services the web layer reads (``app.Services`` has them)."""
+
+    cfg: Config
+    clock: Clock
+    acd: ACDControl | None
+    hub: Any  # callcentre.web.hub.Hub
+
+
+__all__ = [
+    "ACDControl", "Accounts", "AgentAction", "Agents", "DeskFeatures", "Owners", "Reports", "SuperviseMode", "Tickets",
+    "WebServices",
+]

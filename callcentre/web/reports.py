@@ -1,8 +1,8 @@
 """The supervisor's reports in the browser: the daily reconciliation (当日盘点) and the monthly
 statistics with their charts (issue 5, points 6 and 7).
 
-The figures come from :mod:`callcentre.domain.reports` over rows loaded by
-:mod:`callcentre.service.reports_cmd`, exactly as ``callcentre report daily|monthly`` computes them,
+The figures come from the report service (:class:`callcentre.service.reports.ReportService`, seen
+through :class:`~callcentre.web.ports.Reports`), the one ``callcentre report daily|monthly`` uses,
 so the page and the CLI never disagree. Supervisors and admins only.
 """
 
@@ -13,18 +13,18 @@ import re
 from dataclasses import asdict
 from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 from aiohttp import web
 
 from callcentre.domain import reports
-from callcentre.service import reports_cmd
-from callcentre.storage.users import UserRole
-from callcentre.web import WEB, WebState
+from callcentre.domain.users import sees_supervisor_pages
+from callcentre.service.reports import GROUPINGS, MonthRows
+from callcentre.web import WEB
 from callcentre.web.auth import SUPERVISORS, USER_KEY, public, roles
 from callcentre.web.middleware import ApiError, json_response
 from callcentre.web.pages import STATIC_DIR
+from callcentre.web.ports import Reports
 
 log = structlog.get_logger(__name__)
 
@@ -38,19 +38,8 @@ BOM = "\ufeff"  # so Excel reads the CSV as UTF-8 and shows Chinese names correc
 SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; script-src 'none'; sandbox"
 
 
-def _state(request: web.Request) -> WebState:
-    return request.app[WEB]
-
-
-def _factory(state: WebState) -> Any:
-    factory = state.services.session_factory
-    if factory is None:
-        raise ApiError(503, "starting", "the server is still starting; try again in a moment")
-    return factory
-
-
-def _today(state: WebState) -> date:
-    return state.services.clock.now().astimezone(ZoneInfo(state.cfg.centre.timezone)).date()
+def _reports(request: web.Request) -> Reports:
+    return request.app[WEB].features.reports
 
 
 def parse_day(value: str | None, default: date) -> date:
@@ -86,8 +75,8 @@ def parse_month(value: str | None, default: date) -> tuple[int, int]:
 
 def _grouping(request: web.Request) -> reports.GroupBy:
     name = request.match_info["grouping"]
-    if name not in reports_cmd.GROUPINGS:
-        raise ApiError(404, "unknown_grouping", f"grouping must be one of {', '.join(reports_cmd.GROUPINGS)}")
+    if name not in GROUPINGS:
+        raise ApiError(404, "unknown_grouping", f"grouping must be one of {', '.join(GROUPINGS)}")
     return name  # type: ignore[return-value]
 
 
@@ -102,19 +91,15 @@ def _attachment(body: str | bytes, content_type: str, filename: str) -> web.Resp
 # ----------------------------------------------------------------------------------- daily
 
 
-async def _daily(state: WebState, day: date) -> reports.DailyReconciliation:
-    """The same computation as ``reports_cmd.daily_report``, kept as records for the page's sections."""
-    cfg = state.cfg
-    start, end = reports_cmd._day_bounds(day, cfg.centre.timezone)
-    tickets, calls = await reports_cmd._load(_factory(state), start, end, include_open=True)
-    return reports.daily_reconciliation(day, cfg.centre.timezone, tickets, calls, dict(cfg.ivr.menu), state.services.clock.now())
+async def _daily(request: web.Request) -> tuple[date, reports.DailyReconciliation]:
+    service = _reports(request)
+    day = parse_day(request.query.get("date"), service.today())
+    return day, await service.daily(day)
 
 
 @roles(*SUPERVISORS)
 async def daily(request: web.Request) -> web.Response:
-    state = _state(request)
-    day = parse_day(request.query.get("date"), _today(state))
-    recon = await _daily(state, day)
+    day, recon = await _daily(request)
     return json_response({
         "date": day.isoformat(),
         "clean": recon.clean,
@@ -129,75 +114,51 @@ async def daily(request: web.Request) -> web.Response:
             {"uniqueid": m.uniqueid, "started_at": m.started_at.isoformat(), "caller_id": m.caller_id, "action": m.action}
             for m in recon.calls_without_ticket
         ],
-        "text": reports_cmd.render_daily(recon),
+        "text": _reports(request).render_daily(recon),
         "csv": reports.to_csv(recon.rows()),
     })
 
 
 @roles(*SUPERVISORS)
 async def daily_csv(request: web.Request) -> web.Response:
-    state = _state(request)
-    day = parse_day(request.query.get("date"), _today(state))
-    recon = await _daily(state, day)
+    day, recon = await _daily(request)
     return _attachment(BOM + reports.to_csv(recon.rows()), "text/csv; charset=utf-8", f"daily-{day.isoformat()}.csv")
 
 
 # --------------------------------------------------------------------------------- monthly
 
 
-async def _month_tickets(state: WebState, year: int, month: int) -> tuple[list[reports.TicketRow], list[reports.CallRow]]:
-    """The month's rows, with the same bounds as ``reports_cmd.monthly_report``."""
-    tz = state.cfg.centre.timezone
-    start, _ = reports_cmd._day_bounds(date(year, month, 1), tz)
-    end, _ = reports_cmd._day_bounds(date(year + (month == 12), month % 12 + 1, 1), tz)
-    return await reports_cmd._load(_factory(state), start, end, include_open=False)
+async def _month(request: web.Request) -> MonthRows:
+    service = _reports(request)
+    year, month = parse_month(request.query.get("month"), service.today())
+    return await service.month(year, month)
 
 
-def _chart(year: int, month: int, group: str, rows: list[reports.MonthlyRow]) -> bytes:
-    groups = [r for r in rows if r.group != "(total)"]
-    return reports_cmd.chart_svg(
-        f"{year:04d}-{month:02d} by {group}",
-        [r.group for r in groups],
-        {
-            "tickets": [r.tickets for r in groups],
-            "resolved": [r.resolved for r in groups],
-            "promises kept": [r.promises_kept for r in groups],
-        },
-    )
-
-
-async def _rows(request: web.Request) -> tuple[int, int, reports.GroupBy, list[reports.MonthlyRow]]:
-    state = _state(request)
+async def _rows(request: web.Request) -> tuple[MonthRows, reports.GroupBy, list[reports.MonthlyRow]]:
     group = _grouping(request)
-    year, month = parse_month(request.query.get("month"), _today(state))
-    tickets, calls = await _month_tickets(state, year, month)
-    rows = reports.monthly_statistics(year, month, state.cfg.centre.timezone, tickets, calls, group)
-    return year, month, group, rows
+    month = await _month(request)
+    return month, group, month.statistics(group)
 
 
 @roles(*SUPERVISORS)
 async def monthly(request: web.Request) -> web.Response:
-    state = _state(request)
-    year, month = parse_month(request.query.get("month"), _today(state))
-    tickets, calls = await _month_tickets(state, year, month)
-    tag = f"{year:04d}-{month:02d}"
+    month = await _month(request)
     groupings = []
-    for group in reports_cmd.GROUPINGS:
-        rows = reports.monthly_statistics(year, month, state.cfg.centre.timezone, tickets, calls, group)
+    for group in GROUPINGS:
         groupings.append({
             "grouping": group,
-            "rows": [asdict(r) for r in rows],
-            "svg": f"/api/reports/monthly/{group}.svg?month={tag}",
-            "csv": f"/api/reports/monthly/{group}.csv?month={tag}",
+            "rows": [asdict(r) for r in month.statistics(group)],
+            "svg": f"/api/reports/monthly/{group}.svg?month={month.tag}",
+            "csv": f"/api/reports/monthly/{group}.csv?month={month.tag}",
         })
-    return json_response({"month": tag, "groupings": groupings})
+    return json_response({"month": month.tag, "groupings": groupings})
 
 
 @roles(*SUPERVISORS)
 async def monthly_svg(request: web.Request) -> web.Response:
-    year, month, group, rows = await _rows(request)
+    month, group, rows = await _rows(request)
     # pygal takes tens of milliseconds for a large month: off the event loop, which carries live calls.
-    svg = await asyncio.to_thread(_chart, year, month, group, rows)
+    svg = await asyncio.to_thread(_reports(request).chart, month, group, rows)
     resp = web.Response(body=svg, headers={"Content-Type": "image/svg+xml; charset=utf-8"})
     resp.headers["Content-Security-Policy"] = SVG_CSP  # before security_headers, which only sets defaults
     return resp
@@ -205,10 +166,8 @@ async def monthly_svg(request: web.Request) -> web.Response:
 
 @roles(*SUPERVISORS)
 async def monthly_csv(request: web.Request) -> web.Response:
-    year, month, group, rows = await _rows(request)
-    return _attachment(
-        BOM + reports.to_csv(rows), "text/csv; charset=utf-8", f"monthly-{year:04d}-{month:02d}-{group}.csv"
-    )
+    month, group, rows = await _rows(request)
+    return _attachment(BOM + reports.to_csv(rows), "text/csv; charset=utf-8", f"monthly-{month.tag}-{group}.csv")
 
 
 # ------------------------------------------------------------------------------------ page
@@ -220,7 +179,7 @@ async def reports_page(request: web.Request) -> web.StreamResponse:
     user: Any = request[USER_KEY]
     if user is None:
         raise web.HTTPFound("/login?next=/reports")
-    if user.role is UserRole.AGENT:
+    if not sees_supervisor_pages(user):
         raise web.HTTPFound("/agent")
     return web.FileResponse(
         STATIC_DIR / "reports.html", headers={"Cache-Control": "no-store", "Content-Type": "text/html; charset=utf-8"}

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import structlog
 from aiohttp import WSMsgType, web
 
-from callcentre.storage.users import UserRole
+from callcentre.domain.users import check_screen_pops
 from callcentre.web import WEB, WebState
 from callcentre.web.auth import EVERYONE, SUPERVISORS, USER_KEY, roles
 from callcentre.web.hub import WALLBOARD, Subscription, SubscriberDropped, agent_topic
@@ -114,16 +114,14 @@ async def agent_ws(request: web.Request) -> web.StreamResponse:
             agent_id = int(wanted)
         except ValueError:
             raise ApiError(400, "invalid_request", "agent_id must be an integer") from None
-    if agent_id != user.id and user.role is UserRole.AGENT:
-        raise ApiError(403, "forbidden", "an agent receives only their own screen-pops")
+    check_screen_pops(user, agent_id)
     topic = agent_topic(agent_id)
 
+    agents = state.features.agents
+
     def snapshot() -> dict[str, Any]:
-        agent = None
-        if state.acd is not None:
-            agents = state.acd_snapshot().get("agents", [])
-            agent = next((a for a in agents if str(a.get("agent_id")) == str(agent_id)), None)
-        return {"type": "snapshot", "agent": agent, "screen_pop": state.hub.retained(topic), "server_time": state.server_time()}
+        return {"type": "snapshot", "agent": agents.agent_entry(agent_id), "screen_pop": state.hub.retained(topic),
+                "server_time": agents.server_time()}
 
     return await _serve(request, topic, snapshot)
 
@@ -132,7 +130,8 @@ async def agent_ws(request: web.Request) -> web.StreamResponse:
 async def wallboard_ws(request: web.Request) -> web.StreamResponse:
     state = request.app[WEB]
     _check_origin(request, state)
-    return await _serve(request, WALLBOARD, lambda: {"type": "snapshot", **state.acd_snapshot()})
+    agents = state.features.agents
+    return await _serve(request, WALLBOARD, lambda: {"type": "snapshot", **agents.snapshot()})
 
 
 def add_routes(app: web.Application) -> None:
