@@ -1,39 +1,70 @@
 """The composition root: builds every part from the configuration, and nothing else does.
 
-The aiohttp application owns the resources through ``cleanup_ctx`` (database and services, call
-distribution, FastAGI listener, AMI link, background loops), so they start in order, stop in
-reverse order, and their tasks are cancelled and awaited at shutdown.
+:func:`build_services` makes the parts in dependency order, each given what it needs in its
+constructor: storage (no connection is made until first use), the live hub and the wallboard
+notifier, the AMI link (built, not started, so the parts that send actions get it), the service
+loops, the FastAGI server and the desk's services. :func:`build_app` hands them to an aiohttp
+application that owns the resources through ``cleanup_ctx``, one small named function per resource
+(database, call distribution, service loops, AMI link, FastAGI listener), so they start in order,
+stop in reverse order, and their tasks are cancelled and awaited at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import secrets
 import signal
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import structlog
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callcentre import __version__
-from callcentre.agi.server import FastAGIServer
+from callcentre.agi.server import FastAGIServer, Router
 from callcentre.ami.calls import CallTracker
-from callcentre.ami.link import AMILink
+from callcentre.ami.link import AMIDisconnected, AMILink
 from callcentre.config import Config
 from callcentre.config.loader import environ as config_environ
 from callcentre.domain.acd import Agent
 from callcentre.domain.ivr import HotlineIVR
 from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock
+from callcentre.service.alerts import WallboardNotifier
+from callcentre.service.ami_events import AMIEvents, Resync
+from callcentre.service.callbacks import CallbackScheduler, Originate
+from callcentre.service.desk import DeskServices, build_desk, desk_repo
+from callcentre.service.escalation import EscalationLoop
+from callcentre.service.reports_cmd import ReconciliationScheduler
+from callcentre.service.survey import SurveyScript
+from callcentre.service.tickets import TicketService
+from callcentre.service.webhooks import WebhookSender, WebhookSettings, load_secret
 from callcentre.storage import db as storage_db
+from callcentre.storage.desk_repo import DeskRepo
 from callcentre.storage.repo import SqlDirectory, SqlTicketStore
+from callcentre.storage.users_repo import UsersRepo
 from callcentre.tasks import cancel_and_wait
 from callcentre.web.auth import public
 from callcentre.web.hub import Hub
 
+if TYPE_CHECKING:
+    from callcentre.distribution import ACDService
+
 log = structlog.get_logger("callcentre.app")
+
+
+@dataclass
+class Running:
+    """What exists or changes only while the server runs: call distribution and the IVR (built at
+    start-up, once the agents are loaded), whether start-up is done, and whether we are draining."""
+
+    acd: ACDService | None = None
+    ivr: HotlineIVR | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    draining: bool = False
 
 
 @dataclass
@@ -42,226 +73,280 @@ class Services:
 
     cfg: Config
     clock: Clock
-    engine: Any = None
-    session_factory: Any = None
-    directory: SqlDirectory | None = None
-    tickets: SqlTicketStore | None = None
-    ticket_service: Any = None
-    users: Any = None
-    ivr: HotlineIVR | None = None
-    acd: Any = None  # callcentre.distribution.ACDService when call distribution is on
-    agi: FastAGIServer | None = None
-    ami: AMILink | None = None
-    callbacks: Any = None
-    escalation: Any = None
-    reconciliation: Any = None
-    webhooks: Any = None
-    survey: Any = None
-    hub: Hub | None = None
-    tracker: CallTracker = field(default_factory=CallTracker)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    draining: bool = False
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[AsyncSession]
+    directory: SqlDirectory
+    tickets: SqlTicketStore
+    ticket_service: TicketService
+    users: UsersRepo
+    desk: DeskRepo  # the one desk repository: the desk's services and the screen-pop read it
+    desk_services: DeskServices
+    hub: Hub
+    notifier: WallboardNotifier
+    tracker: CallTracker
+    ami_events: AMIEvents
+    ami: AMILink | None  # None when disabled in config or without a secret
+    callbacks: CallbackScheduler
+    survey: SurveyScript
+    escalation: EscalationLoop
+    reconciliation: ReconciliationScheduler
+    webhooks: WebhookSender | None  # None without webhook URLs
+    agi: FastAGIServer
+    running: Running
+
+    @property
+    def acd(self) -> ACDService | None:
+        return self.running.acd
+
+    @acd.setter
+    def acd(self, acd: ACDService | None) -> None:  # by the distribution context at start-up
+        self.running.acd = acd
+
+    @property
+    def ivr(self) -> HotlineIVR | None:
+        return self.running.ivr
+
+    @ivr.setter
+    def ivr(self, ivr: HotlineIVR | None) -> None:  # by the distribution context at start-up
+        self.running.ivr = ivr
+
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.running.ready
 
 
 SERVICES = web.AppKey("services", Services)
 
 
+def build_services(cfg: Config, clock: Clock) -> Services:
+    """Every part, in dependency order; nothing is started and nothing connects."""
+    engine = storage_db.create_engine(cfg.database)
+    sessions = storage_db.session_factory(engine)
+    tickets = SqlTicketStore(sessions, clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix))
+    ticket_service = TicketService(sessions, cfg, clock, webhook_urls=tuple(cfg.webhooks.urls))
+    users = UsersRepo(sessions, clock)
+    desk = desk_repo(sessions, cfg, clock)
+    running = Running()
+    hub = Hub(cfg.web.websocket_queue_max)
+    notifier = WallboardNotifier(hub, clock, acd=lambda: running.acd)
+    tracker = CallTracker()
+    ami_events = AMIEvents()
+    ami = _ami_link(cfg, ami_events)
+    callbacks = CallbackScheduler(sessions, ticket_service, cfg, clock, _originate_through(ami), publish=notifier.publish,
+                                  dial_template=cfg.centre.outbound_template)
+    # AMI events in this order: the call records first, then call distribution, then the call-backs.
+    ami_events.subscribe(lambda message: tracker.feed(message, clock.monotonic()))
+    ami_events.subscribe(lambda message: running.acd.on_ami_event(message) if running.acd is not None else None)
+    ami_events.subscribe(callbacks.feed)
+    if ami is not None:
+        after = lambda calls: running.acd.on_resync(calls) if running.acd is not None else None  # noqa: E731
+        ami_events.on_login(Resync(ami, tracker, clock, cfg.acd.fallback_queue, after))
+    survey = SurveyScript(ticket_service, callbacks, default_language=cfg.ivr.default_language)
+    return Services(
+        cfg=cfg, clock=clock, engine=engine, session_factory=sessions, directory=SqlDirectory(sessions), tickets=tickets,
+        ticket_service=ticket_service, users=users, desk=desk,
+        desk_services=build_desk(sessions, cfg, clock, acd=lambda: running.acd, lifecycle=ticket_service, desk=desk,
+                                 users=users),
+        hub=hub, notifier=notifier, tracker=tracker, ami_events=ami_events, ami=ami, callbacks=callbacks, survey=survey,
+        escalation=EscalationLoop(ticket_service, cfg, clock, notifier.publish),
+        reconciliation=ReconciliationScheduler(sessions, cfg, clock, notifier.reconciliation_ready),
+        webhooks=_webhook_sender(cfg, sessions, clock),
+        agi=FastAGIServer(cfg.agi, _agi_router(running, survey), prompt_path=cfg.prompts.asterisk_path),
+        running=running,
+    )
+
+
+def _ami_link(cfg: Config, events: AMIEvents) -> AMILink | None:
+    if not cfg.ami.enabled:
+        log.warning("AMI link disabled in config (ami.enabled: false)")
+        return None
+    secret = cfg.ami_secret()
+    if not secret:
+        log.warning("no AMI secret: set CALLCENTRE_AMI_SECRET or ami.secret_file; the AMI link stays off")
+        return None
+    return AMILink(cfg.ami, secret, on_event=events.dispatch, on_login=events.logged_in)
+
+
+def _originate_through(ami: AMILink | None) -> Originate:
+    async def originate(channel, context, exten, variables, caller_id, timeout_ms, action_id) -> str:
+        if ami is None:
+            raise AMIDisconnected("the AMI link is not configured")
+        return await ami.originate(
+            channel=channel, context=context, exten=exten, variables=variables, caller_id=caller_id,
+            timeout_ms=timeout_ms, action_id=action_id,
+        )
+
+    return originate
+
+
+def _webhook_sender(cfg: Config, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> WebhookSender | None:
+    if not cfg.webhooks.urls:
+        return None
+    w = cfg.webhooks
+    settings = WebhookSettings(
+        urls=tuple(w.urls), secret=load_secret(config_environ(cfg), w.secret_file), timeout_seconds=w.timeout_seconds,
+        retry_base_seconds=w.retry_base_seconds, retry_max_seconds=w.retry_max_seconds,
+        max_attempts=w.max_attempts, poll_seconds=w.poll_seconds,
+    )
+    return WebhookSender(sessions, settings, clock)
+
+
+def _agi_router(running: Running, survey: SurveyScript) -> Router:
+    """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back."""
+
+    async def hotline(channel) -> None:
+        assert running.ivr is not None  # built at start-up, before the listener opens
+        await running.ivr.run(channel)
+
+    async def callback(channel) -> None:
+        try:
+            if running.acd is not None:
+                await running.acd.callback_script(channel)
+        finally:
+            await channel.set_result("done")
+
+    routes = {"hotline": hotline, "survey": survey.run, "callback": callback}
+
+    def router(env):
+        if running.draining and env.script == "hotline":
+            return None  # shutting down: the dialplan's fallback queue takes new callers
+        return routes.get(env.script)
+
+    return router
+
+
 def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, web_ui: bool = True) -> web.Application:
-    services = Services(cfg=cfg, clock=clock or SystemClock())
-    services.hub = Hub(cfg.web.websocket_queue_max)
+    services = build_services(cfg, clock or SystemClock())
     app = web.Application()
     app[SERVICES] = services
-
-    def publish(topic: str, payload: dict) -> None:
-        """Everything live goes through here; wallboard events other than snapshots become alerts."""
-        assert services.hub is not None
-        payload = dict(payload)
-        if topic == "wallboard" and payload.get("type") not in ("snapshot", "alert"):
-            payload = {"type": "alert", "alert": _as_alert(payload, services.clock)}
-        if topic == "wallboard" and payload.get("type") == "alert" and services.acd is not None:
-            services.acd.alerts.append(payload["alert"])
-        services.hub.publish(topic, payload)
-
-    from callcentre.service.tickets import TicketService
-    from callcentre.storage.users_repo import UsersRepo
-
-    # No connection is made here (the engine connects on first use), so the web layer gets its services now.
-    services.engine = storage_db.create_engine(cfg.database)
-    sf = services.session_factory = storage_db.session_factory(services.engine)
-    services.directory = SqlDirectory(sf)
-    services.tickets = SqlTicketStore(sf, services.clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix))
-    services.ticket_service = TicketService(sf, cfg, services.clock, webhook_urls=tuple(cfg.webhooks.urls))
-    services.users = UsersRepo(sf, services.clock)
-
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        if migrate:
-            await storage_db.upgrade(cfg.database.url, progress=lambda msg: log.info("migration", step=msg))
-        yield
-        await services.engine.dispose()
-
-    async def distribution(app: web.Application) -> AsyncIterator[None]:
-        connector = None
-        if cfg.acd.enabled:
-            from callcentre.distribution import ACDService
-
-            users = services.users
-
-            async def persist(changes) -> None:
-                for c in changes:
-                    await users.record_state(int(c.agent_id), c.from_state.value, c.to_state.value, c.reason or c.event, c.at)
-
-            async def supervisor_phone(user_id: int) -> str | None:
-                u = await users.get(user_id)
-                return u.supervisor_interface if u is not None else None
-
-            from callcentre.storage.desk_repo import DeskRepo
-            from callcentre.web.hub import build_screen_pop
-
-            desk = DeskRepo(
-                services.session_factory, services.clock, tz=cfg.centre.timezone,
-                prefixes=dict(cfg.tickets.number_prefix), repeat_caller_hours=cfg.acd.repeat_caller_hours,
-            )
-
-            async def screen_pop(call) -> dict:
-                return await build_screen_pop(desk, call)
-
-            acd = ACDService(
-                cfg, services.clock, services.tickets, publish=publish, persist_history=persist,
-                last_call_at=services.tickets.last_call_at, supervisor_interface=supervisor_phone,
-                screen_pop=screen_pop,
-            )
-            await _load_agents(services, acd)
-            await acd.start()
-            services.acd = connector = acd
-            services.tracker.add_listener(acd)  # DialBegin/DialEnd, DTMF, hang-ups, OriginateResponse
-            sync_task = asyncio.create_task(_sync_agents_forever(services, acd), name="agent-sync")
-        else:
-            log.warning("call distribution is off (acd.enabled: false): callers who ask for a person go to the dialplan's queue")
-        services.ivr = HotlineIVR(cfg, services.directory, services.tickets, services.clock, connector)
-        yield
-        await services.ivr.drain()
-        if services.acd is not None:
-            await cancel_and_wait(sync_task)
-            services.tracker.remove_listener(services.acd)
-            await services.acd.stop()
-
-    async def service_loop(app: web.Application) -> AsyncIterator[None]:
-        from callcentre.service.callbacks import CallbackScheduler
-        from callcentre.service.escalation import EscalationLoop
-        from callcentre.service.survey import SurveyScript
-        from callcentre.service.webhooks import WebhookSender, WebhookSettings, load_secret
-
-        async def originate(channel, context, exten, variables, caller_id, timeout_ms, action_id) -> str:
-            if services.ami is None:
-                from callcentre.ami.link import AMIDisconnected
-
-                raise AMIDisconnected("the AMI link is not configured")
-            return await services.ami.originate(
-                channel=channel, context=context, exten=exten, variables=variables, caller_id=caller_id,
-                timeout_ms=timeout_ms, action_id=action_id,
-            )
-
-        sf = services.session_factory
-        services.callbacks = CallbackScheduler(
-            sf, services.ticket_service, cfg, services.clock, originate, publish=publish,
-            dial_template=cfg.centre.outbound_template,
-        )
-        services.survey = SurveyScript(services.ticket_service, services.callbacks, default_language=cfg.ivr.default_language)
-        services.escalation = EscalationLoop(services.ticket_service, cfg, services.clock, publish)
-        if services.acd is not None:
-            escalation = services.escalation
-            services.acd.overdue_provider = lambda: escalation.overdue
-
-        def reconciled(day, text: str, csv_text: str) -> None:
-            """当日盘点 done: tell the supervisors (the report itself is on the reports page and CLI)."""
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            log.info("daily reconciliation", day=str(day), summary=lines[:3])
-            publish("wallboard", {"type": "daily_reconciliation", "message": f"Daily reconciliation for {day} is ready",
-                                  "day": str(day)})
-
-        from callcentre.service.reports_cmd import ReconciliationScheduler
-
-        services.reconciliation = ReconciliationScheduler(sf, cfg, services.clock, reconciled)
-        started = [services.callbacks, services.escalation, services.reconciliation]
-        if cfg.webhooks.urls:
-            w = cfg.webhooks
-            settings = WebhookSettings(
-                urls=tuple(w.urls), secret=load_secret(config_environ(cfg), w.secret_file), timeout_seconds=w.timeout_seconds,
-                retry_base_seconds=w.retry_base_seconds, retry_max_seconds=w.retry_max_seconds,
-                max_attempts=w.max_attempts, poll_seconds=w.poll_seconds,
-            )
-            services.webhooks = WebhookSender(sf, settings, services.clock)
-            started.append(services.webhooks)
-        for part in started:
-            await part.start()
-        yield
-        for part in reversed(started):
-            await part.stop()
-
-    async def agi_listener(app: web.Application) -> AsyncIterator[None]:
-        ivr = services.ivr
-        assert ivr is not None
-
-        async def hotline(channel) -> None:
-            await ivr.run(channel)
-
-        async def survey(channel) -> None:
-            await services.survey.run(channel)
-
-        async def callback(channel) -> None:
-            try:
-                if services.acd is not None:
-                    await services.acd.callback_script(channel)
-            finally:
-                await channel.set_result("done")
-
-        routes = {"hotline": hotline, "survey": survey, "callback": callback}
-
-        def router(env):
-            if services.draining and env.script == "hotline":
-                return None  # shutting down: the dialplan's fallback queue takes new callers
-            return routes.get(env.script)
-
-        services.agi = FastAGIServer(cfg.agi, router, prompt_path=cfg.prompts.asterisk_path)
-        await services.agi.start()
-        log.info("fastagi listening", host=cfg.agi.host, port=services.agi.port)
-        yield
-        services.draining = True
-        services.agi.stop_accepting()
-        await services.agi.stop(grace_seconds=cfg.agi.shutdown_grace_seconds)
-
-    async def ami_link(app: web.Application) -> AsyncIterator[None]:
-        if not cfg.ami.enabled:
-            log.warning("AMI link disabled in config (ami.enabled: false)")
-            yield
-            return
-        secret = cfg.ami_secret()
-        if not secret:
-            log.warning("no AMI secret: set CALLCENTRE_AMI_SECRET or ami.secret_file; the AMI link stays off")
-            yield
-            return
-        services.ami = AMILink(cfg.ami, secret, on_event=_on_event(services), on_login=_on_login(services))
-        if services.acd is not None:
-            services.acd.ami = services.ami
-        await services.ami.start()
-        yield
-        await services.ami.stop()
-
-    async def mark_ready(app: web.Application) -> AsyncIterator[None]:
-        services.ready.set()
-        yield
-
     # Started in this order and stopped in reverse: at shutdown the FastAGI listener stops taking calls
     # and lets calls in progress finish while the AMI link and the database are still up.
-    app.cleanup_ctx.extend([database, distribution, service_loop, ami_link, agi_listener, mark_ready])
+    app.cleanup_ctx.extend([
+        functools.partial(_database, migrate=migrate), _distribution, _service_loops, _ami, _agi_listener, _mark_ready,
+    ])
     # Open to monitoring without a log-in (they carry no owner data); bind web.host to a private address.
     app.router.add_get("/health", public(health))
     app.router.add_get("/metrics", public(metrics))
     if web_ui:
         from callcentre.web import setup_web
 
-        setup_web(app, services)
+        setup_web(app, services, services.desk_services)
     return app
+
+
+# --- one context per resource, started in the order above ------------------------------------------
+
+
+async def _database(app: web.Application, *, migrate: bool) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    if migrate:
+        await storage_db.upgrade(services.cfg.database.url, progress=lambda msg: log.info("migration", step=msg))
+    yield
+    await services.engine.dispose()
+
+
+async def _distribution(app: web.Application) -> AsyncIterator[None]:
+    """Call distribution (when on, with the agents loaded from the database) and the IVR that hands it callers.
+
+    Still built here at start-up rather than in :func:`build_services`: the ACD's constructor taking the AMI
+    link and the overdue list, and agent loading out of this module, are refactor-acd's.
+    """
+    services = app[SERVICES]
+    cfg, publish = services.cfg, services.notifier.publish
+    connector = None
+    if cfg.acd.enabled:
+        from callcentre.distribution import ACDService
+
+        users = services.users
+
+        async def persist(changes) -> None:
+            for c in changes:
+                await users.record_state(int(c.agent_id), c.from_state.value, c.to_state.value, c.reason or c.event, c.at)
+
+        async def supervisor_phone(user_id: int) -> str | None:
+            u = await users.get(user_id)
+            return u.supervisor_interface if u is not None else None
+
+        from callcentre.storage.desk_repo import DeskRepo
+        from callcentre.web.hub import build_screen_pop
+
+        desk = DeskRepo(
+            services.session_factory, services.clock, tz=cfg.centre.timezone,
+            prefixes=dict(cfg.tickets.number_prefix), repeat_caller_hours=cfg.acd.repeat_caller_hours,
+        )
+
+        async def screen_pop(call) -> dict:
+            return await build_screen_pop(desk, call)
+
+        acd = ACDService(
+            cfg, services.clock, services.tickets, publish=publish, persist_history=persist,
+            last_call_at=services.tickets.last_call_at, supervisor_interface=supervisor_phone,
+            screen_pop=screen_pop,
+        )
+        await _load_agents(services, acd)
+        await acd.start()
+        services.acd = connector = acd
+        services.tracker.add_listener(acd)  # DialBegin/DialEnd, DTMF, hang-ups, OriginateResponse
+        sync_task = asyncio.create_task(_sync_agents_forever(services, acd), name="agent-sync")
+    else:
+        log.warning("call distribution is off (acd.enabled: false): callers who ask for a person go to the dialplan's queue")
+    services.ivr = HotlineIVR(cfg, services.directory, services.tickets, services.clock, connector)
+    yield
+    await services.ivr.drain()
+    if services.acd is not None:
+        await cancel_and_wait(sync_task)
+        services.tracker.remove_listener(services.acd)
+        await services.acd.stop()
+
+
+async def _service_loops(app: web.Application) -> AsyncIterator[None]:
+    """The call-back scheduler, the promise evaluator, the daily reconciliation and the webhook sender."""
+    services = app[SERVICES]
+    if services.acd is not None:  # until ACDService takes the overdue list in its constructor (refactor-acd)
+        escalation = services.escalation
+        services.acd.overdue_provider = lambda: escalation.overdue
+    started = [services.callbacks, services.escalation, services.reconciliation]
+    if services.webhooks is not None:
+        started.append(services.webhooks)
+    for part in started:
+        await part.start()
+    yield
+    for part in reversed(started):
+        await part.stop()
+
+
+async def _ami(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    ami = services.ami
+    if ami is None:
+        yield
+        return
+    if services.acd is not None:  # until ACDService takes the link in its constructor (refactor-acd)
+        services.acd.ami = ami
+    await ami.start()
+    yield
+    await ami.stop()
+
+
+async def _agi_listener(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    agi, cfg = services.agi, services.cfg
+    await agi.start()
+    log.info("fastagi listening", host=cfg.agi.host, port=agi.port)
+    yield
+    services.running.draining = True
+    agi.stop_accepting()
+    await agi.stop(grace_seconds=cfg.agi.shutdown_grace_seconds)
+
+
+async def _mark_ready(app: web.Application) -> AsyncIterator[None]:
+    app[SERVICES].ready.set()
+    yield
+
+
+def _on_event(services: Services):
+    """The AMI link's event callback as the app builds it (the AMI benchmark drives it directly)."""
+    return services.ami_events.dispatch
 
 
 async def _load_agents(services: Services, acd) -> None:
@@ -310,19 +395,6 @@ async def _load_agents(services: Services, acd) -> None:
     log.info("agents loaded", agents=len(agents), restored=len(last))
 
 
-def _as_alert(payload: dict, clock: Clock) -> dict:
-    """A service-loop event (promise warning or breach, call-back needing a person) as a wallboard alert."""
-    kind = str(payload.get("type") or payload.get("kind") or "alert")
-    ticket = payload.get("ticket")
-    messages = {
-        "promise_warning": f"Ticket {ticket} has used 80% of its promised time",
-        "promise_breach": f"Ticket {ticket} is past its promised time: escalated to the quality department",
-    }
-    message = payload.get("message") or messages.get(kind) or (f"{kind.replace('_', ' ')}: ticket {ticket}" if ticket else kind)
-    return {**{k: v for k, v in payload.items() if isinstance(v, (str, int, float, bool)) or v is None},
-            "kind": kind, "message": str(message), "at": payload.get("at") or clock.now().isoformat()}
-
-
 def _agent_from_user(u) -> Agent:
     return Agent(
         agent_id=str(u.id), name=u.name, login=u.login, interface=u.interface, skills=frozenset(u.skills),
@@ -345,53 +417,6 @@ async def _sync_agents_forever(services: Services, acd, every: float = 30.0) -> 
             acd.sync_agents(agents)
         except StorageUnavailable as exc:
             log.warning("agent list not refreshed", error=str(exc))
-
-
-def _on_event(services: Services):
-    tracker = services.tracker
-    clock = services.clock
-
-    def on_event(message) -> None:
-        tracker.feed(message, clock.monotonic())
-        if services.acd is not None:
-            services.acd.on_ami_event(message)
-        if services.callbacks is not None:
-            services.callbacks.feed(message)
-
-    return on_event
-
-
-def _on_login(services: Services):
-    async def on_login() -> None:
-        """Resynchronise on every login: Asterisk may have restarted and forgotten every call.
-
-        CoreShowChannels rebuilds the call records (phantoms are closed, unknown channels added);
-        QueueStatus and Status are read for the fallback queue and the channels' details. Each is
-        best effort: a PBX without app_queue answers QueueStatus with an error, which is logged.
-        """
-        from callcentre.ami.link import AMIError
-        from callcentre.ami.protocol import event_name
-
-        ami = services.ami
-        assert ami is not None
-        channels = await ami.core_show_channels()
-        services.tracker.resync(channels, services.clock.monotonic())
-        summary = {"channels": sum(1 for m in channels if m.get("Event") == "CoreShowChannel")}
-        # Counted by event name: a real QueueStatus answers QueueParams and a QueueMember per member
-        # before any QueueEntry (a caller waiting), so "all events but the Complete" counted the members.
-        steps = (("queue_entries", "QueueEntry", lambda: ami.queue_status(services.cfg.acd.fallback_queue)),
-                 ("status", "Status", ami.channel_status))
-        for name, event, action in steps:  # each coroutine made only when its turn comes (a cancel leaves none behind)
-            try:
-                events = await action()
-                summary[name] = sum(1 for m in events if event_name(m) == event)
-            except AMIError as exc:
-                log.warning("ami resync step failed", step=name, error=str(exc))
-        if services.acd is not None:
-            services.acd.on_resync(services.tracker.open_calls())
-        log.info("ami resynchronised", **summary)
-
-    return on_login
 
 
 async def health(request: web.Request) -> web.Response:

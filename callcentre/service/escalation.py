@@ -20,12 +20,12 @@ from callcentre.config import Config
 from callcentre.domain.lifecycle import Escalate, TicketState, TransitionRefused
 from callcentre.domain.ports import Clock
 from callcentre.domain.promises import AlertKind, ClockSample, PromiseAlert, due_escalations, evaluation_time
+from callcentre.service.alerts import WALLBOARD
 from callcentre.service.tickets import ConcurrentChange, TicketNotFound, TicketService
 from callcentre.tasks import cancel_and_wait, run_periodically
 
 log = structlog.get_logger(__name__)
 
-WALLBOARD = "wallboard"
 OVERDUE_SHOWN = 30  # rows of the wallboard's overdue list
 Publish = Callable[[str, Mapping[str, Any]], Awaitable[None] | None]
 
