@@ -15,45 +15,44 @@ async def _until(event: asyncio.Event) -> None:
         await event.wait()
 
 
+class Steps:
+    """A step that counts its runs, fails the first ``failing`` of them, and says when the third ran."""
+
+    def __init__(self, failing: int = 0) -> None:
+        self.runs = 0
+        self.failing = failing
+        self.third = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.runs += 1
+        if self.runs == 3:
+            self.third.set()
+        if self.runs <= self.failing:
+            raise RuntimeError(f"database hiccup {self.runs}")
+
+
 async def test_a_failing_step_is_logged_with_its_traceback_and_the_loop_goes_on() -> None:
-    runs = 0
-    third = asyncio.Event()
-
-    async def step() -> None:
-        nonlocal runs
-        runs += 1
-        if runs == 3:
-            third.set()
-        if runs <= 2:
-            raise RuntimeError(f"database hiccup {runs}")
-
+    step = Steps(failing=2)
     with capture_logs() as logs:
         task = asyncio.create_task(run_periodically("test-loop", step, 0))
-        await _until(third)
+        await _until(step.third)
         await cancel_and_wait(task)
     failures = [e for e in logs if e["event"] == "periodic step failed"]
     assert [e["task"] for e in failures] == ["test-loop", "test-loop"]
     assert all(e["log_level"] == "error" and e.get("exc_info") is True for e in failures)  # log.exception
-    assert task.cancelled() and runs >= 3
+    assert task.cancelled() and step.runs >= 3
 
 
 async def test_the_interval_is_asked_after_every_step() -> None:
+    step = Steps()
     asked: list[int] = []
-    runs = 0
-    done = asyncio.Event()
-
-    async def step() -> None:
-        nonlocal runs
-        runs += 1
-        if runs == 3:
-            done.set()
 
     def interval() -> float:
-        asked.append(runs)
+        asked.append(step.runs)
         return 0.0
 
     task = asyncio.create_task(run_periodically("test-loop", step, interval))
-    await _until(done)
+    await _until(step.third)
     await cancel_and_wait(task)
     assert asked[:2] == [1, 2]
 
