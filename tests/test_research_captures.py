@@ -78,6 +78,12 @@ def test_the_transferred_caller_comes_back_to_the_fastagi_server_on_the_same_cha
         assert (a["agi_uniqueid"], a["agi_channel"]) == (b["agi_uniqueid"], b["agi_channel"])
         assert b["agi_callerid"] == "13800138000"
         assert after_note(second, b"AMI Hangup", 1) == [b"200 result=-1\n"]  # its own Dial to agent T2 held
+    # the target's priority 1 is skipped: the channel is moved there inside EXEC, the PBX increments after AGI()
+    for name, exten in (("transfer-redirect-ami.txt", "7001"), ("transfer-blind-ami.txt", "7002")):
+        steps = [(m["Priority"], m["Application"]) for m in events(name, "Newexten")
+                 if m.get("Context") == "capture-xfer" and m.get("Exten") == exten]
+        assert steps[:2] == [("1", "Dial"), ("2", "AGI")], (name, steps)
+        assert ("1", "NoOp") not in steps
     blind = events("transfer-blind-ami.txt", "BlindTransfer")
     assert len(blind) == 1 and blind[0]["Result"] == "Success" and blind[0]["Extension"] == "7002"
     assert blind[0]["TransfereeChannel"] == env("transfer-blind-agi.txt")["agi_channel"]
