@@ -10,6 +10,13 @@ half is the caller's handset, which the scenario hangs up with AMI ``Hangup`` at
 ("the caller hangs up"). Each scenario writes ``agi-<name>.txt`` and/or ``ami-<name>.txt`` in the
 format of ../shared/asterisk-captures: ``SECONDS TAG 'python-repr of the bytes'`` (``<<`` from
 Asterisk, ``>>`` to it, ``--`` a note), seconds since the scenario started.
+
+Research for issue 12 (``CaptureAsterisk`` adds capture-only queues, features.conf and contexts):
+``QUEUE_SCENARIOS`` run app_queue itself and save the bytes it appended to ``queue_log``
+(``queue_log-<name>.txt``) with their AMI side; the ``recording-*`` and ``transfer-*`` scenarios in
+``SCENARIOS`` try MixMonitor and transfers on a call bridged by a FastAGI ``EXEC Dial`` (a transfer that
+comes back into the FastAGI server is a second session, saved as ``-agi2.txt``: ``EXTRA_SESSIONS``).
+Two of them mount a tmpfs (read-only, 64 KiB) inside the throw-away instance and unmount it after.
 """
 
 from __future__ import annotations
