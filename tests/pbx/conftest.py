@@ -305,3 +305,64 @@ def pytest_runtest_makereport(item: Any, call: Any):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+# ------------------------------------------------------------------------------------------------------
+# A second ``callcentre serve`` beside the pbx fixture's (tests of a second node, CALLCENTRE_AGI2)
+
+
+@dataclass
+class SecondNode:
+    """Another server process on the same Asterisk and database, with its own FastAGI and web ports."""
+
+    server: ServerProcess
+    agi_port: int
+    web_port: int
+
+    @property
+    def agi_address(self) -> str:
+        return f"127.0.0.1:{self.agi_port}"
+
+
+@pytest_asyncio.fixture
+async def second_node(pbx: PBX):
+    """``await second_node()`` starts a second ``callcentre serve`` sharing the pbx fixture's
+    configuration and database (SQLite file or PostgreSQL database) on new FastAGI/web ports; every
+    one still running at the end gets SIGTERM and must exit 0 within SIGTERM_EXIT_BOUND."""
+    started: list[SecondNode] = []
+
+    async def start(**env_extra: str) -> SecondNode:
+        agi_port, web_port = free_port(), free_port()
+        env = {**pbx.env, "CALLCENTRE_AGI__PORT": str(agi_port), "CALLCENTRE_WEB__PORT": str(web_port), **env_extra}
+        node = SecondNode(ServerProcess(env, str(pbx.tmp)), agi_port, web_port)
+        started.append(node)
+        await node.server.start()
+        await node.server.wait_log("fastagi listening", 30)
+        await node.server.wait_log("ami resynchronised", 15)
+        return node
+
+    problems: list[str] = []
+    try:
+        yield start
+    finally:
+        running = [n for n in started if n.server.proc is not None and n.server.proc.returncode is None]
+        if running and pbx.ami.writer is not None:
+            # as the pbx fixture does: no call in progress when SIGTERM comes
+            try:
+                await pbx.ami.action("Hangup", Channel="/.*/", Cause="16")
+                await pbx.no_channels(10)
+            except (AssertionError, OSError, TimeoutError):
+                pass
+        for node in started:
+            proc = node.server.proc
+            if proc is not None and proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    rc = await asyncio.wait_for(proc.wait(), SIGTERM_EXIT_BOUND)
+                    if rc != 0:
+                        problems.append(f"second node on {node.agi_address} exited {rc} on SIGTERM")
+                except TimeoutError:
+                    problems.append(f"second node on {node.agi_address} did not exit within {SIGTERM_EXIT_BOUND} s")
+            await node.server.close()
+        if problems:
+            raise AssertionError("; ".join(problems))
