@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import secrets
 import signal
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, AsyncIterator
 
 import structlog
@@ -23,12 +21,10 @@ from callcentre.agi.server import FastAGIServer
 from callcentre.ami.calls import CallTracker
 from callcentre.ami.link import AMILink
 from callcentre.config import Config
-from callcentre.domain.acd import Agent
 from callcentre.domain.ivr import HotlineIVR
-from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock
+from callcentre.domain.ports import Clock, SystemClock
 from callcentre.storage import db as storage_db
 from callcentre.storage.repo import SqlDirectory, SqlTicketStore
-from callcentre.tasks import cancel_and_wait
 from callcentre.web.auth import public
 from callcentre.web.hub import Hub
 
@@ -99,46 +95,32 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
     async def distribution(app: web.Application) -> AsyncIterator[None]:
         connector = None
         if cfg.acd.enabled:
-            from callcentre.distribution import ACDService
-
-            users = services.users
-
-            async def persist(changes) -> None:
-                for c in changes:
-                    await users.record_state(int(c.agent_id), c.from_state.value, c.to_state.value, c.reason or c.event, c.at)
-
-            async def supervisor_phone(user_id: int) -> str | None:
-                u = await users.get(user_id)
-                return u.supervisor_interface if u is not None else None
-
+            from callcentre.distribution import ACDService, AgentRoster
             from callcentre.storage.desk_repo import DeskRepo
-            from callcentre.web.hub import build_screen_pop
 
+            roster = AgentRoster(services.users, cfg, services.session_factory, services.clock)
             desk = DeskRepo(
                 services.session_factory, services.clock, tz=cfg.centre.timezone,
                 prefixes=dict(cfg.tickets.number_prefix), repeat_caller_hours=cfg.acd.repeat_caller_hours,
             )
-
-            async def screen_pop(call) -> dict:
-                return await build_screen_pop(desk, call)
-
             acd = ACDService(
-                cfg, services.clock, services.tickets, publish=publish, persist_history=persist,
-                last_call_at=services.tickets.last_call_at, supervisor_interface=supervisor_phone,
-                screen_pop=screen_pop,
+                cfg, services.clock, services.tickets, publish=publish, persist_history=roster.record_states,
+                last_call_at=services.tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
+                owners=desk, ami=lambda: services.ami,
+                overdue=lambda: services.escalation.overdue if services.escalation is not None else [],
             )
-            await _load_agents(services, acd)
+            await roster.load(acd)
             await acd.start()
             services.acd = connector = acd
             services.tracker.add_listener(acd)  # DialBegin/DialEnd, DTMF, hang-ups, OriginateResponse
-            sync_task = asyncio.create_task(_sync_agents_forever(services, acd), name="agent-sync")
+            roster.start(acd)
         else:
             log.warning("call distribution is off (acd.enabled: false): callers who ask for a person go to the dialplan's queue")
         services.ivr = HotlineIVR(cfg, services.directory, services.tickets, services.clock, connector)
         yield
         await services.ivr.drain()
         if services.acd is not None:
-            await cancel_and_wait(sync_task)
+            await roster.stop()
             services.tracker.remove_listener(services.acd)
             await services.acd.stop()
 
@@ -165,9 +147,6 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
         )
         services.survey = SurveyScript(services.ticket_service, services.callbacks, default_language=cfg.ivr.default_language)
         services.escalation = EscalationLoop(services.ticket_service, cfg, services.clock, publish)
-        if services.acd is not None:
-            escalation = services.escalation
-            services.acd.overdue_provider = lambda: escalation.overdue
 
         def reconciled(day, text: str, csv_text: str) -> None:
             """当日盘点 done: tell the supervisors (the report itself is on the reports page and CLI)."""
@@ -238,8 +217,6 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
             yield
             return
         services.ami = AMILink(cfg.ami, secret, on_event=_on_event(services), on_login=_on_login(services))
-        if services.acd is not None:
-            services.acd.ami = services.ami
         await services.ami.start()
         yield
         await services.ami.stop()
@@ -261,52 +238,6 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
     return app
 
 
-async def _load_agents(services: Services, acd) -> None:
-    """Agents come from the users table; agents in config.yaml are created there if missing."""
-    from callcentre.storage.users_repo import UserExists, UserInvalid, create_user
-
-    cfg = services.cfg
-    users = services.users
-    start_ready: set[str] = set()
-    for a in cfg.acd.agents:
-        existing = await users.by_login(a.id)
-        if existing is None:
-            try:
-                existing = await create_user(
-                    services.session_factory, a.id, a.name, "agent", secrets.token_urlsafe(24), interface=a.interface,
-                    skills=a.skills, languages=a.languages, senior=a.senior, clock=services.clock,
-                )
-                log.info("agent from config.yaml added; set a password to log in", login=a.id,
-                         command=f"callcentre user passwd {a.id}")
-            except UserExists:
-                existing = await users.by_login(a.id)
-            except UserInvalid as exc:
-                log.error("agent in config.yaml refused", login=a.id, error=str(exc))
-                continue
-        if existing is not None and a.start == "ready":
-            start_ready.add(str(existing.id))
-    agents: list[Agent] = []
-    last: dict[str, tuple[str, datetime, str | None]] = {}
-    for u in await users.agents():
-        if not u.interface:
-            continue
-        try:
-            agents.append(_agent_from_user(u))
-        except ValueError as exc:
-            log.error("agent not loaded", login=u.login, error=str(exc))
-            continue
-        try:
-            history = await users.state_history(u.id, limit=1)
-        except StorageUnavailable:
-            history = []
-        if history:
-            h = history[0]
-            at = h["at"] if isinstance(h["at"], datetime) else datetime.fromisoformat(str(h["at"]))
-            last[str(u.id)] = (h["to_state"], at, h.get("reason"))
-    acd.load_agents(agents, last, start_ready)
-    log.info("agents loaded", agents=len(agents), restored=len(last))
-
-
 def _as_alert(payload: dict, clock: Clock) -> dict:
     """A service-loop event (promise warning or breach, call-back needing a person) as a wallboard alert."""
     kind = str(payload.get("type") or payload.get("kind") or "alert")
@@ -318,30 +249,6 @@ def _as_alert(payload: dict, clock: Clock) -> dict:
     message = payload.get("message") or messages.get(kind) or (f"{kind.replace('_', ' ')}: ticket {ticket}" if ticket else kind)
     return {**{k: v for k, v in payload.items() if isinstance(v, (str, int, float, bool)) or v is None},
             "kind": kind, "message": str(message), "at": payload.get("at") or clock.now().isoformat()}
-
-
-def _agent_from_user(u) -> Agent:
-    return Agent(
-        agent_id=str(u.id), name=u.name, login=u.login, interface=u.interface, skills=frozenset(u.skills),
-        languages=frozenset(u.languages), vip_capable=u.senior, senior=u.senior,
-    )
-
-
-async def _sync_agents_forever(services: Services, acd, every: float = 30.0) -> None:
-    """Agents created or changed (``callcentre user add``) while the server runs join without a restart."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            agents = []
-            for u in await services.users.agents():
-                if u.interface:
-                    try:
-                        agents.append(_agent_from_user(u))
-                    except ValueError as exc:
-                        log.warning("agent not loaded", login=u.login, error=str(exc))
-            acd.sync_agents(agents)
-        except StorageUnavailable as exc:
-            log.warning("agent list not refreshed", error=str(exc))
 
 
 def _on_event(services: Services):
