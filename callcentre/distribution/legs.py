@@ -66,7 +66,7 @@ class OfferLeg:
         to = LEG_TRANSITIONS[event].get(frm)
         if to is None:
             log.warning("offer leg event ignored", uniqueid=self.caller_uniqueid, offer=self.offer_id,
-                        event=event, state=frm.value)
+                        transition=event, state=frm.value)
             return False
         self.state = to
         log.info("offer leg state changed", uniqueid=self.caller_uniqueid, offer=self.offer_id,
