@@ -612,7 +612,7 @@ def required_prompts(cfg: Config) -> set[str]:
         "repair-menu-intro", "complaint-menu-intro", "emergency-menu-intro", "record-repair", "record-complaint",
         "ticket-created", "promise-by", "emergency-connecting", "apology", "language-switched", "menu-emergency",
         "leave-message", "message-saved", "phone-shared", "choose-unit",
-        # call distribution (callcentre/distribution.py)
+        # call distribution: the wait script (callcentre/domain/waiting.py)
         "queue-position", "queue-expected-wait", "minutes-word", "callback-offer", "callback-registered",
         "no-agents", "closed-hours", "max-wait-reached", "rate-service", "thanks-rating", "please-wait",
     }
