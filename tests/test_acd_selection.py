@@ -171,3 +171,11 @@ def test_a_new_rule_is_one_dimension_and_keeps_the_search_to_index_slots() -> No
     # the agent's own skills and languages, not by the number of agents or callers
     assert len(b.agents["a_east"].keys) == 2 * 2 * 2
     assert len(b.calls["c_west"].keys) == len(tier_masks(3)) == 8
+
+
+def test_calls_that_ask_for_the_same_share_their_index_slots() -> None:
+    b = Board()
+    one, two = b.wait("c1", skill="repair", lang="zh"), b.wait("c2", skill="repair", lang="zh")
+    other = b.wait("c3", skill="repair", lang="zh", level=PriorityLevel.VIP)
+    assert one.keys is two.keys and one.agent_tiers is two.agent_tiers  # no tuples per caller
+    assert other.keys is not one.keys and other.keys[0][0] == int(PriorityLevel.VIP)

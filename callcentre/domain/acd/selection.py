@@ -49,6 +49,7 @@ from callcentre.domain.acd.model import Agent, AgentRecord, CallRecord, Priority
 ANY = "*"  # index slot: "whatever the agent/call has"
 NONE = ""  # index slot: the call states no requirement on this dimension
 NO_PREFERENCE = ""
+_SHAPES_KEPT = 4096  # distinct (level, language, skill) combinations remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ class AgentSelector:
         }
         self._agent_index = LazyIndex(self._agent_entry_live)
         self._call_index = LazyIndex(self._call_entry_live)
+        self._call_shapes: dict[tuple, tuple[tuple, tuple]] = {}
 
     # ----- agents ---------------------------------------------------------------------------------
     def prepare_agent(self, rec: AgentRecord) -> None:
@@ -224,11 +226,19 @@ class AgentSelector:
 
     # ----- calls ----------------------------------------------------------------------------------
     def prepare_call(self, crec: CallRecord) -> None:
-        """Work out, once per waiting call, where it sits and where it looks."""
+        """Work out, once per waiting call, where it sits and where it looks (shared by every call that
+        asks for the same things at the same level: a dict look-up, and no tuples per caller)."""
         call = crec.call
-        lvl = int(call.priority_level)
-        values = [d.call_value(call) for d in self.dimensions]
-        crec.keys = tuple(
+        shape = (call.priority_level, *[d.call_value(call) for d in self.dimensions])
+        found = self._call_shapes.get(shape)
+        if found is None:
+            if len(self._call_shapes) >= _SHAPES_KEPT:
+                self._call_shapes.clear()
+            found = self._call_shapes[shape] = self._call_shape(int(shape[0]), shape[1:])
+        crec.keys, crec.agent_tiers = found
+
+    def _call_shape(self, lvl: int, values: tuple[str | None, ...]) -> tuple[tuple, tuple]:
+        keys = tuple(
             (lvl, *[(v or NONE) if keep else ANY for v, keep in zip(values, mask, strict=True)]) for mask in self._masks
         )
         tiers: list[tuple[str, ...]] = []
@@ -236,7 +246,7 @@ class AgentSelector:
             tier = tuple((v or ANY) if keep else ANY for v, keep in zip(values, mask, strict=True))
             if tier not in tiers:
                 tiers.append(tier)
-        crec.agent_tiers = tuple(tiers)
+        return keys, tuple(tiers)
 
     def index_call(self, crec: CallRecord) -> None:
         if crec.indexed:
