@@ -4,7 +4,6 @@ the call's uniqueid, and nothing outside the table."""
 from __future__ import annotations
 
 import pytest
-from structlog.testing import capture_logs
 
 from callcentre.config import ACDConfig
 from callcentre.domain.acd import (
@@ -19,6 +18,7 @@ from callcentre.domain.acd import (
     offers_in,
 )
 from callcentre.domain.ports import FakeClock
+from fakes import captured_logs
 
 
 def setup(**cfg) -> tuple[Distributor, FakeClock, str]:
@@ -39,7 +39,7 @@ def transitions(logs) -> list[tuple[str, str, str, str]]:
 
 def test_an_answered_offer_goes_offered_ringing_answered_ended() -> None:
     d, clock, oid = setup()
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         d.on_ringing(oid)
         clock.advance(3)
         d.on_answered(oid)
@@ -60,7 +60,7 @@ def test_an_answered_offer_goes_offered_ringing_answered_ended() -> None:
 def test_an_unanswered_offer_ends_by_one_named_transition(event, end) -> None:
     d, _, oid = setup()
     d.on_ringing(oid)
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         event(d, oid)
     assert transitions(logs)[0] == (*end, "u-c1")
 
@@ -69,7 +69,7 @@ def test_the_ring_deadline_is_a_timer_kind_and_stale_after_the_offer_moved_on() 
     d, clock, oid = setup()
     assert {k for k in TimerKind} == set(d._timer_handlers)  # every kind has its handler
     clock.advance(ACDConfig().ring_timeout_seconds + ACDConfig().ring_cycle_seconds + 0.1)
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         out = d.tick()
     assert transitions(logs)[0] == ("rang_out", "offered", "missed", "u-c1")  # never rang: set-up allowance over
     # the call went to the other agent at once

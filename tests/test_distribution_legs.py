@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from structlog.testing import capture_logs
 
 from callcentre.distribution.legs import AgentLegs, LegState, OfferLegs
 from callcentre.domain.acd import Offer
+from fakes import captured_logs
 
 CALLER = "1795351990.1"
 
@@ -66,7 +66,7 @@ def test_an_answer_on_a_cancelled_leg_does_not_make_it_answered() -> None:
     legs.dial_written(leg.offer_id)
     legs.dial_begin(CALLER, "1795351990.2", "PJSIP/agent1-0000002a")
     legs.cancel(leg.offer_id, "ring timeout")
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         legs.answered(CALLER)
     assert leg.state is LegState.CANCELLED
     assert [e["event"] for e in logs] == ["offer leg event ignored"] and logs[0]["uniqueid"] == CALLER
@@ -83,7 +83,7 @@ def test_a_caller_who_leaves_takes_offers_still_in_the_inbox_along() -> None:
 
 def test_every_leg_transition_is_one_log_line_with_the_callers_uniqueid() -> None:
     legs = OfferLegs()
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         leg = legs.queued(offer(), CALLER)
         legs.take(leg.offer_id)
         legs.dial_written(leg.offer_id)

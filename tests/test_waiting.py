@@ -28,7 +28,7 @@ from callcentre.domain.waiting import (
     WaitState,
     interrupt_digit,
 )
-from fakes import FakeChannel, FakeTicketStore, owner
+from fakes import FakeChannel, FakeTicketStore, captured_logs, owner
 
 UID = "1795351990.1"
 
@@ -299,11 +299,9 @@ def test_wait_states_change_only_by_named_transitions() -> None:
 
 
 def test_each_wait_transition_is_one_log_line_with_the_uniqueid() -> None:
-    from structlog.testing import capture_logs
-
     ch = FakeChannel()
-    w = Waiter(ch=ch, call=caller(ch), entered_mono=0.0)
-    with capture_logs() as logs:
+    with captured_logs() as logs:
+        w = Waiter(ch=ch, call=caller(ch), entered_mono=0.0)  # its logger is bound when it is made
         w.go("announcement_started")
         w.go("announcement_ended")
     changes = [e for e in logs if e["event"] == "caller wait state changed"]
