@@ -167,7 +167,7 @@ async def test_the_call_back_key_is_taken_only_while_waiting_not_while_ringing_a
     for _ in range(10):
         await asyncio.sleep(0)
     assert w.state is WaitState.CALLBACK and task.done() and task.result() is Outcome.DONE
-    assert acd.callbacks.requests["1795351990.1"].number == "+8613800138000"
+    assert acd.queue_callback.requests["1795351990.1"].number == "+8613800138000"
     row = acd.wallboard().queue[0]
     assert (row.callback, row.caller, row.owner_name) == (True, "+8613800138000", None)
 

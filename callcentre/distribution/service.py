@@ -103,11 +103,11 @@ class ACDService(CallListener):
         self.waiters: dict[str, Waiter] = {}  # caller uniqueid (= call id) -> the caller waiting in our session
         self.offer_legs = OfferLegs()
         self.agent_legs = AgentLegs()
-        self.callbacks = QueueCallback(
+        self.queue_callback = QueueCallback(
             cfg, clock, tickets, self.dist, apply=self._apply, ami=self._ami, screen_pop=self._screen_pop,
             legs=self.agent_legs,
         )
-        self._committing = self.callbacks.committing  # call-back tickets being saved (stop() waits for them)
+        self._committing = self.queue_callback.committing  # call-back tickets being saved (stop() waits for them)
         # owner/caller key -> last agent who answered them; least recently used dropped past the cap
         self._previous_agent: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
@@ -180,7 +180,7 @@ class ACDService(CallListener):
     async def stop(self) -> None:
         await cancel_and_wait(self._ticker, *self._tasks)
         self._ticker = None
-        await self.callbacks.drain()  # call-back tickets being saved: finish them before the database closes
+        await self.queue_callback.drain()  # call-back tickets being saved: finish them before the database closes
         await self._flush_history()
 
     async def _tick_loop(self) -> None:
@@ -217,7 +217,7 @@ class ACDService(CallListener):
             if isinstance(d, MakeOffer):
                 offer = d.offer
                 if offer.callback:
-                    self._spawn(self.callbacks.ring(offer), f"callback-{offer.offer_id}")
+                    self._spawn(self.queue_callback.ring(offer), f"callback-{offer.offer_id}")
                     continue
                 waiter = self.waiters.get(offer.call_id)
                 if waiter is None:  # the caller is gone; the domain will hear of it through withdraw
@@ -404,7 +404,7 @@ class ACDService(CallListener):
         self._apply(self.dist.withdraw(waiter.uniqueid, WithdrawReason.TRANSFERRED).decisions)
 
     async def book_callback(self, waiter: Waiter) -> Ticket | None:
-        return await self.callbacks.book(waiter.call, waiter.log)
+        return await self.queue_callback.book(waiter.call, waiter.log)
 
     def leaving(self, waiter: Waiter) -> None:
         self.waiters.pop(waiter.uniqueid, None)
@@ -472,10 +472,10 @@ class ACDService(CallListener):
 
     async def callback_script(self, ch: Channel) -> None:
         """FastAGI ``callback``: runs on the agent's answered phone; dials the owner."""
-        await self.callbacks.script(ch)
+        await self.queue_callback.script(ch)
 
     def originate_response(self, action_id: str, response: str, reason: Any, uniqueid: str | None, at: float) -> None:
-        self.callbacks.originate_response(action_id, response, reason)
+        self.queue_callback.originate_response(action_id, response, reason)
 
     # ------------------------------------------------------------------ AMI events
 
@@ -556,7 +556,7 @@ class ACDService(CallListener):
         return wallboard_snapshot(
             self.dist.snapshot(),
             waiting={call_id: w.call for call_id, w in self.waiters.items()},
-            callbacks=self.callbacks.calls(),
+            callbacks=self.queue_callback.calls(),
             alerts=list(self.alerts),
             overdue=self._overdue(),
             target_wait_seconds=self.cfg.acd.ring_timeout_seconds,
