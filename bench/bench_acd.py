@@ -130,7 +130,7 @@ def bench_selection(agents: int = 10_000, rounds: int = 5_000) -> dict[str, obje
         crec = d._calls[call.call_id]  # noqa: SLF001 - measuring the private step on purpose
         crec.offer_id, saved = None, crec.offer_id
         t0 = time.perf_counter_ns()
-        picked = d._pick_agent_for(crec)  # noqa: SLF001
+        picked = d.selector.pick_agent_for(crec)
         t1 = time.perf_counter_ns()
         crec.offer_id = saved
         assert picked is not None

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import secrets
 import signal
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, AsyncIterator
 
 import structlog
@@ -30,9 +28,8 @@ from callcentre.ami.calls import CallTracker
 from callcentre.ami.link import AMIDisconnected, AMILink
 from callcentre.config import Config
 from callcentre.config.loader import environ as config_environ
-from callcentre.domain.acd import Agent
 from callcentre.domain.ivr import HotlineIVR
-from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock
+from callcentre.domain.ports import Clock, SystemClock
 from callcentre.service.alerts import WallboardNotifier
 from callcentre.service.ami_events import AMIEvents, Resync
 from callcentre.service.callbacks import CallbackScheduler, Originate
@@ -46,7 +43,6 @@ from callcentre.storage import db as storage_db
 from callcentre.storage.desk_repo import DeskRepo
 from callcentre.storage.repo import SqlDirectory, SqlTicketStore
 from callcentre.storage.users_repo import UsersRepo
-from callcentre.tasks import cancel_and_wait
 from callcentre.web.auth import public
 from callcentre.web.hub import Hub
 
@@ -246,55 +242,32 @@ async def _database(app: web.Application, *, migrate: bool) -> AsyncIterator[Non
 
 
 async def _distribution(app: web.Application) -> AsyncIterator[None]:
-    """Call distribution (when on, with the agents loaded from the database) and the IVR that hands it callers.
-
-    Still built here at start-up rather than in :func:`build_services`: the ACD's constructor taking the AMI
-    link and the overdue list, and agent loading out of this module, are refactor-acd's.
-    """
+    """Call distribution (when on, with the agents loaded from the database) and the IVR that hands it callers."""
     services = app[SERVICES]
     cfg, publish = services.cfg, services.notifier.publish
     connector = None
+    roster = None
     if cfg.acd.enabled:
-        from callcentre.distribution import ACDService
+        from callcentre.distribution import ACDService, AgentRoster
 
-        users = services.users
-
-        async def persist(changes) -> None:
-            for c in changes:
-                await users.record_state(int(c.agent_id), c.from_state.value, c.to_state.value, c.reason or c.event, c.at)
-
-        async def supervisor_phone(user_id: int) -> str | None:
-            u = await users.get(user_id)
-            return u.supervisor_interface if u is not None else None
-
-        from callcentre.storage.desk_repo import DeskRepo
-        from callcentre.web.hub import build_screen_pop
-
-        desk = DeskRepo(
-            services.session_factory, services.clock, tz=cfg.centre.timezone,
-            prefixes=dict(cfg.tickets.number_prefix), repeat_caller_hours=cfg.acd.repeat_caller_hours,
-        )
-
-        async def screen_pop(call) -> dict:
-            return await build_screen_pop(desk, call)
-
+        roster = AgentRoster(services.users, cfg, services.session_factory, services.clock)
         acd = ACDService(
-            cfg, services.clock, services.tickets, publish=publish, persist_history=persist,
-            last_call_at=services.tickets.last_call_at, supervisor_interface=supervisor_phone,
-            screen_pop=screen_pop,
+            cfg, services.clock, services.tickets, publish=publish, persist_history=roster.record_states,
+            last_call_at=services.tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
+            owners=services.desk, ami=lambda: services.ami, overdue=lambda: services.escalation.overdue,
         )
-        await _load_agents(services, acd)
+        await roster.load(acd)
         await acd.start()
         services.acd = connector = acd
         services.tracker.add_listener(acd)  # DialBegin/DialEnd, DTMF, hang-ups, OriginateResponse
-        sync_task = asyncio.create_task(_sync_agents_forever(services, acd), name="agent-sync")
+        roster.start(acd)
     else:
         log.warning("call distribution is off (acd.enabled: false): callers who ask for a person go to the dialplan's queue")
     services.ivr = HotlineIVR(cfg, services.directory, services.tickets, services.clock, connector)
     yield
     await services.ivr.drain()
-    if services.acd is not None:
-        await cancel_and_wait(sync_task)
+    if services.acd is not None and roster is not None:
+        await roster.stop()
         services.tracker.remove_listener(services.acd)
         await services.acd.stop()
 
@@ -302,9 +275,6 @@ async def _distribution(app: web.Application) -> AsyncIterator[None]:
 async def _service_loops(app: web.Application) -> AsyncIterator[None]:
     """The call-back scheduler, the promise evaluator, the daily reconciliation and the webhook sender."""
     services = app[SERVICES]
-    if services.acd is not None:  # until ACDService takes the overdue list in its constructor (refactor-acd)
-        escalation = services.escalation
-        services.acd.overdue_provider = lambda: escalation.overdue
     started = [services.callbacks, services.escalation, services.reconciliation]
     if services.webhooks is not None:
         started.append(services.webhooks)
@@ -321,8 +291,6 @@ async def _ami(app: web.Application) -> AsyncIterator[None]:
     if ami is None:
         yield
         return
-    if services.acd is not None:  # until ACDService takes the link in its constructor (refactor-acd)
-        services.acd.ami = ami
     await ami.start()
     yield
     await ami.stop()
@@ -347,76 +315,6 @@ async def _mark_ready(app: web.Application) -> AsyncIterator[None]:
 def _on_event(services: Services):
     """The AMI link's event callback as the app builds it (the AMI benchmark drives it directly)."""
     return services.ami_events.dispatch
-
-
-async def _load_agents(services: Services, acd) -> None:
-    """Agents come from the users table; agents in config.yaml are created there if missing."""
-    from callcentre.storage.users_repo import UserExists, UserInvalid, create_user
-
-    cfg = services.cfg
-    users = services.users
-    start_ready: set[str] = set()
-    for a in cfg.acd.agents:
-        existing = await users.by_login(a.id)
-        if existing is None:
-            try:
-                existing = await create_user(
-                    services.session_factory, a.id, a.name, "agent", secrets.token_urlsafe(24), interface=a.interface,
-                    skills=a.skills, languages=a.languages, senior=a.senior, clock=services.clock,
-                )
-                log.info("agent from config.yaml added; set a password to log in", login=a.id,
-                         command=f"callcentre user passwd {a.id}")
-            except UserExists:
-                existing = await users.by_login(a.id)
-            except UserInvalid as exc:
-                log.error("agent in config.yaml refused", login=a.id, error=str(exc))
-                continue
-        if existing is not None and a.start == "ready":
-            start_ready.add(str(existing.id))
-    agents: list[Agent] = []
-    last: dict[str, tuple[str, datetime, str | None]] = {}
-    for u in await users.agents():
-        if not u.interface:
-            continue
-        try:
-            agents.append(_agent_from_user(u))
-        except ValueError as exc:
-            log.error("agent not loaded", login=u.login, error=str(exc))
-            continue
-        try:
-            history = await users.state_history(u.id, limit=1)
-        except StorageUnavailable:
-            history = []
-        if history:
-            h = history[0]
-            at = h["at"] if isinstance(h["at"], datetime) else datetime.fromisoformat(str(h["at"]))
-            last[str(u.id)] = (h["to_state"], at, h.get("reason"))
-    acd.load_agents(agents, last, start_ready)
-    log.info("agents loaded", agents=len(agents), restored=len(last))
-
-
-def _agent_from_user(u) -> Agent:
-    return Agent(
-        agent_id=str(u.id), name=u.name, login=u.login, interface=u.interface, skills=frozenset(u.skills),
-        languages=frozenset(u.languages), vip_capable=u.senior, senior=u.senior,
-    )
-
-
-async def _sync_agents_forever(services: Services, acd, every: float = 30.0) -> None:
-    """Agents created or changed (``callcentre user add``) while the server runs join without a restart."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            agents = []
-            for u in await services.users.agents():
-                if u.interface:
-                    try:
-                        agents.append(_agent_from_user(u))
-                    except ValueError as exc:
-                        log.warning("agent not loaded", login=u.login, error=str(exc))
-            acd.sync_agents(agents)
-        except StorageUnavailable as exc:
-            log.warning("agent list not refreshed", error=str(exc))
 
 
 async def health(request: web.Request) -> web.Response:

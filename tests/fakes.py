@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
+
+import structlog
+from structlog.testing import capture_logs
 
 from callcentre.domain.model import OwnerMatch, Ticket, TicketDraft, TicketStatus
 from callcentre.domain.ports import CallerHungUp, DigitsResult, RecordResult, StorageUnavailable
@@ -193,4 +197,16 @@ def owner(owner_id=1, unit_id=10, building="3", unit="1201", balance=123456, due
     )
 
 
-__all__ = ["FakeChannel", "FakeDirectory", "FakeTicketStore", "HANGUP", "owner", "replace"]
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[dict]]:
+    """Every log event at any level, whatever another test left configured (some set a level filter)."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0), cache_logger_on_first_use=False)
+    try:
+        with capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(**saved)
+
+
+__all__ = ["FakeChannel", "FakeDirectory", "FakeTicketStore", "HANGUP", "captured_logs", "owner", "replace"]

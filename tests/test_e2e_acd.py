@@ -373,7 +373,7 @@ async def test_stopping_the_acd_waits_for_a_call_back_ticket_being_saved():
     finish before the database is closed, as the IVR's drain does for its tickets."""
     from callcentre.config import Config
     from callcentre.distribution import ACDService
-    from callcentre.domain.ivr import CallInfo, commit_shielded
+    from callcentre.domain.calls import CallInfo, commit_shielded
     from callcentre.domain.model import Priority, TicketKind
     from callcentre.domain.ports import FakeClock
     from fakes import FakeTicketStore

@@ -19,7 +19,7 @@ from openapi_spec_validator import validate
 from sqlalchemy import update
 
 from callcentre.config import Config, DatabaseConfig, WebConfig
-from callcentre.domain.ivr import CallInfo
+from callcentre.domain.calls import CallInfo
 from callcentre.domain.model import OwnerMatch
 from callcentre.domain.ports import FakeClock
 from callcentre.storage import db

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from callcentre.domain.ivr import CallInfo
+from callcentre.domain.calls import CallInfo
 from callcentre.domain.model import OwnerMatch
 from callcentre.web import WEB
 from callcentre.web.hub import WALLBOARD, agent_topic, build_screen_pop

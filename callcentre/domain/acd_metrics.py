@@ -10,7 +10,12 @@ Definitions (documented because the wallboard and reports quote them):
   rings; the offer share's denominator is every offer that ended answered, missed or failed
   (offers cancelled because the caller hung up or the agent paused are not counted: nobody failed);
 * a **call is answered within the target** when the time from entering the queue to the answer is
-  at most ``rings_target × ring_cycle_seconds`` (the caller's own experience);
+  at most ``rings_target`` rings (the caller's own experience);
+* both are decided by one function, :func:`within_rings`, which the calls table (the monthly
+  per-agent report) uses too: seconds are rounded to the millisecond, then counted in rings.
+  Rounded because the times are AMI event receipt times, whose jitter is milliseconds: a call
+  answered 10.0004 s after it entered is two rings of 5 s, and the stored ``answer_seconds`` (10.0)
+  must agree with the stored ``within_target`` and with the wallboard's figure;
 * **speed of answer** is entry to answer; p90 is the nearest-rank 90th percentile;
 * **abandon rate** is abandoned / (answered + abandoned); calls withdrawn for other reasons (maximum
   wait, no agents, closed) are counted separately as *deflected*.
@@ -113,6 +118,16 @@ class _Day:
     agents: dict[str, AgentDayStats] = field(default_factory=dict)
 
 
+def rings_heard(seconds: float, ring_cycle_seconds: float) -> int:
+    """How many rings the caller (or the agent's phone) heard: ceil(seconds / cycle), seconds to the ms."""
+    return math.ceil(round(max(0.0, seconds), 3) / ring_cycle_seconds)
+
+
+def within_rings(seconds: float, rings_target: int, ring_cycle_seconds: float) -> bool:
+    """The two-ring promise, decided in one place (module docstring): answered within ``rings_target`` rings."""
+    return rings_heard(seconds, ring_cycle_seconds) <= rings_target
+
+
 def percentile(samples: list[float], pct: float) -> float | None:
     """Nearest-rank percentile (no interpolation: the value is one that really happened)."""
     if not samples:
@@ -140,7 +155,10 @@ class AcdMetrics:
     # -- helpers -----------------------------------------------------------------------------------
     def rings(self, ring_seconds: float) -> int:
         """rings = ceil(ring seconds / cycle), ring seconds rounded to the millisecond."""
-        return math.ceil(round(max(0.0, ring_seconds), 3) / self.ring_cycle_seconds)
+        return rings_heard(ring_seconds, self.ring_cycle_seconds)
+
+    def within_target(self, seconds: float) -> bool:
+        return within_rings(seconds, self.rings_target, self.ring_cycle_seconds)
 
     def local_day(self, at: datetime) -> date:
         return at.astimezone(self._tz).date()
@@ -197,7 +215,7 @@ class AcdMetrics:
         if not self._once(day, "offer:" + offer_id):
             return None
         ring_seconds = max(0.0, (ring_end - (ring_start or made_at)).total_seconds())
-        within = self.rings(ring_seconds) <= self.rings_target
+        within = self.within_target(ring_seconds)
         a = self._agent(day, agent_id)
         if answered:
             day.offers_answered += 1
@@ -230,7 +248,7 @@ class AcdMetrics:
         if not self._once(day, "end:" + call_id):
             return None
         soa = max(0.0, (answered_at - entered_at).total_seconds())
-        within = round(soa, 3) <= self.target_seconds
+        within = self.within_target(soa)
         day.calls_answered += 1
         day.calls_answered_within_target += int(within)
         day.speed_of_answer.append(soa)

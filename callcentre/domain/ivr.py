@@ -21,17 +21,16 @@ finished describing is never half-made or lost.
 from __future__ import annotations
 
 import asyncio
-import enum
 import re
-from datetime import datetime
-from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 from zoneinfo import ZoneInfo
 
 import structlog
 
 from callcentre.config import Category, Config
 from callcentre.domain import callerid, speech
+from callcentre.domain.calls import CALLBACK_CATEGORY, CallInfo, Outcome, acknowledged, commit_shielded
+from callcentre.domain.menu import MenuAction, menu_action
 from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind, TicketStatus
 from callcentre.domain.ports import (
     CallerHungUp,
@@ -46,60 +45,6 @@ from callcentre.domain.promises import promise_deadline
 
 RESULT_VARIABLE = "CC_RESULT"
 """The dialplan sends the caller to the fallback queue unless this channel variable is ``done``."""
-CALLBACK_CATEGORY = "callback_request"
-"""A voice message left for a call-back, and a call-back booked from the queue, are tickets of this category."""
-
-
-class Outcome(str, enum.Enum):
-    DONE = "done"  # the call was fully handled here
-    AGENT = "agent"  # handed to an agent (call distribution or the dialplan's queue)
-    HUNG_UP = "hung_up"
-    MESSAGE = "message"  # nobody can answer now: the caller leaves a voice message (a ticket)
-
-
-@dataclass
-class CallInfo:
-    """What the IVR has learnt about the call so far; handed to the agent connector (screen-pop)."""
-
-    uniqueid: str
-    channel: str
-    caller_id_raw: str
-    caller_id: str | None
-    caller_name: str
-    language: str
-    matches: list[OwnerMatch] = field(default_factory=list)
-    owner: OwnerMatch | None = None  # the owner/unit the caller was identified as
-    path: list[str] = field(default_factory=list)
-    tickets: list[str] = field(default_factory=list)  # ticket numbers made in this call
-    linkedid: str | None = None
-    recording: str | None = None  # the file of the recording in progress or last made
-    # This call's logger (bound with uniqueid, channel, caller): never shared between calls.
-    log: Any = field(default=None, repr=False)
-
-    @property
-    def ivr_path(self) -> str:
-        return ">".join(self.path)
-
-    def ticket_draft(self, kind: TicketKind, category: str, priority: Priority, *, voice_file: str | None = None,
-                     source: str = "ivr") -> TicketDraft:
-        """A ticket for this call, tied to the caller ID and (when identified) the owner and unit."""
-        owner = self.owner
-        return TicketDraft(
-            kind=kind,
-            category=category,
-            priority=priority,
-            caller_id_raw=self.caller_id_raw,
-            caller_id=self.caller_id,
-            call_uniqueid=self.uniqueid,
-            call_linkedid=self.linkedid,
-            owner_id=owner.owner_id if owner else None,
-            unit_id=owner.unit_id if owner else None,
-            caller_name=self.caller_name or None,
-            voice_file=voice_file,
-            ivr_path=self.ivr_path,
-            channel=self.channel,
-            source=source,
-        )
 
 
 class AgentConnector(Protocol):
@@ -146,6 +91,8 @@ class HotlineIVR:
         self.tz = ZoneInfo(cfg.centre.timezone)
         self._fallback = DialplanQueueConnector()
         self._pending: set[asyncio.Task] = set()
+        # The configuration names the actions; the flow works with the enum (one definition: domain/menu.py).
+        self._menu: dict[str, MenuAction] = {d: menu_action(a) for d, a in self.ivr.menu.items()}
 
     # ------------------------------------------------------------------ entry point
 
@@ -301,14 +248,14 @@ class HotlineIVR:
 
     def _menu_options(self, call: CallInfo) -> dict[str, list[str]]:
         options = {}
-        for d, a in self.ivr.menu.items():
-            if a == "english":
+        for d, action in self._menu.items():
+            if action is MenuAction.ENGLISH:
                 if call.language == "en":
                     continue  # already in English: no point offering it
                 # Offered in English to someone who does not understand the rest of the menu.
-                options[d] = ["en/menu-english", f"en/{_press(d)}"]
+                options[d] = [f"en/{action.prompt}", f"en/{_press(d)}"]
             else:
-                options[d] = [f"menu-{a.replace('_', '-')}"]
+                options[d] = [action.prompt]
         return options
 
     async def _main_menu(self, ch: Channel, call: CallInfo, greet: bool) -> Outcome:
@@ -318,26 +265,24 @@ class HotlineIVR:
             if digit is None:
                 call.path.append("menu:max-attempts")
                 return await self._to_agent(ch, call, reason="menu-attempts", skill=None)
-            action = self.ivr.menu[digit]
+            action = self._menu[digit]
             call.path.append(digit)
-            call.log.info("menu choice", digit=digit, action=action)
+            call.log.info("menu choice", digit=digit, action=action.value)
             once = []
-            if action == "english":
+            if action is MenuAction.ENGLISH:
                 call.language = "en"
                 await self._say(ch, call, ["language-switched"])
                 continue
-            if action == "repeat":
+            if action is MenuAction.REPEAT:
                 continue
-            if action == "self_service":
+            if action is MenuAction.SELF_SERVICE:
                 await self._self_service(ch, call)
                 continue
-            if action == "repair":
-                return await self._request(ch, call, TicketKind.REPAIR)
-            if action == "complaint":
-                return await self._request(ch, call, TicketKind.COMPLAINT)
-            if action == "emergency":
+            if action is MenuAction.EMERGENCY:
                 return await self._emergency(ch, call)
-            return await self._to_agent(ch, call, reason="caller-asked", skill=None)
+            if action.ticket_kind is not None:  # repair, complaint: a category, a recording, a ticket
+                return await self._request(ch, call, action)
+            return await self._to_agent(ch, call, reason="caller-asked", skill=action.skill)
 
     # ------------------------------------------------------------------ identification
 
@@ -484,7 +429,9 @@ class HotlineIVR:
 
     # ------------------------------------------------------------------ repair / complaint / emergency
 
-    async def _request(self, ch: Channel, call: CallInfo, kind: TicketKind) -> Outcome:
+    async def _request(self, ch: Channel, call: CallInfo, action: MenuAction) -> Outcome:
+        kind = action.ticket_kind
+        assert kind is not None
         cats = self.ivr.repair_categories if kind is TicketKind.REPAIR else self.ivr.complaint_categories
         intro = "repair-menu-intro" if kind is TicketKind.REPAIR else "complaint-menu-intro"
         if kind is TicketKind.COMPLAINT:
@@ -495,7 +442,7 @@ class HotlineIVR:
             await self._ensure_owner(ch, call, optional=True)
         digit = await self._choose(ch, call, [intro], {d: [c.prompt] for d, c in cats.items()}, label=kind.value)
         if digit is None:
-            return await self._to_agent(ch, call, reason=f"{kind.value}-attempts", skill=kind.value)
+            return await self._to_agent(ch, call, reason=f"{kind.value}-attempts", skill=action.skill)
         category = cats[digit]
         call.path.append(digit)
         voice_file: str | None = None
@@ -518,9 +465,11 @@ class HotlineIVR:
         digit = await self._choose(ch, call, ["emergency-menu-intro"], {d: [c.prompt] for d, c in cats.items()}, label="emergency")
         category = cats[digit] if digit is not None else Category(code="unspecified", prompt="menu-emergency", priority="major")
         call.path.append(digit or "emg:unspecified")
-        await self._make_ticket(ch, call, TicketKind.EMERGENCY, category, None, priority=Priority.MAJOR)
+        branch = MenuAction.EMERGENCY.branch
+        assert branch.ticket_kind is not None
+        await self._make_ticket(ch, call, branch.ticket_kind, category, None, priority=branch.priority)
         await self._say(ch, call, ["emergency-connecting"])
-        return await self._to_agent(ch, call, reason="emergency", skill=category.skill, emergency=True)
+        return await self._to_agent(ch, call, reason="emergency", skill=category.skill, emergency=branch.emergency)
 
     def _record_path(self, call: CallInfo, what: str) -> str:
         day = self.clock.now().astimezone(self.tz).strftime("%Y%m%d")
@@ -622,25 +571,6 @@ class HotlineIVR:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
 
-async def commit_shielded(tickets: TicketStore, draft: TicketDraft, deadline: datetime | None,
-                          held: set[asyncio.Task]) -> Ticket:
-    """Create the ticket in a task of its own, shielded: a hang-up or a shutdown that cancels the
-    caller's session cannot cut the commit in half. ``held`` keeps the task until it is done (so a
-    drain can wait for it). Raises StorageUnavailable. The task starts before this first awaits."""
-    task = asyncio.ensure_future(tickets.create_ticket(draft, deadline))
-    held.add(task)
-    task.add_done_callback(held.discard)
-    return await asyncio.shield(task)
-
-
-async def acknowledged(tickets: TicketStore, ticket: Ticket, clog: Any) -> None:
-    """Record that the caller heard the ticket through to its end (an audit mark; best effort)."""
-    try:
-        await tickets.mark_acknowledged(ticket.id)
-    except StorageUnavailable as exc:
-        clog.warning("ticket not marked as told to the caller", ticket=ticket.number, error=str(exc))
-
-
 def _distinct_units(matches: Sequence[OwnerMatch]) -> list[OwnerMatch]:
     """One match per unit, in the directory's order (the first person listed for each unit)."""
     seen: set[int] = set()
@@ -682,12 +612,12 @@ def required_prompts(cfg: Config) -> set[str]:
         "repair-menu-intro", "complaint-menu-intro", "emergency-menu-intro", "record-repair", "record-complaint",
         "ticket-created", "promise-by", "emergency-connecting", "apology", "language-switched", "menu-emergency",
         "leave-message", "message-saved", "phone-shared", "choose-unit",
-        # call distribution (callcentre/distribution.py)
+        # call distribution: the wait script (callcentre/domain/waiting.py)
         "queue-position", "queue-expected-wait", "minutes-word", "callback-offer", "callback-registered",
         "no-agents", "closed-hours", "max-wait-reached", "rate-service", "thanks-rating", "please-wait",
     }
     names |= {f"status-{s.value}" for s in TicketStatus}
-    names |= {f"menu-{a.replace('_', '-')}" for a in cfg.ivr.menu.values()}
+    names |= {menu_action(a).prompt for a in cfg.ivr.menu.values()}
     names |= {_press(d) for d in "0123456789*#"}
     for cats in (cfg.ivr.repair_categories, cfg.ivr.complaint_categories, cfg.ivr.emergency_categories):
         names |= {c.prompt for c in cats.values()}

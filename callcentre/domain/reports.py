@@ -14,13 +14,14 @@ from datetime import date, datetime
 from typing import Any, Iterable, Literal, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
+from callcentre.domain.menu import PASS_THROUGH, TICKET_ACTIONS as _TICKET_ACTIONS
 from callcentre.domain.model import TicketKind, TicketStatus
 from callcentre.domain.promises import promise_kept
 
-# Menu actions that must end in a ticket (a repair, a complaint, an emergency).
-TICKET_ACTIONS = frozenset({"repair", "complaint", "emergency"})
-# Menu actions that lead back to the same menu; the caller's real choice comes after them.
-_PASS_THROUGH = frozenset({"english", "repeat"})
+# Menu actions (by their configured names) that must end in a ticket, and those that are not the
+# caller's choice (language, repeat): both from the one definition in domain/menu.py.
+TICKET_ACTIONS = frozenset(a.value for a in _TICKET_ACTIONS)
+_PASS_THROUGH = frozenset(a.value for a in PASS_THROUGH)
 
 
 @dataclass(frozen=True, slots=True)

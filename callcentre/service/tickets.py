@@ -10,7 +10,6 @@ raises :class:`ConcurrentChange` instead of silently overwriting the first.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from callcentre.domain.lifecycle import (
     transition,
 )
 from callcentre.domain.model import Priority, TicketKind, TicketStatus
+from callcentre.domain.patterns import DIALLABLE  # what may be dialled (one definition)
 from callcentre.domain.ports import Clock
 from callcentre.domain.service import (
     REPEAT_KINDS,
@@ -51,8 +51,6 @@ from callcentre.storage.service_models import AttemptState, CallbackAttempt, Tic
 
 log = structlog.get_logger(__name__)
 
-# What may be dialled: a leading '+' and digits, nothing an AMI value or a dial string could misread.
-DIALLABLE = re.compile(r"^\+?[0-9]{3,20}$")
 OPEN_STATES_PAGE = 500  # open tickets read per query by the escalation loop
 
 

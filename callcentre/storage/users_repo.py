@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcentre.domain.callerid import safe_display_name
+from callcentre.domain.patterns import INTERFACE as INTERFACE_RE, TOKEN as _TOKEN_RE  # the same rules as the ACD's Agent
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.domain.users import UserExists, UserInvalid, UserRole, UserView  # the errors are raised from here
 from callcentre.storage.repo import _storage_errors
@@ -27,10 +28,7 @@ from callcentre.storage.users import AgentStateHistory, User
 
 log = structlog.get_logger(__name__)
 
-# Same rule as callcentre.domain.acd.Agent: one phone, nothing Dial would interpret as a separator.
-INTERFACE_RE = re.compile(r"^(Local|SIP|PJSIP|IAX2|DAHDI)/[A-Za-z0-9_\-+.@#*]{1,100}$")
 _LOGIN_RE = re.compile(r"^[a-z0-9_.\-]{1,64}$")
-_TOKEN_RE = re.compile(r"^[a-z0-9_\-]{1,32}$")
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024  # argon2 hashes any length; bound the work a request can cause
 

@@ -1,4 +1,4 @@
-"""In-process publish/subscribe for live push to browsers, and the screen-pop payload builder.
+"""In-process publish/subscribe for live push to browsers (and the full screen-pop card's entry point).
 
 Topics: ``"wallboard"`` (supervisors) and ``f"agent:{agent_id}"`` (one agent's screen-pops and state).
 :meth:`Hub.publish` is synchronous and costs one JSON encoding plus one ``put_nowait`` per subscriber
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import structlog
 
-from callcentre.domain.callerid import safe_display_name
+from callcentre.domain.calls import CallInfo
+from callcentre.domain.screen_pop import OwnerLookup, full_card
 from callcentre.web.jsonsafe import safe_dumps
 
 log = structlog.get_logger(__name__)
@@ -112,46 +113,6 @@ class Hub:
         return json.loads(encoded) if encoded is not None else None
 
 
-class DeskLookup(Protocol):
-    async def lookup_by_phone(self, phone: str | None, *, exclude_uniqueid: str | None = None) -> dict[str, Any]: ...
-
-
-async def build_screen_pop(desk: DeskLookup, call_info: Any) -> dict[str, Any]:
-    """The ``call`` of a screen-pop: what the IVR learnt (CallInfo) plus the owner card from the database.
-
-    The ACD adapter publishes it when it offers the call:
-    ``hub.publish(agent_topic(id), {"type": "screen_pop", "call": await build_screen_pop(desk, info)})``.
-    """
-    caller_id = getattr(call_info, "caller_id", None)
-    uniqueid = getattr(call_info, "uniqueid", None)
-    found = await desk.lookup_by_phone(caller_id, exclude_uniqueid=uniqueid)
-    owner = getattr(call_info, "owner", None)
-    identified = None
-    if owner is not None:
-        identified = {"owner_id": owner.owner_id, "unit_id": owner.unit_id, "building": owner.building, "unit": owner.unit}
-    matches = list(getattr(call_info, "matches", []) or [])
-    known_ids = {c["owner_id"] for c in found["owners"]}
-    missing = [m.owner_id for m in ([owner] if owner else []) + matches if m.owner_id not in known_ids]
-    if missing and hasattr(desk, "owner_card"):
-        # The caller keyed in a unit in the IVR (number not on file): show that owner too.
-        for oid in dict.fromkeys(missing):
-            try:
-                found["owners"].append(await desk.owner_card(oid))  # type: ignore[attr-defined]
-            except LookupError:
-                continue
-    path = list(getattr(call_info, "path", []) or [])
-    return {
-        "uniqueid": uniqueid,
-        "linkedid": getattr(call_info, "linkedid", None),
-        "caller_id": caller_id,
-        "caller_id_raw": safe_display_name(getattr(call_info, "caller_id_raw", "") or "", 64),
-        "caller_name": safe_display_name(getattr(call_info, "caller_name", "") or "", 64),
-        "language": getattr(call_info, "language", None),
-        "ivr_path": path,
-        "ivr_tickets": list(getattr(call_info, "tickets", []) or []),
-        "identified": identified,
-        "owners": found["owners"],
-        "last_calls": found["last_calls"],
-        "repeat_caller": found["repeat_caller"],
-        "unowned_tickets": found["unowned_tickets"],
-    }
+async def build_screen_pop(desk: OwnerLookup, call_info: CallInfo) -> dict[str, Any]:
+    """The ``call`` of a full screen-pop (one definition: :func:`callcentre.domain.screen_pop.full_card`)."""
+    return await full_card(desk, call_info)

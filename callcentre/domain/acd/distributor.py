@@ -1,36 +1,15 @@
-"""Automatic call distribution: agents, waiting callers, selection and the two-ring rule.
+"""The distributor: the state machine of agents, waiting calls and offers.
 
 Pure: events and a :class:`~callcentre.domain.ports.Clock` in, decisions (dataclasses) out. The
-adapter turns :class:`MakeOffer` into a Dial/Originate, :class:`CancelOffer` into a hang-up of the
-agent leg, and feeds AMI ``DialBegin`` / ``DialEnd`` back as :meth:`Distributor.on_ringing`,
-:meth:`~Distributor.on_answered`, :meth:`~Distributor.on_ring_timeout` and
-:meth:`~Distributor.on_offer_failed`. Timers (ring deadline, wrap-up, announcements, maximum wait)
-fire from :meth:`Distributor.tick`, which the adapter calls about once a second.
+adapter turns :class:`~.model.MakeOffer` into a Dial/Originate, :class:`~.model.CancelOffer` into a
+hang-up of the agent leg, and feeds AMI ``DialBegin`` / ``DialEnd`` back as
+:meth:`Distributor.on_ringing`, :meth:`~Distributor.on_answered`, :meth:`~Distributor.on_ring_timeout`
+and :meth:`~Distributor.on_offer_failed`. Timers (:class:`~.model.TimerKind`: ring deadline, wrap-up,
+announcements, maximum wait) fire from :meth:`Distributor.tick`, which the adapter calls about once a
+second.
 
-Selection, deterministic and in this order
-------------------------------------------
-1. **Priority** of the waiting call: EMERGENCY > REPEAT (same caller within ``repeat_caller_hours``)
-   > VIP > NORMAL; first come, first served within a level. A call keeps its place while it rings an
-   agent, after a missed offer and when it becomes a call-back request.
-2. **Skill and language** (tiers, first non-empty wins): the IVR skill *and* the caller's language;
-   the language only; the skill only; then **any ready agent** (fallback: a caller never waits while
-   an agent idles). A call without a skill or language requirement matches every agent on that part.
-   Language ranks above skill: an agent who speaks the caller's language can at least take the
-   request down.
-3. Within the tier, the owner's **previous agent** if READY (``prefer_previous_agent``).
-4. Then, for VIP calls, the longest-idle ``vip_capable`` agent of the tier; for EMERGENCY and REPEAT
-   calls, the longest-idle ``senior`` agent of the tier.
-5. Then the agent **idle longest** (READY the longest; ties by registration order). An agent who
-   missed an offer goes to the back (idle since the miss), and is not offered the same call again
-   while any other agent is ready, unlike app_queue's ``leastrecent`` in the captures.
-
-When a call arrives the call chooses the agent as above. When an agent becomes free while callers
-wait, the agent takes the highest priority level waiting; within it the call best matching the
-agent's skills and languages (same tiers), oldest first.
-
-Cost: READY agents are indexed per (skill, language, preference) key in heaps ordered by idle-since,
-waiting calls per (level, skill, language) in heaps ordered by arrival; entries are deleted lazily
-(a token per entry), so a decision costs O(log n), never a scan of all agents.
+Who gets which call is :mod:`.selection`'s; agent transitions are :data:`~.model.TRANSITIONS`, offer
+transitions :data:`~.model.OFFER_TRANSITIONS` (one log line each, with the call's uniqueid).
 
 Invariant after every public method: no waiting call that is not ringing an agent while an eligible
 agent is READY, and no agent holds two offers.
@@ -38,531 +17,68 @@ agent is READY, and no agent holds two offers.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
-import re
 from bisect import bisect_left, insort
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Callable, Iterable, Union
-from zoneinfo import ZoneInfo
+from typing import Callable, Iterable
 
 import structlog
 
-from callcentre.config import ACDConfig, BusinessHours
+from callcentre.config import ACDConfig
+from callcentre.domain.acd.model import (
+    OFFER_TRANSITIONS,
+    OPEN_OFFER,
+    STAFFED,
+    TRANSITIONS,
+    AcdError,
+    AcdSnapshot,
+    Agent,
+    AgentPaused,
+    AgentRecord,
+    AgentState,
+    AgentView,
+    Announce,
+    CallRecord,
+    CancelOffer,
+    Decision,
+    DuplicateCall,
+    IllegalOfferTransition,
+    IllegalTransition,
+    MakeOffer,
+    MaxWaitReached,
+    NoAgentAvailable,
+    Offer,
+    OfferRecord,
+    OfferState,
+    PauseReason,
+    PriorityLevel,
+    QueueEntry,
+    RingOnDuty,
+    StateChange,
+    TimerKind,
+    UnknownAgent,
+    UnknownCall,
+    UnknownOffer,
+    WaitingCall,
+    WithdrawReason,
+    WithdrawResult,
+    business_hours_open,
+    caller_display,
+)
+from callcentre.domain.acd.selection import AgentSelector
 from callcentre.domain.acd_metrics import AcdMetrics, AgentDayStats, Alert, AlertKind, MetricsSnapshot
 from callcentre.domain.ports import Clock
 
-log = structlog.get_logger(__name__)
-
-__all__ = [
-    "AcdError",
-    "Agent",
-    "AgentPaused",
-    "AgentState",
-    "AgentView",
-    "Alert",
-    "AlertKind",
-    "AcdSnapshot",
-    "Announce",
-    "CancelOffer",
-    "Decision",
-    "Distributor",
-    "DuplicateCall",
-    "IllegalTransition",
-    "MakeOffer",
-    "MaxWaitReached",
-    "MetricsSnapshot",
-    "NoAgentAvailable",
-    "Offer",
-    "PauseReason",
-    "PriorityLevel",
-    "QueueEntry",
-    "RingOnDuty",
-    "StateChange",
-    "UnknownAgent",
-    "UnknownCall",
-    "UnknownOffer",
-    "WaitingCall",
-    "WithdrawReason",
-    "WithdrawResult",
-    "business_hours_open",
-    "classify_priority",
-    "offers_in",
-]
+log = structlog.get_logger("callcentre.domain.acd")
 
 # Used for the expected-wait estimate until real calls have been handled.
 DEFAULT_HANDLE_SECONDS = 180.0
 _RECENT_HANDLE_TIMES = 50
 _CLOSED_OFFERS_KEPT = 10_000
 _FINISHED_CALLS_KEPT = 10_000
-_ANY = "*"  # index slot: "whatever the agent/call has"
-_NONE = ""  # index slot: the call states no requirement
-
-
-# ---------------------------------------------------------------------------------------------------
-# Errors
-# ---------------------------------------------------------------------------------------------------
-class AcdError(Exception):
-    """Base of the distributor's errors; the message is meant for the API's caller."""
-
-
-class IllegalTransition(AcdError):
-    def __init__(
-        self, agent_id: str, event: str, state: "AgentState", allowed: Iterable["AgentState"]
-    ) -> None:
-        names = ", ".join(sorted(s.value for s in allowed)) or "none"
-        super().__init__(f"agent {agent_id}: cannot {event} while {state.value} (allowed from: {names})")
-        self.agent_id = agent_id
-        self.event = event
-        self.state = state
-
-
-class UnknownAgent(AcdError, LookupError):
-    pass
-
-
-class UnknownCall(AcdError, LookupError):
-    pass
-
-
-class UnknownOffer(AcdError, LookupError):
-    pass
-
-
-class DuplicateCall(AcdError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------------
-# Value types
-# ---------------------------------------------------------------------------------------------------
-class AgentState(str, enum.Enum):
-    LOGGED_OUT = "logged_out"
-    READY = "ready"
-    RINGING = "ringing"
-    ON_CALL = "on_call"
-    WRAP_UP = "wrap_up"
-    PAUSED = "paused"
-
-
-class PauseReason(str, enum.Enum):
-    BREAK = "break"
-    LUNCH = "lunch"
-    TRAINING = "training"
-    MISSED_CALLS = "missed_calls"
-    OTHER = "other"
-
-
-class PriorityLevel(enum.IntEnum):
-    NORMAL = 0
-    VIP = 1
-    REPEAT = 2
-    EMERGENCY = 3
-
-
-class WithdrawReason(str, enum.Enum):
-    ABANDONED = "abandoned"  # the caller hung up
-    MAX_WAIT = "max_wait"  # sent to voicemail after the maximum wait
-    NO_AGENTS = "no_agents"
-    CLOSED = "closed"
-    TRANSFERRED = "transferred"
-    OTHER = "other"
-
-
-class OfferState(str, enum.Enum):
-    OFFERED = "offered"  # decided, Dial not yet seen ringing
-    RINGING = "ringing"  # DialBegin seen
-    ANSWERED = "answered"
-    ENDED = "ended"
-    MISSED = "missed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-_OPEN_OFFER = (OfferState.OFFERED, OfferState.RINGING)
-
-_TOKEN = re.compile(r"^[a-z0-9_\-]{1,32}$")
-# A dial string for one phone: technology/resource. No separators Dial would interpret (& , | ( )),
-# no spaces, quotes or line breaks.
-_INTERFACE = re.compile(r"^(Local|SIP|PJSIP|IAX2|DAHDI)/[A-Za-z0-9_\-+.@#*]{1,100}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Agent:
-    """A person who answers calls; validated so a bad record fails when it is loaded, not when dialled."""
-
-    agent_id: str
-    name: str
-    login: str
-    interface: str
-    skills: frozenset[str] = frozenset()
-    languages: frozenset[str] = frozenset()
-    vip_capable: bool = False
-    senior: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.agent_id or len(self.agent_id) > 64 or any(c in self.agent_id for c in "\r\n"):
-            raise ValueError(f"agent_id {self.agent_id!r}: 1-64 characters, no line breaks")
-        if not _INTERFACE.match(self.interface):
-            raise ValueError(
-                f"agent {self.agent_id}: interface {self.interface!r} must look like Local/8001@agents,"
-                " SIP/8001 or PJSIP/8001 (no spaces, '&', ',' or '|')"
-            )
-        for kind, values in (("skill", self.skills), ("language", self.languages)):
-            for v in values:
-                if not _TOKEN.match(v):
-                    raise ValueError(f"agent {self.agent_id}: {kind} {v!r} must be a lower-case token")
-
-
-@dataclass(frozen=True, slots=True)
-class WaitingCall:
-    """A caller who asked for a person. ``entered_at`` is wall time (aware) of entering the queue."""
-
-    call_id: str
-    uniqueid: str
-    caller_id: str | None
-    owner_id: int | None
-    language: str | None
-    required_skill: str | None
-    priority_level: PriorityLevel
-    entered_at: datetime
-    previous_agent_id: str | None = None
-    caller_name: str = ""
-    unit: str = ""
-    callback: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.call_id or any(c in self.call_id for c in "\r\n"):
-            raise ValueError("call_id must be non-empty without line breaks")
-        if self.entered_at.tzinfo is None:
-            raise ValueError("entered_at must be timezone-aware")
-        for kind, v in (("language", self.language), ("skill", self.required_skill)):
-            if v is not None and not _TOKEN.match(v):
-                raise ValueError(f"call {self.call_id}: {kind} {v!r} must be a lower-case token")
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """Ring one agent for one call. ``caller_display`` is already stripped of quotes and line breaks."""
-
-    offer_id: str
-    call_id: str
-    agent_id: str
-    interface: str
-    ring_timeout_seconds: float
-    caller_display: str
-    uniqueid: str = ""
-    callback: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One agent transition, for the adapter to persist (reports, restore after restart)."""
-
-    agent_id: str
-    from_state: AgentState
-    to_state: AgentState
-    event: str
-    reason: str
-    at: datetime
-
-
-# -- decisions ---------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class MakeOffer:
-    offer: Offer
-
-
-@dataclass(frozen=True, slots=True)
-class CancelOffer:
-    """Stop ringing the agent (hang up the agent leg); the call, if still there, was re-queued."""
-
-    offer_id: str
-    call_id: str
-    agent_id: str
-    interface: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Announce:
-    call_id: str
-    uniqueid: str
-    position: int
-    expected_wait_seconds: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class MaxWaitReached:
-    """The caller has waited ``max_wait_seconds``: offer voicemail, then :meth:`Distributor.withdraw`."""
-
-    call_id: str
-    uniqueid: str
-    waited_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class AgentPaused:
-    agent_id: str
-    reason: PauseReason
-    at: datetime
-    automatic: bool
-
-
-@dataclass(frozen=True, slots=True)
-class NoAgentAvailable:
-    """Nobody is staffed (logged in and not paused): tell the caller at once (reason: closed/no_agents)."""
-
-    call_id: str
-    uniqueid: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RingOnDuty:
-    """Outside business hours with nobody staffed, an emergency rings the on-duty interface."""
-
-    call_id: str
-    uniqueid: str
-    interface: str
-
-
-Decision = Union[
-    MakeOffer, CancelOffer, Announce, MaxWaitReached, Alert, AgentPaused, NoAgentAvailable, RingOnDuty
-]
-
-
-def offers_in(decisions: Iterable[Decision]) -> list[Offer]:
-    return [d.offer for d in decisions if isinstance(d, MakeOffer)]
-
-
-@dataclass(frozen=True, slots=True)
-class WithdrawResult:
-    call_id: str
-    reason: WithdrawReason
-    waited_seconds: float
-    offers: int
-    cancelled_offer_id: str | None
-    already_withdrawn: bool
-    decisions: tuple[Decision, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    call_id: str
-    uniqueid: str
-    caller_id: str | None
-    priority: str
-    position: int
-    waited_seconds: float
-    callback: bool
-    required_skill: str | None
-    language: str | None
-    ringing_agent_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class AgentView:
-    agent_id: str
-    name: str
-    state: AgentState
-    pause_reason: PauseReason | None
-    seconds_in_state: float
-    current_call_id: str | None
-    busy_elsewhere: bool
-    answered_today: int
-    missed_today: int
-    offers_today: int
-    two_ring_share: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class AcdSnapshot:
-    at: datetime
-    queue: tuple[QueueEntry, ...]
-    agents: tuple[AgentView, ...]
-    metrics: MetricsSnapshot
-
-
-# ---------------------------------------------------------------------------------------------------
-# Pure helpers
-# ---------------------------------------------------------------------------------------------------
-def classify_priority(
-    *, emergency: bool, vip: bool, last_call_at: datetime | None, now: datetime, repeat_caller_hours: float
-) -> PriorityLevel:
-    """The caller's level: emergency, then a repeat caller (called within the window), then VIP."""
-    if emergency:
-        return PriorityLevel.EMERGENCY
-    if last_call_at is not None and repeat_caller_hours > 0:
-        if timedelta(0) <= now - last_call_at <= timedelta(hours=repeat_caller_hours):
-            return PriorityLevel.REPEAT
-    return PriorityLevel.VIP if vip else PriorityLevel.NORMAL
-
-
-def _minutes(hhmm: str) -> int:
-    h, m = hhmm.split(":")
-    return int(h) * 60 + int(m)
-
-
-def business_hours_open(hours: BusinessHours, timezone: str, at: datetime) -> bool:
-    """True inside opening hours (local time); a close before the open means the window spans midnight."""
-    local = at.astimezone(ZoneInfo(timezone))
-    t = local.hour * 60 + local.minute
-    start, end = _minutes(hours.open), _minutes(hours.close)
-    if start < end:
-        return local.weekday() in hours.days and start <= t < end
-    prev_day = (local.weekday() - 1) % 7
-    return (local.weekday() in hours.days and t >= start) or (prev_day in hours.days and t < end)
-
-
-_DISPLAY_DROP = re.compile(r"[\x00-\x1f\x7f\"<>\\;|&]")
-
-
-def _caller_display(call: WaitingCall) -> str:
-    """What the agent's phone shows: name and unit, else the number; nothing that could break quoting."""
-    parts = [p for p in (call.caller_name.strip(), call.unit.strip()) if p]
-    text = " ".join(parts) if parts else (call.caller_id or "unknown")
-    return _DISPLAY_DROP.sub("", text)[:64].strip() or "unknown"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Agent state machine
-# ---------------------------------------------------------------------------------------------------
-S = AgentState
-# event -> {from state: allowed to-states}. Everything not listed raises IllegalTransition.
-TRANSITIONS: dict[str, dict[AgentState, frozenset[AgentState]]] = {
-    "login": {S.LOGGED_OUT: frozenset({S.READY, S.PAUSED})},
-    "ready": {S.PAUSED: frozenset({S.READY}), S.WRAP_UP: frozenset({S.READY})},
-    "pause": {s: frozenset({S.PAUSED}) for s in (S.READY, S.RINGING, S.WRAP_UP, S.PAUSED)},
-    "unpause": {S.PAUSED: frozenset({S.READY})},
-    "logout": {s: frozenset({S.LOGGED_OUT}) for s in (S.READY, S.RINGING, S.WRAP_UP, S.PAUSED)},
-    "offer_ringing": {S.READY: frozenset({S.RINGING})},
-    "offer_answered": {S.RINGING: frozenset({S.ON_CALL})},
-    # The agent answered just after we gave up on the offer: reality wins.
-    "late_answer": {S.READY: frozenset({S.ON_CALL}), S.PAUSED: frozenset({S.ON_CALL})},
-    "offer_missed": {S.RINGING: frozenset({S.READY, S.PAUSED})},
-    "offer_cancelled": {S.RINGING: frozenset({S.READY})},
-    "call_ended": {S.ON_CALL: frozenset({S.WRAP_UP})},
-    "wrapup_done": {S.WRAP_UP: frozenset({S.READY})},
-    "busy_elsewhere": {S.READY: frozenset({S.ON_CALL})},
-    "free_elsewhere": {S.ON_CALL: frozenset({S.READY})},
-}
-_STAFFED = frozenset({S.READY, S.RINGING, S.ON_CALL, S.WRAP_UP})
-
-
-@dataclass(slots=True, eq=False)
-class _AgentRec:
-    agent: Agent
-    seq: int
-    state: AgentState = AgentState.LOGGED_OUT
-    pause_reason: PauseReason | None = None
-    since_mono: float = 0.0
-    idle_since: float = 0.0  # monotonic; the longest-idle ordering
-    token: int = 0  # bumps whenever index entries must be forgotten
-    offer_id: str | None = None
-    call_id: str | None = None
-    missed_in_row: int = 0
-    elsewhere: set[str] = field(default_factory=set)
-    wrapup_token: int = 0
-    answered_mono: float | None = None
-    keys: tuple[tuple[str, str, str], ...] = ()
-    indexed: bool = False
-
-    @property
-    def eligible(self) -> bool:
-        return self.state is AgentState.READY and not self.elsewhere
-
-
-@dataclass(slots=True, eq=False)
-class _CallRec:
-    call: WaitingCall
-    seq: int
-    entered_mono: float
-    token: int = 0
-    offer_id: str | None = None
-    offers: int = 0
-    missed_by: set[str] = field(default_factory=set)
-    max_wait_fired: bool = False
-    indexed: bool = False
-
-    @property
-    def order_key(self) -> tuple[int, int]:
-        return (-int(self.call.priority_level), self.seq)
-
-
-@dataclass(slots=True, eq=False)
-class _OfferRec:
-    offer: Offer
-    state: OfferState
-    made_at: datetime
-    made_mono: float
-    deadline: float
-    version: int = 0
-    ring_start: datetime | None = None
-    agent_prev_idle: float = 0.0
-
-
-# ---------------------------------------------------------------------------------------------------
-# The distributor
-# ---------------------------------------------------------------------------------------------------
-class _LazyIndex:
-    """Heaps per key with lazy deletion, shared by the ready agents and the waiting calls.
-
-    An entry is a tuple ordered by its leading fields and ending in (…, id, token); it is live while
-    ``is_live(entry)`` says so (the record is still indexed with that token). Counts per key are exact,
-    stale entries are dropped when met at the top, and a heap is compacted once it holds more than four
-    times its live entries, so a decision stays O(log n) without ever scanning every record.
-    """
-
-    __slots__ = ("_heaps", "_counts", "_is_live")
-
-    def __init__(self, is_live: Callable[[tuple], bool]) -> None:
-        self._heaps: dict[tuple, list[tuple]] = {}
-        self._counts: dict[tuple, int] = {}
-        self._is_live = is_live
-
-    def add(self, keys: Iterable[tuple], entry: tuple) -> None:
-        for key in keys:
-            heap = self._heaps.setdefault(key, [])
-            heapq.heappush(heap, entry)
-            count = self._counts.get(key, 0) + 1
-            self._counts[key] = count
-            if len(heap) > 64 and len(heap) > 4 * count:
-                live = [e for e in heap if self._is_live(e)]
-                heapq.heapify(live)
-                self._heaps[key] = live
-
-    def remove(self, keys: Iterable[tuple]) -> None:
-        """The record left the index (its token changed): only the count moves now."""
-        for key in keys:
-            self._counts[key] -= 1
-
-    def count(self, key: tuple) -> int:
-        return self._counts.get(key, 0)
-
-    def peek(self, key: tuple, skip: Callable[[tuple], bool] | None = None) -> tuple | None:
-        """The first live entry under ``key`` that ``skip`` does not reject (skipped ones stay)."""
-        if not self._counts.get(key):
-            return None
-        heap = self._heaps[key]
-        skipped: list[tuple] = []
-        found: tuple | None = None
-        while heap:
-            e = heap[0]
-            if not self._is_live(e):
-                heapq.heappop(heap)
-                continue
-            if skip is not None and skip(e):
-                skipped.append(heapq.heappop(heap))
-                continue
-            found = e
-            break
-        for e in skipped:
-            heapq.heappush(heap, e)
-        return found
 
 
 class Distributor:
@@ -576,45 +92,47 @@ class Distributor:
         # Ring times are measured on a steady timeline (wall time at start-up + monotonic seconds), so
         # a wall-clock step (NTP) between DialBegin and DialEnd cannot distort them.
         self._anchor = (clock.now(), clock.monotonic())
-        self._agents: dict[str, _AgentRec] = {}
+        self._agents: dict[str, AgentRecord] = {}
         self._agent_seq = itertools.count()
-        self._calls: dict[str, _CallRec] = {}
+        self._calls: dict[str, CallRecord] = {}
         self._call_seq = itertools.count()
         self._order: list[tuple[int, int]] = []  # sorted queue order keys of every waiting call
-        self._offers: dict[str, _OfferRec] = {}
+        self._offers: dict[str, OfferRecord] = {}
         self._closed_offers: OrderedDict[str, tuple[OfferState, str]] = OrderedDict()
         self._finished_calls: OrderedDict[str, WithdrawResult | None] = OrderedDict()
-        # READY agents: key (skill|*, language|*, pref "" / "vip" / "senior") -> entries
-        # (idle_since, seq, agent_id, token).
-        self._agent_index = _LazyIndex(self._agent_entry_valid)
-        # Waiting calls not ringing anyone: key (level, skill|""|*, language|""|*) -> entries
-        # (seq, call_id, token).
-        self._call_index = _LazyIndex(self._call_entry_valid)
-        self._timers: list[tuple[float, int, str, str, int]] = []
+        # Who gets which call: the selection rules and their indexes (READY agents, unoffered calls).
+        self.selector = AgentSelector(self._agents, self._calls, prefer_previous_agent=config.prefer_previous_agent)
+        self._timers: list[tuple[float, int, TimerKind, str, int]] = []
         self._timer_seq = itertools.count()
         self._staffed = 0
         self._handle_times: deque[float] = deque(maxlen=_RECENT_HANDLE_TIMES)
         self._history: list[StateChange] = []
+        self._timer_handlers: dict[TimerKind, Callable[[float, float, str, int, list[Decision]], None]] = {
+            TimerKind.WRAPUP: self._wrapup_over,
+            TimerKind.RING: self._ring_deadline,
+            TimerKind.MAXWAIT: self._max_wait,
+            TimerKind.ANNOUNCE: self._announce,
+        }
 
     # ===== agents: registration ==================================================================
     def add_agent(self, agent: Agent) -> None:
         if agent.agent_id in self._agents:
             raise AcdError(f"agent {agent.agent_id} already exists")
-        self._agents[agent.agent_id] = _AgentRec(
-            agent, next(self._agent_seq), since_mono=self.clock.monotonic(), keys=self._agent_keys(agent)
-        )
+        rec = AgentRecord(agent, next(self._agent_seq), since_mono=self.clock.monotonic())
+        self.selector.prepare_agent(rec)
+        self._agents[agent.agent_id] = rec
 
     def update_agent(self, agent: Agent) -> list[Decision]:
         """Change skills, languages or phone; a READY agent is re-indexed at once."""
         rec = self._agent(agent.agent_id)
         was_ready = rec.indexed
         if was_ready:
-            self._unindex_agent(rec)
+            self.selector.unindex_agent(rec)
         rec.agent = agent
-        rec.keys = self._agent_keys(agent)
+        self.selector.prepare_agent(rec)
         out: list[Decision] = []
         if was_ready:
-            self._index_agent(rec)
+            self.selector.index_agent(rec)
             self._dispatch(out, rec)
         return out
 
@@ -750,12 +268,12 @@ class Distributor:
         if state is AgentState.WRAP_UP:
             self._set(rec, AgentState.WRAP_UP, mono_since, None)
             rec.wrapup_token += 1
-            self._schedule(mono_since + self.cfg.wrapup_seconds, "wrapup", agent_id, rec.wrapup_token)
+            self._schedule(mono_since + self.cfg.wrapup_seconds, TimerKind.WRAPUP, agent_id, rec.wrapup_token)
             return out
         # READY or RINGING
         self._set(rec, AgentState.READY, mono_since, None)
         rec.idle_since = mono_since
-        self._index_agent(rec)
+        self.selector.index_agent(rec)
         self._dispatch(out, rec)
         return out
 
@@ -765,16 +283,17 @@ class Distributor:
         if call.call_id in self._calls or call.call_id in self._finished_calls:
             raise DuplicateCall(f"call {call.call_id} is already known")
         now_mono = self.clock.monotonic()
-        rec = _CallRec(call, next(self._call_seq), now_mono)
+        rec = CallRecord(call, next(self._call_seq), now_mono)
+        self.selector.prepare_call(rec)
         self._calls[call.call_id] = rec
         insort(self._order, rec.order_key)
-        self._index_call(rec)
+        self.selector.index_call(rec)
         self.metrics.call_entered(call.call_id, call.entered_at)
         clog = log.bind(uniqueid=call.uniqueid, call_id=call.call_id)
         clog.info("caller queued", priority=call.priority_level.name.lower(), skill=call.required_skill)
         if not call.callback:
-            self._schedule(now_mono + self.cfg.max_wait_seconds, "maxwait", call.call_id, 0)
-            self._schedule(now_mono + self.cfg.announce_every_seconds, "announce", call.call_id, 0)
+            self._schedule(now_mono + self.cfg.max_wait_seconds, TimerKind.MAXWAIT, call.call_id, 0)
+            self._schedule(now_mono + self.cfg.announce_every_seconds, TimerKind.ANNOUNCE, call.call_id, 0)
         out: list[Decision] = []
         self._dispatch(out)
         if rec.offer_id is None and not call.callback:
@@ -823,7 +342,7 @@ class Distributor:
         if rec.offer_id is not None:
             orec = self._offers[rec.offer_id]
             cancelled = orec.offer.offer_id
-            self._close_offer(orec, OfferState.CANCELLED)
+            self._close_offer(orec, "cancelled", f"caller left ({reason.value})")
             arec = self._agents.get(orec.offer.agent_id)
             out.append(
                 CancelOffer(cancelled, call_id, orec.offer.agent_id, orec.offer.interface, reason.value)
@@ -857,11 +376,10 @@ class Distributor:
             self._known_offer(offer_id)
             return []
         if orec.state is OfferState.OFFERED:
-            orec.state = OfferState.RINGING
+            self._offer_go(orec, "ringing")
             orec.ring_start = self._steady_of(at)
-            orec.version += 1
             orec.deadline = self.clock.monotonic() + self.cfg.ring_timeout_seconds
-            self._schedule(orec.deadline, "ring", offer_id, orec.version)
+            self._schedule(orec.deadline, TimerKind.RING, offer_id, orec.version)
         return []
 
     def on_answered(self, offer_id: str, at: datetime | None = None) -> list[Decision]:
@@ -870,13 +388,12 @@ class Distributor:
         orec = self._offers.get(offer_id)
         if orec is None:
             return self._late_answer(offer_id, at)
-        if orec.state not in _OPEN_OFFER:
+        if orec.state not in OPEN_OFFER:
             return []  # replayed
         out: list[Decision] = []
         crec = self._calls[orec.offer.call_id]
         arec = self._agents[orec.offer.agent_id]
-        orec.state = OfferState.ANSWERED
-        orec.version += 1
+        self._offer_go(orec, "answered")
         self._answered(orec, crec, arec, at, out)
         arec.missed_in_row = 0
         self._go(arec, "offer_answered", AgentState.ON_CALL, f"answered {crec.call.call_id}")
@@ -888,10 +405,10 @@ class Distributor:
         if orec is None:
             self._known_offer(offer_id)
             return []
-        if orec.state not in _OPEN_OFFER:
+        if orec.state not in OPEN_OFFER:
             return []
         out: list[Decision] = []
-        self._missed(orec, out, OfferState.MISSED, "ring timeout", pause_now=False)
+        self._missed(orec, out, "rang_out", "ring timeout", pause_now=False)
         return out
 
     def on_offer_failed(self, offer_id: str, status: str) -> list[Decision]:
@@ -900,7 +417,7 @@ class Distributor:
         if orec is None:
             self._known_offer(offer_id)
             return []
-        if orec.state not in _OPEN_OFFER:
+        if orec.state not in OPEN_OFFER:
             return []
         status = (status or "").strip().upper()
         if status == "ANSWER":
@@ -912,16 +429,14 @@ class Distributor:
             # The caller hung up while the agent's phone rang: not the agent's fault.
             crec = self._calls.get(orec.offer.call_id)
             arec = self._agents[orec.offer.agent_id]
-            self._close_offer(orec, OfferState.CANCELLED)
+            self._close_offer(orec, "cancelled", "caller hung up while ringing")
             if crec is not None:
                 crec.offer_id = None
-                self._index_call(crec)
+                self.selector.index_call(crec)
             self._agent_offer_cancelled(arec, orec, out)
             self._dispatch(out)
             return out
-        self._missed(
-            orec, out, OfferState.FAILED, status.lower() or "failed", pause_now=status == "CHANUNAVAIL"
-        )
+        self._missed(orec, out, "refused", status.lower() or "failed", pause_now=status == "CHANUNAVAIL")
         return out
 
     def on_call_ended(self, offer_id: str, at: datetime | None = None) -> list[Decision]:
@@ -933,7 +448,7 @@ class Distributor:
         if orec.state is not OfferState.ANSWERED:
             raise AcdError(f"offer {offer_id} was not answered (state {orec.state.value})")
         out: list[Decision] = []
-        self._close_offer(orec, OfferState.ENDED)
+        self._close_offer(orec, "call_ended", "call ended")
         arec = self._agents.get(orec.offer.agent_id)
         if arec is None or arec.offer_id != offer_id:
             return out
@@ -948,7 +463,7 @@ class Distributor:
             self._go(arec, "wrapup_done", AgentState.READY, "no wrap-up")
             self._became_ready(arec, out)
         else:
-            self._schedule(now + self.cfg.wrapup_seconds, "wrapup", arec.agent.agent_id, arec.wrapup_token)
+            self._schedule(now + self.cfg.wrapup_seconds, TimerKind.WRAPUP, arec.agent.agent_id, arec.wrapup_token)
         return out
 
     # ===== time ===================================================================================
@@ -959,37 +474,37 @@ class Distributor:
         timers = self._timers
         while timers and timers[0][0] <= now:
             due, _, kind, ref, version = heapq.heappop(timers)
-            if kind == "wrapup":
-                arec = self._agents.get(ref)
-                if arec and arec.state is AgentState.WRAP_UP and arec.wrapup_token == version:
-                    self._go(arec, "wrapup_done", AgentState.READY, "wrap-up over")
-                    self._became_ready(arec, out)
-            elif kind == "ring":
-                orec = self._offers.get(ref)
-                if orec and orec.state in _OPEN_OFFER and orec.version == version:
-                    out.append(
-                        CancelOffer(
-                            ref, orec.offer.call_id, orec.offer.agent_id, orec.offer.interface, "ring timeout"
-                        )
-                    )
-                    self._missed(orec, out, OfferState.MISSED, "ring timeout", pause_now=False)
-            elif kind == "maxwait":
-                crec = self._calls.get(ref)
-                if crec and not crec.call.callback and not crec.max_wait_fired:
-                    if crec.offer_id is not None:
-                        self._schedule(due + self.cfg.ring_timeout_seconds, "maxwait", ref, 0)
-                    else:
-                        crec.max_wait_fired = True
-                        out.append(MaxWaitReached(ref, crec.call.uniqueid, now - crec.entered_mono))
-            elif kind == "announce":
-                crec = self._calls.get(ref)
-                if crec and not crec.call.callback:
-                    self._schedule(due + self.cfg.announce_every_seconds, "announce", ref, 0)
-                    if crec.offer_id is None:
-                        out.append(
-                            Announce(ref, crec.call.uniqueid, self.position(ref), self.expected_wait(ref))
-                        )
+            self._timer_handlers[kind](due, now, ref, version, out)
         return out
+
+    def _wrapup_over(self, due: float, now: float, agent_id: str, token: int, out: list[Decision]) -> None:
+        arec = self._agents.get(agent_id)
+        if arec and arec.state is AgentState.WRAP_UP and arec.wrapup_token == token:
+            self._go(arec, "wrapup_done", AgentState.READY, "wrap-up over")
+            self._became_ready(arec, out)
+
+    def _ring_deadline(self, due: float, now: float, offer_id: str, version: int, out: list[Decision]) -> None:
+        orec = self._offers.get(offer_id)
+        if orec and orec.state in OPEN_OFFER and orec.version == version:
+            o = orec.offer
+            out.append(CancelOffer(offer_id, o.call_id, o.agent_id, o.interface, "ring timeout"))
+            self._missed(orec, out, "rang_out", "ring timeout", pause_now=False)
+
+    def _max_wait(self, due: float, now: float, call_id: str, _version: int, out: list[Decision]) -> None:
+        crec = self._calls.get(call_id)
+        if crec and not crec.call.callback and not crec.max_wait_fired:
+            if crec.offer_id is not None:  # ringing an agent now: give that ring its chance first
+                self._schedule(due + self.cfg.ring_timeout_seconds, TimerKind.MAXWAIT, call_id, 0)
+            else:
+                crec.max_wait_fired = True
+                out.append(MaxWaitReached(call_id, crec.call.uniqueid, now - crec.entered_mono))
+
+    def _announce(self, due: float, now: float, call_id: str, _version: int, out: list[Decision]) -> None:
+        crec = self._calls.get(call_id)
+        if crec and not crec.call.callback:
+            self._schedule(due + self.cfg.announce_every_seconds, TimerKind.ANNOUNCE, call_id, 0)
+            if crec.offer_id is None:
+                out.append(Announce(call_id, crec.call.uniqueid, self.position(call_id), self.expected_wait(call_id)))
 
     def next_timer(self) -> float | None:
         """Monotonic time of the earliest pending timer (stale ones included), for the adapter's sleep."""
@@ -1009,7 +524,7 @@ class Distributor:
         AHT × ((p − 1) / staffed + 0.5). Zero when an agent is ready now.
         """
         pos = self.position(call_id)
-        if self._ready_count() > 0:
+        if self.selector.ready_count() > 0:
             return 0.0
         if self._staffed == 0:
             return None
@@ -1024,7 +539,7 @@ class Distributor:
         return len(self._calls)
 
     def ready_count(self) -> int:
-        return self._ready_count()
+        return self.selector.ready_count()
 
     def staffed_count(self) -> int:
         return self._staffed
@@ -1084,13 +599,13 @@ class Distributor:
         return AcdSnapshot(now, queue, tuple(agents), self.metrics_snapshot())
 
     # ===== internals: lookups =====================================================================
-    def _agent(self, agent_id: str) -> _AgentRec:
+    def _agent(self, agent_id: str) -> AgentRecord:
         rec = self._agents.get(agent_id)
         if rec is None:
             raise UnknownAgent(f"no agent {agent_id!r}")
         return rec
 
-    def _call(self, call_id: str) -> _CallRec:
+    def _call(self, call_id: str) -> CallRecord:
         rec = self._calls.get(call_id)
         if rec is None:
             raise UnknownCall(f"no waiting call {call_id!r}")
@@ -1102,19 +617,19 @@ class Distributor:
             raise UnknownOffer(f"no offer {offer_id!r}")
 
     # ===== internals: state machine ===============================================================
-    def _check(self, rec: _AgentRec, event: str, to: AgentState | None = None) -> None:
+    def _check(self, rec: AgentRecord, event: str, to: AgentState | None = None) -> None:
         allowed = TRANSITIONS[event]
         targets = allowed.get(rec.state)
         if targets is None or (to is not None and to not in targets):
             raise IllegalTransition(rec.agent.agent_id, event, rec.state, allowed)
 
     def _go(
-        self, rec: _AgentRec, event: str, to: AgentState, reason: str, pause_reason: PauseReason | None = None
+        self, rec: AgentRecord, event: str, to: AgentState, reason: str, pause_reason: PauseReason | None = None
     ) -> None:
         self._check(rec, event, to)
         frm = rec.state
         if frm is AgentState.READY and to is not AgentState.READY:
-            self._unindex_agent(rec)
+            self.selector.unindex_agent(rec)
         now = self.clock.now()
         self._set(rec, to, self.clock.monotonic(), pause_reason if to is AgentState.PAUSED else None)
         self._history.append(StateChange(rec.agent.agent_id, frm, to, event, reason, now))
@@ -1128,15 +643,15 @@ class Distributor:
         )
 
     def _set(
-        self, rec: _AgentRec, to: AgentState, since_mono: float, pause_reason: PauseReason | None
+        self, rec: AgentRecord, to: AgentState, since_mono: float, pause_reason: PauseReason | None
     ) -> None:
-        self._staffed += int(to in _STAFFED) - int(rec.state in _STAFFED)
+        self._staffed += int(to in STAFFED) - int(rec.state in STAFFED)
         rec.state = to
         rec.since_mono = since_mono
         rec.pause_reason = pause_reason
 
     def _became_ready(
-        self, rec: _AgentRec, out: list[Decision], idle_since: float | None = None, agent_first: bool = True
+        self, rec: AgentRecord, out: list[Decision], idle_since: float | None = None, agent_first: bool = True
     ) -> None:
         """Index a newly READY agent (or move them to ON_CALL if AMI sees them busy) and dispatch."""
         if rec.elsewhere:
@@ -1145,10 +660,10 @@ class Distributor:
             self._dispatch(out)
             return
         rec.idle_since = self.clock.monotonic() if idle_since is None else idle_since
-        self._index_agent(rec)
+        self.selector.index_agent(rec)
         self._dispatch(out, rec if agent_first else None)
 
-    def _settle_elsewhere(self, rec: _AgentRec) -> list[Decision]:
+    def _settle_elsewhere(self, rec: AgentRecord) -> list[Decision]:
         out: list[Decision] = []
         if not rec.elsewhere and rec.state is AgentState.ON_CALL and rec.offer_id is None:
             self._go(rec, "free_elsewhere", AgentState.READY, "foreign call over")
@@ -1156,7 +671,7 @@ class Distributor:
         return out
 
     # ===== internals: offers ======================================================================
-    def _make_offer(self, crec: _CallRec, arec: _AgentRec, out: list[Decision]) -> None:
+    def _make_offer(self, crec: CallRecord, arec: AgentRecord, out: list[Decision]) -> None:
         crec.offers += 1
         offer_id = f"{crec.call.call_id}#{crec.offers}"
         offer = Offer(
@@ -1165,7 +680,7 @@ class Distributor:
             arec.agent.agent_id,
             arec.agent.interface,
             self.cfg.ring_timeout_seconds,
-            _caller_display(crec.call),
+            caller_display(crec.call),
             crec.call.uniqueid,
             crec.call.callback,
         )
@@ -1173,14 +688,14 @@ class Distributor:
         now = self.clock.now()
         # Before DialBegin is seen, allow one ring cycle for call set-up on top of the target.
         deadline = now_mono + self.cfg.ring_timeout_seconds + self.cfg.ring_cycle_seconds
-        orec = _OfferRec(offer, OfferState.OFFERED, self._steady_of(None), now_mono, deadline, agent_prev_idle=arec.idle_since)
+        orec = OfferRecord(offer, OfferState.OFFERED, self._steady_of(None), now_mono, deadline, agent_prev_idle=arec.idle_since)
         self._offers[offer_id] = orec
-        self._unindex_call(crec)
+        self.selector.unindex_call(crec)
         crec.offer_id = offer_id
         arec.offer_id = offer_id
         arec.call_id = crec.call.call_id
         self._go(arec, "offer_ringing", AgentState.RINGING, f"offer {offer_id}")
-        self._schedule(deadline, "ring", offer_id, orec.version)
+        self._schedule(deadline, TimerKind.RING, offer_id, orec.version)
         self.metrics.offer_made(offer_id, arec.agent.agent_id, now)
         log.info(
             "offer made",
@@ -1191,28 +706,41 @@ class Distributor:
         )
         out.append(MakeOffer(offer))
 
-    def _close_offer(self, orec: _OfferRec, state: OfferState) -> None:
-        orec.state = state
-        orec.version += 1
+    def _offer_go(self, orec: OfferRecord, event: str, reason: str = "") -> None:
+        """One offer transition (OFFER_TRANSITIONS), logged with the call's uniqueid."""
+        frm = orec.state
+        to = OFFER_TRANSITIONS[event].get(frm)
+        if to is None:
+            raise IllegalOfferTransition(orec.offer.offer_id, event, frm)
+        orec.state = to
+        orec.version += 1  # a ring timer armed before this transition is stale now
+        offer = orec.offer
+        log.info("offer state changed", uniqueid=offer.uniqueid, offer_id=offer.offer_id, agent_id=offer.agent_id,
+                 transition=event, from_state=frm.value, to_state=to.value, reason=reason or event)
+
+    def _close_offer(self, orec: OfferRecord, event: str, reason: str) -> None:
+        """A transition that ends the offer (rang out, refused, cancelled, call ended): forget it, keep
+        its outcome for replayed and late AMI events."""
+        self._offer_go(orec, event, reason)
         self._offers.pop(orec.offer.offer_id, None)
-        self._closed_offers[orec.offer.offer_id] = (state, orec.offer.agent_id)
+        self._closed_offers[orec.offer.offer_id] = (orec.state, orec.offer.agent_id)
         if len(self._closed_offers) > _CLOSED_OFFERS_KEPT:
             self._closed_offers.popitem(last=False)
 
-    def _agent_offer_cancelled(self, arec: _AgentRec, orec: _OfferRec, out: list[Decision]) -> None:
+    def _agent_offer_cancelled(self, arec: AgentRecord, orec: OfferRecord, out: list[Decision]) -> None:
         """Back to READY, keeping the place in the idle order: the agent did nothing wrong."""
         arec.offer_id = arec.call_id = None
         if arec.state is AgentState.RINGING:
             self._go(arec, "offer_cancelled", AgentState.READY, "offer cancelled")
             self._became_ready(arec, out, idle_since=orec.agent_prev_idle)
 
-    def _cancel_offer_for_agent(self, arec: _AgentRec, out: list[Decision], reason: str) -> None:
+    def _cancel_offer_for_agent(self, arec: AgentRecord, out: list[Decision], reason: str) -> None:
         """The agent leaves while ringing: cancel and put the call back in its place."""
         orec = self._offers[arec.offer_id] if arec.offer_id else None
         arec.offer_id = arec.call_id = None
         if orec is None:
             return
-        self._close_offer(orec, OfferState.CANCELLED)
+        self._close_offer(orec, "cancelled", reason)
         out.append(
             CancelOffer(
                 orec.offer.offer_id, orec.offer.call_id, orec.offer.agent_id, orec.offer.interface, reason
@@ -1221,14 +749,13 @@ class Distributor:
         crec = self._calls.get(orec.offer.call_id)
         if crec is not None:
             crec.offer_id = None
-            self._index_call(crec)
+            self.selector.index_call(crec)
 
-    def _missed(
-        self, orec: _OfferRec, out: list[Decision], state: OfferState, reason: str, pause_now: bool
-    ) -> None:
-        """Close an unanswered offer, count it against the agent, re-queue the call in its place."""
+    def _missed(self, orec: OfferRecord, out: list[Decision], event: str, reason: str, pause_now: bool) -> None:
+        """Close an unanswered offer (``rang_out`` or ``refused``), count it against the agent, re-queue
+        the call in its place."""
         now = self.clock.now()
-        self._close_offer(orec, state)
+        self._close_offer(orec, event, reason)
         offer = orec.offer
         alert = self.metrics.offer_closed(
             offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, self._steady_of(None), False, offer.call_id
@@ -1239,7 +766,7 @@ class Distributor:
         if crec is not None:
             crec.offer_id = None
             crec.missed_by.add(offer.agent_id)
-            self._index_call(crec)
+            self.selector.index_call(crec)
         arec = self._agents.get(offer.agent_id)
         if arec is not None and arec.offer_id == offer.offer_id:
             arec.offer_id = arec.call_id = None
@@ -1289,7 +816,7 @@ class Distributor:
             mono -= (self.clock.now() - at).total_seconds()
         return wall0 + timedelta(seconds=mono - mono0)
 
-    def _steady(self, crec: _CallRec, at: datetime) -> datetime:
+    def _steady(self, crec: CallRecord, at: datetime) -> datetime:
         """``at`` re-expressed on the call's own timeline: entry time plus the monotonic time elapsed.
 
         The speed of answer must not change when the wall clock is stepped (NTP) while a caller
@@ -1299,7 +826,7 @@ class Distributor:
         return crec.call.entered_at + timedelta(seconds=max(0.0, at_mono - crec.entered_mono))
 
     def _answered(
-        self, orec: _OfferRec, crec: _CallRec, arec: _AgentRec, at: datetime, out: list[Decision]
+        self, orec: OfferRecord, crec: CallRecord, arec: AgentRecord, at: datetime, out: list[Decision]
     ) -> None:
         offer = orec.offer
         alert = self.metrics.offer_closed(
@@ -1318,9 +845,6 @@ class Distributor:
         arec.answered_mono = self.clock.monotonic()
         # Keep the record reachable for on_call_ended.
         self._offers[offer.offer_id] = orec
-        log.info(
-            "offer answered", uniqueid=crec.call.uniqueid, offer_id=offer.offer_id, agent_id=offer.agent_id
-        )
 
     def _late_answer(self, offer_id: str, at: datetime) -> list[Decision]:
         """DialEnd ANSWER for an offer we had given up on: if the agent is free, accept reality."""
@@ -1351,19 +875,19 @@ class Distributor:
                     "answered elsewhere",
                 )
             )
-            self._close_offer(other, OfferState.CANCELLED)
+            self._close_offer(other, "cancelled", "answered elsewhere")
             crec.offer_id = None
             oarec = self._agents[other.offer.agent_id]
             if oarec.offer_id == other.offer.offer_id:
                 self._agent_offer_cancelled(oarec, other, out)
-        orec = _OfferRec(
+        orec = OfferRecord(
             Offer(
                 offer_id,
                 call_id,
                 agent_id,
                 arec.agent.interface,
                 self.cfg.ring_timeout_seconds,
-                _caller_display(crec.call),
+                caller_display(crec.call),
                 crec.call.uniqueid,
                 crec.call.callback,
             ),
@@ -1372,10 +896,13 @@ class Distributor:
             self.clock.monotonic(),
             0.0,
         )
-        self._unindex_call(crec)
+        self.selector.unindex_call(crec)
         self._remove_call(crec)
         self._remember_finished(call_id, None)
         self._offers[offer_id] = orec
+        log.info("offer state changed", uniqueid=crec.call.uniqueid, offer_id=offer_id, agent_id=agent_id,
+                 transition="late_answer", from_state=state.value, to_state=OfferState.ANSWERED.value,
+                 reason="answered after we gave up on it")
         self.metrics.call_answered(call_id, crec.call.entered_at, self._steady(crec, at), agent_id)
         self._go(arec, "late_answer", AgentState.ON_CALL, f"late answer {offer_id}")
         arec.offer_id = offer_id
@@ -1389,169 +916,33 @@ class Distributor:
         if len(self._finished_calls) > _FINISHED_CALLS_KEPT:
             self._finished_calls.popitem(last=False)
 
-    def _remove_call(self, crec: _CallRec) -> None:
-        self._unindex_call(crec)
+    def _remove_call(self, crec: CallRecord) -> None:
+        self.selector.unindex_call(crec)
         del self._calls[crec.call.call_id]
         key = crec.order_key
         i = bisect_left(self._order, key)
         if i < len(self._order) and self._order[i] == key:
             del self._order[i]
 
-    # ===== internals: indexes =====================================================================
-    @staticmethod
-    def _agent_keys(agent: Agent) -> tuple[tuple[str, str, str], ...]:
-        skills = (*sorted(agent.skills), _ANY)
-        langs = (*sorted(agent.languages), _ANY)
-        prefs = ("",) + (("vip",) if agent.vip_capable else ()) + (("senior",) if agent.senior else ())
-        return tuple((s, lang, p) for s in skills for lang in langs for p in prefs)
+    # ===== internals: dispatch =====================================================================
+    def _dispatch(self, out: list[Decision], freed: AgentRecord | None = None) -> None:
+        """Restore the invariant: while a call waits unoffered and an agent is READY, make offers.
 
-    def _index_agent(self, rec: _AgentRec) -> None:
-        if rec.indexed:
-            return
-        rec.indexed = True
-        rec.token += 1
-        self._agent_index.add(rec.keys, (rec.idle_since, rec.seq, rec.agent.agent_id, rec.token))
-
-    def _unindex_agent(self, rec: _AgentRec) -> None:
-        if not rec.indexed:
-            return
-        rec.indexed = False
-        rec.token += 1
-        self._agent_index.remove(rec.keys)
-
-    def _agent_entry_valid(self, e: tuple[float, int, str, int]) -> bool:
-        rec = self._agents.get(e[2])
-        return rec is not None and rec.indexed and rec.token == e[3]
-
-    def _ready_count(self) -> int:
-        return self._agent_index.count((_ANY, _ANY, ""))
-
-    def _peek_agent(self, key: tuple[str, str, str], exclude: set[str]) -> _AgentRec | None:
-        e = self._agent_index.peek(key, (lambda e: e[2] in exclude) if exclude else None)
-        return self._agents[e[2]] if e is not None else None
-
-    @staticmethod
-    def _agent_matches(rec: _AgentRec, skill: str, lang: str) -> bool:
-        return (skill == _ANY or skill in rec.agent.skills) and (lang == _ANY or lang in rec.agent.languages)
-
-    def _pick_agent_for(self, crec: _CallRec) -> _AgentRec | None:
-        """The selection rules of the module docstring, for one call."""
-        call = crec.call
-        skill = call.required_skill or _ANY
-        lang = call.language or _ANY
-        tiers: list[tuple[str, str]] = []
-        for t in ((skill, lang), (_ANY, lang), (skill, _ANY), (_ANY, _ANY)):
-            if t not in tiers:
-                tiers.append(t)
-        pref = {
-            PriorityLevel.VIP: "vip",
-            PriorityLevel.EMERGENCY: "senior",
-            PriorityLevel.REPEAT: "senior",
-        }.get(call.priority_level)
-        prev = (
-            self._agents.get(call.previous_agent_id)
-            if call.previous_agent_id and self.cfg.prefer_previous_agent
-            else None
-        )
-        for exclude in (crec.missed_by, set()) if crec.missed_by else (set(),):
-            for s, lang_key in tiers:
-                if not self._agent_index.count((s, lang_key, "")):
-                    continue
-                if (
-                    prev is not None
-                    and prev.eligible
-                    and prev.agent.agent_id not in exclude
-                    and self._agent_matches(prev, s, lang_key)
-                ):
-                    return prev
-                if pref is not None:
-                    found = self._peek_agent((s, lang_key, pref), exclude)
-                    if found is not None:
-                        return found
-                found = self._peek_agent((s, lang_key, ""), exclude)
-                if found is not None:
-                    return found
-        return None
-
-    @staticmethod
-    def _call_keys(crec: _CallRec) -> tuple[tuple[int, str, str], ...]:
-        lvl = int(crec.call.priority_level)
-        s = crec.call.required_skill or _NONE
-        lang = crec.call.language or _NONE
-        return ((lvl, s, lang), (lvl, _ANY, lang), (lvl, s, _ANY), (lvl, _ANY, _ANY))
-
-    def _index_call(self, crec: _CallRec) -> None:
-        if crec.indexed:
-            return
-        crec.indexed = True
-        crec.token += 1
-        self._call_index.add(self._call_keys(crec), (crec.seq, crec.call.call_id, crec.token))
-
-    def _unindex_call(self, crec: _CallRec) -> None:
-        """Only a call waiting without an offer is indexed."""
-        if not crec.indexed:
-            return
-        crec.indexed = False
-        crec.token += 1
-        self._call_index.remove(self._call_keys(crec))
-
-    def _call_entry_valid(self, e: tuple[int, str, int]) -> bool:
-        rec = self._calls.get(e[1])
-        return rec is not None and rec.indexed and rec.token == e[2]
-
-    def _peek_call(self, key: tuple[int, str, str]) -> _CallRec | None:
-        e = self._call_index.peek(key)
-        return self._calls[e[1]] if e is not None else None
-
-    def _unoffered_count(self) -> int:
-        return sum(self._call_index.count((int(lvl), _ANY, _ANY)) for lvl in PriorityLevel)
-
-    def _head_call(self) -> _CallRec | None:
-        for lvl in sorted(PriorityLevel, reverse=True):
-            found = self._peek_call((int(lvl), _ANY, _ANY))
-            if found is not None:
-                return found
-        return None
-
-    def _pick_call_for(self, arec: _AgentRec) -> _CallRec | None:
-        """An agent freed up while callers wait: top level, then best skill/language tier, oldest."""
-        skills = (*sorted(arec.agent.skills), _NONE)
-        langs = (*sorted(arec.agent.languages), _NONE)
-        for lvl in sorted(PriorityLevel, reverse=True):
-            lv = int(lvl)
-            if not self._call_index.count((lv, _ANY, _ANY)):
-                continue
-            tiers = (
-                [(lv, s, lang) for s in skills for lang in langs],
-                [(lv, _ANY, lang) for lang in langs],
-                [(lv, s, _ANY) for s in skills],
-                [(lv, _ANY, _ANY)],
-            )
-            for keys in tiers:
-                best: _CallRec | None = None
-                for key in keys:
-                    c = self._peek_call(key)
-                    if c is not None and (best is None or c.seq < best.seq):
-                        best = c
-                if best is not None:
-                    return best
-        return None
-
-    def _dispatch(self, out: list[Decision], freed: _AgentRec | None = None) -> None:
-        """Restore the invariant: while a call waits unoffered and an agent is READY, make offers."""
-        if freed is not None and freed.eligible and self._unoffered_count():
-            crec = self._pick_call_for(freed)
+        ``freed``: the agent who just became READY chooses first (the best call for them); then calls
+        choose in queue order (the best agent for each). Both choices are the selector's."""
+        sel = self.selector
+        if freed is not None and freed.eligible and sel.unoffered_count():
+            crec = sel.pick_call_for(freed)
             if crec is not None:
                 self._make_offer(crec, freed, out)
-        while self._ready_count() and self._unoffered_count():
-            crec = self._head_call()
-            arec = self._pick_agent_for(crec) if crec is not None else None
+        while sel.ready_count() and sel.unoffered_count():
+            crec = sel.head_call()
+            arec = sel.pick_agent_for(crec) if crec is not None else None
             if crec is None or arec is None:  # pragma: no cover - counts and heaps disagree
-                log.error(
-                    "dispatch found no pair", ready=self._ready_count(), waiting=self._unoffered_count()
-                )
+                log.error("dispatch found no pair", ready=sel.ready_count(), waiting=sel.unoffered_count())
                 return
             self._make_offer(crec, arec, out)
 
-    def _schedule(self, due: float, kind: str, ref: str, version: int) -> None:
+    def _schedule(self, due: float, kind: TimerKind, ref: str, version: int) -> None:
         heapq.heappush(self._timers, (due, next(self._timer_seq), kind, ref, version))
+

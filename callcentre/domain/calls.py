@@ -1,0 +1,101 @@
+"""What the IVR and call distribution share about a call: what was learnt, how it ended, and the
+shielded ticket commit both use when they promise something to a caller.
+
+Kept apart from the IVR so that call distribution (``callcentre.distribution``) and the wait script
+(:mod:`callcentre.domain.waiting`) do not import the IVR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind
+from callcentre.domain.ports import StorageUnavailable, TicketStore
+
+CALLBACK_CATEGORY = "callback_request"
+"""A voice message left for a call-back, and a call-back booked from the queue, are tickets of this category."""
+
+
+class Outcome(str, enum.Enum):
+    DONE = "done"  # the call was fully handled here
+    AGENT = "agent"  # handed to an agent (call distribution or the dialplan's queue)
+    HUNG_UP = "hung_up"
+    MESSAGE = "message"  # nobody can answer now: the caller leaves a voice message (a ticket)
+
+
+@dataclass
+class CallInfo:
+    """What the IVR has learnt about the call so far; handed to the agent connector (screen-pop)."""
+
+    uniqueid: str
+    channel: str
+    caller_id_raw: str
+    caller_id: str | None
+    caller_name: str
+    language: str
+    matches: list[OwnerMatch] = field(default_factory=list)
+    owner: OwnerMatch | None = None  # the owner/unit the caller was identified as
+    path: list[str] = field(default_factory=list)
+    tickets: list[str] = field(default_factory=list)  # ticket numbers made in this call
+    linkedid: str | None = None
+    recording: str | None = None  # the file of the recording in progress or last made
+    # This call's logger (bound with uniqueid, channel, caller): never shared between calls.
+    log: Any = field(default=None, repr=False)
+
+    @property
+    def ivr_path(self) -> str:
+        return ">".join(self.path)
+
+    @property
+    def who(self) -> str | None:
+        """Who is calling, for "the agent who answered them last time": the owner, else the number."""
+        if self.owner is not None:
+            return f"owner:{self.owner.owner_id}"
+        return f"phone:{self.caller_id}" if self.caller_id else None
+
+    def ticket_draft(self, kind: TicketKind, category: str, priority: Priority, *, voice_file: str | None = None,
+                     source: str = "ivr") -> TicketDraft:
+        """A ticket for this call, tied to the caller ID and (when identified) the owner and unit."""
+        owner = self.owner
+        return TicketDraft(
+            kind=kind,
+            category=category,
+            priority=priority,
+            caller_id_raw=self.caller_id_raw,
+            caller_id=self.caller_id,
+            call_uniqueid=self.uniqueid,
+            call_linkedid=self.linkedid,
+            owner_id=owner.owner_id if owner else None,
+            unit_id=owner.unit_id if owner else None,
+            caller_name=self.caller_name or None,
+            voice_file=voice_file,
+            ivr_path=self.ivr_path,
+            channel=self.channel,
+            source=source,
+        )
+
+
+async def commit_shielded(tickets: TicketStore, draft: TicketDraft, deadline: datetime | None,
+                          held: set[asyncio.Task]) -> Ticket:
+    """Create the ticket in a task of its own, shielded: a hang-up or a shutdown that cancels the
+    caller's session cannot cut the commit in half. ``held`` keeps the task until it is done (so a
+    drain can wait for it). Raises StorageUnavailable. The task starts before this first awaits."""
+    task = asyncio.ensure_future(tickets.create_ticket(draft, deadline))
+    held.add(task)
+    task.add_done_callback(held.discard)
+    return await asyncio.shield(task)
+
+
+async def acknowledged(tickets: TicketStore, ticket: Ticket, clog: Any) -> None:
+    """Record that the caller heard the ticket through to its end (an audit mark; best effort)."""
+    try:
+        await tickets.mark_acknowledged(ticket.id)
+    except StorageUnavailable as exc:
+        clog.warning("ticket not marked as told to the caller", ticket=ticket.number, error=str(exc))
+
+
+__all__ = ["CALLBACK_CATEGORY", "CallInfo", "Outcome", "acknowledged", "commit_shielded"]
