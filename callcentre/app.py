@@ -16,7 +16,7 @@ import functools
 import gc
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator
 
 import structlog
 from aiohttp import web
@@ -28,6 +28,7 @@ from callcentre.ami.calls import CallTracker
 from callcentre.ami.link import AMIDisconnected, AMILink
 from callcentre.config import Config
 from callcentre.config.loader import environ as config_environ
+from callcentre.distribution import ACDService, AgentRoster
 from callcentre.domain.ivr import HotlineIVR
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.service.alerts import WallboardNotifier
@@ -46,19 +47,16 @@ from callcentre.storage.users_repo import UsersRepo
 from callcentre.web.auth import public
 from callcentre.web.hub import Hub
 
-if TYPE_CHECKING:
-    from callcentre.distribution import ACDService
 
 log = structlog.get_logger("callcentre.app")
 
 
 @dataclass
 class Running:
-    """What exists or changes only while the server runs: call distribution and the IVR (built at
-    start-up, once the agents are loaded), whether start-up is done, and whether we are draining."""
+    """What changes while the server runs: call distribution once it is started (its agents loaded),
+    whether start-up is done, and whether we are draining."""
 
     acd: ACDService | None = None
-    ivr: HotlineIVR | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
 
@@ -88,23 +86,15 @@ class Services:
     reconciliation: ReconciliationScheduler
     webhooks: WebhookSender | None  # None without webhook URLs
     agi: FastAGIServer
+    distribution: ACDService | None  # None when acd.enabled is false: callers go to the dialplan's queue
+    roster: AgentRoster | None
+    ivr: HotlineIVR
     running: Running
 
     @property
     def acd(self) -> ACDService | None:
+        """Call distribution while it runs (None before start-up, after shutdown, or when off)."""
         return self.running.acd
-
-    @acd.setter
-    def acd(self, acd: ACDService | None) -> None:  # by the distribution context at start-up
-        self.running.acd = acd
-
-    @property
-    def ivr(self) -> HotlineIVR | None:
-        return self.running.ivr
-
-    @ivr.setter
-    def ivr(self, ivr: HotlineIVR | None) -> None:  # by the distribution context at start-up
-        self.running.ivr = ivr
 
     @property
     def ready(self) -> asyncio.Event:
@@ -138,18 +128,37 @@ def build_services(cfg: Config, clock: Clock) -> Services:
         after = lambda calls: running.acd.on_resync(calls) if running.acd is not None else None  # noqa: E731
         ami_events.on_login(Resync(ami, tracker, clock, cfg.acd.fallback_queue, after))
     survey = SurveyScript(ticket_service, callbacks, default_language=cfg.ivr.default_language)
+    escalation = EscalationLoop(ticket_service, cfg, clock, notifier.publish)
+    directory = SqlDirectory(sessions)
+    distribution, roster = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami, escalation)
+    ivr = HotlineIVR(cfg, directory, tickets, clock, distribution)
     return Services(
-        cfg=cfg, clock=clock, engine=engine, session_factory=sessions, directory=SqlDirectory(sessions), tickets=tickets,
+        cfg=cfg, clock=clock, engine=engine, session_factory=sessions, directory=directory, tickets=tickets,
         ticket_service=ticket_service, users=users, desk=desk,
         desk_services=build_desk(sessions, cfg, clock, acd=lambda: running.acd, lifecycle=ticket_service, desk=desk,
                                  users=users),
         hub=hub, notifier=notifier, tracker=tracker, ami_events=ami_events, ami=ami, callbacks=callbacks, survey=survey,
-        escalation=EscalationLoop(ticket_service, cfg, clock, notifier.publish),
+        escalation=escalation,
         reconciliation=ReconciliationScheduler(sessions, cfg, clock, notifier.reconciliation_ready),
         webhooks=_webhook_sender(cfg, sessions, clock),
-        agi=FastAGIServer(cfg.agi, _agi_router(running, survey), prompt_path=cfg.prompts.asterisk_path),
-        running=running,
+        agi=FastAGIServer(cfg.agi, _agi_router(running, ivr, survey), prompt_path=cfg.prompts.asterisk_path),
+        distribution=distribution, roster=roster, ivr=ivr, running=running,
     )
+
+
+def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
+                        sessions: async_sessionmaker[AsyncSession], desk: DeskRepo, notifier: WallboardNotifier,
+                        ami: AMILink | None, escalation: EscalationLoop) -> tuple[ACDService | None, AgentRoster | None]:
+    """Our own call distribution and the roster that feeds it its agents; none when acd.enabled is false."""
+    if not cfg.acd.enabled:
+        return None, None
+    roster = AgentRoster(users, cfg, sessions, clock)
+    acd = ACDService(
+        cfg, clock, tickets, publish=notifier.publish, persist_history=roster.record_states,
+        last_call_at=tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
+        owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue,
+    )
+    return acd, roster
 
 
 def _ami_link(cfg: Config, events: AMIEvents) -> AMILink | None:
@@ -187,12 +196,8 @@ def _webhook_sender(cfg: Config, sessions: async_sessionmaker[AsyncSession], clo
     return WebhookSender(sessions, settings, clock)
 
 
-def _agi_router(running: Running, survey: SurveyScript) -> Router:
+def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript) -> Router:
     """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back."""
-
-    async def hotline(channel) -> None:
-        assert running.ivr is not None  # built at start-up, before the listener opens
-        await running.ivr.run(channel)
 
     async def callback(channel) -> None:
         try:
@@ -201,7 +206,7 @@ def _agi_router(running: Running, survey: SurveyScript) -> Router:
         finally:
             await channel.set_result("done")
 
-    routes = {"hotline": hotline, "survey": survey.run, "callback": callback}
+    routes = {"hotline": ivr.run, "survey": survey.run, "callback": callback}
 
     def router(env):
         if running.draining and env.script == "hotline":
@@ -242,34 +247,25 @@ async def _database(app: web.Application, *, migrate: bool) -> AsyncIterator[Non
 
 
 async def _distribution(app: web.Application) -> AsyncIterator[None]:
-    """Call distribution (when on, with the agents loaded from the database) and the IVR that hands it callers."""
+    """Call distribution: its agents loaded from the database, then started; the IVR hands it callers."""
     services = app[SERVICES]
-    cfg, publish = services.cfg, services.notifier.publish
-    connector = None
-    roster = None
-    if cfg.acd.enabled:
-        from callcentre.distribution import ACDService, AgentRoster
-
-        roster = AgentRoster(services.users, cfg, services.session_factory, services.clock)
-        acd = ACDService(
-            cfg, services.clock, services.tickets, publish=publish, persist_history=roster.record_states,
-            last_call_at=services.tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
-            owners=services.desk, ami=lambda: services.ami, overdue=lambda: services.escalation.overdue,
-        )
-        await roster.load(acd)
-        await acd.start()
-        services.acd = connector = acd
-        services.tracker.add_listener(acd)  # DialBegin/DialEnd, DTMF, hang-ups, OriginateResponse
-        roster.start(acd)
-    else:
+    acd, roster = services.distribution, services.roster
+    if acd is None or roster is None:
         log.warning("call distribution is off (acd.enabled: false): callers who ask for a person go to the dialplan's queue")
-    services.ivr = HotlineIVR(cfg, services.directory, services.tickets, services.clock, connector)
+        yield
+        await services.ivr.drain()
+        return
+    await roster.load(acd)
+    await acd.start()
+    services.tracker.add_listener(acd)  # DialBegin/DialEnd, DTMF, hang-ups, OriginateResponse
+    roster.start(acd)
+    services.running.acd = acd
     yield
     await services.ivr.drain()
-    if services.acd is not None and roster is not None:
-        await roster.stop()
-        services.tracker.remove_listener(services.acd)
-        await services.acd.stop()
+    services.running.acd = None
+    await roster.stop()
+    services.tracker.remove_listener(acd)
+    await acd.stop()
 
 
 async def _service_loops(app: web.Application) -> AsyncIterator[None]:

@@ -84,7 +84,9 @@ async def test_parts_are_built_without_starting_or_connecting_anything(tmp_path:
     try:
         assert isinstance(services.ami, AMILink) and not services.ami.connected  # built, so its users get it
         assert services.webhooks is not None and not services.agi.listening
-        assert services.acd is None and services.ivr is None and not services.ready.is_set()  # made at start-up
+        # Built, not running: distribution runs (services.acd) only once start-up has loaded its agents.
+        assert services.distribution is not None and services.roster is not None and services.ivr is not None
+        assert services.acd is None and not services.ready.is_set()
         assert not (tmp_path / "cc.db").exists()  # the engine connects on first use only
         # The AMI link's events reach the call records before anything else.
         services.ami_events.dispatch({"Event": "Newchannel", "Channel": "PJSIP/trunk-00000001", "Uniqueid": "1.1",
@@ -114,9 +116,12 @@ def test_the_fastagi_router_sends_new_hotline_callers_to_the_dialplan_while_drai
     class Survey:
         async def run(self, channel: Any) -> None: ...
 
-    running, survey = Running(), Survey()
-    router = _agi_router(running, survey)  # type: ignore[arg-type]
-    assert router(Env("hotline")) is not None and router(Env("survey")) == survey.run
+    class IVR:
+        async def run(self, channel: Any) -> None: ...
+
+    running, ivr, survey = Running(), IVR(), Survey()
+    router = _agi_router(running, ivr, survey)  # type: ignore[arg-type]
+    assert router(Env("hotline")) == ivr.run and router(Env("survey")) == survey.run
     assert router(Env("callback")) is not None and router(Env("nothing")) is None
     running.draining = True
     assert router(Env("hotline")) is None and router(Env("survey")) == survey.run
