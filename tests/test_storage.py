@@ -571,19 +571,17 @@ async def test_twenty_writers_while_the_event_loop_is_busy_all_succeed(db_path: 
         await eng.dispose()
 
 
-# --- the SQLite writer: group commit, one failing write, a failing commit ---------------------------
+# --- the writer: group commit, one failing write, a failing commit ----------------------------------
 
 
-@sqlite_only
-async def test_tickets_waiting_together_share_one_commit(db_path: Path, clock: FakeClock) -> None:
+async def test_tickets_waiting_together_share_one_commit(db_url: str, clock: FakeClock) -> None:
     """Group commit: 20 tickets asked for at the same moment are one transaction, numbered in order."""
-    from callcentre.storage.writer import sqlite_writer
+    from callcentre.storage.writer import writer_of
 
-    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
+    eng = db.create_engine(DatabaseConfig(url=db_url))
     try:
         store = store_for(db.session_factory(eng), clock)
-        writer = sqlite_writer(eng)
-        assert writer is not None
+        writer = writer_of(eng)
         before = writer.groups
         made = await asyncio.gather(*(store.create_ticket(draft(f"g.{i}"), None) for i in range(20)))
         assert writer.groups - before == 1
@@ -594,20 +592,18 @@ async def test_tickets_waiting_together_share_one_commit(db_path: Path, clock: F
         await eng.dispose()
 
 
-@sqlite_only
 async def test_a_write_that_fails_alone_leaves_nothing_and_the_rest_of_its_group_commits(
-    db_path: Path, clock: FakeClock
+    db_url: str, clock: FakeClock
 ) -> None:
     from sqlalchemy import insert
 
-    from callcentre.storage.writer import sqlite_writer
+    from callcentre.storage.writer import writer_of
 
-    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
+    eng = db.create_engine(DatabaseConfig(url=db_url))
     try:
         sessions = db.session_factory(eng)
         store = store_for(sessions, clock)
-        writer = sqlite_writer(eng)
-        assert writer is not None
+        writer = writer_of(eng)
 
         class Refused(Exception):
             pass
@@ -633,30 +629,32 @@ async def test_a_write_that_fails_alone_leaves_nothing_and_the_rest_of_its_group
         await eng.dispose()
 
 
-@sqlite_only
 async def test_a_failed_commit_fails_every_waiter_and_writes_nothing(
-    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The disk fills up at COMMIT: no ticket of the group is acknowledged, none is written, no number
     is used; the next group numbers from where the database is."""
-    from callcentre.storage.writer import sqlite_writer
+    from callcentre.storage.writer import writer_of
 
-    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
+    eng = db.create_engine(DatabaseConfig(url=db_url))
     try:
         sessions = db.session_factory(eng)
         store = store_for(sessions, clock)
-        writer = sqlite_writer(eng)
-        assert writer is not None
-        dialect = writer.engine.dialect
-        real_commit = dialect.do_commit
+        writer = writer_of(eng)
         failing = {"on": True}
 
-        def do_commit(dbapi_connection):  # type: ignore[no-untyped-def]
-            if failing["on"]:
-                raise dialect.loaded_dbapi.OperationalError("database or disk is full")
-            return real_commit(dbapi_connection)
+        def failing_commit(dialect):  # type: ignore[no-untyped-def]
+            real_commit = dialect.do_commit
 
-        monkeypatch.setattr(dialect, "do_commit", do_commit)
+            def do_commit(dbapi_connection):  # type: ignore[no-untyped-def]
+                if failing["on"]:
+                    raise dialect.loaded_dbapi.OperationalError("database or disk is full")
+                return real_commit(dbapi_connection)
+
+            return do_commit
+
+        for sync_engine in db.sync_engines(eng):
+            monkeypatch.setattr(sync_engine.dialect, "do_commit", failing_commit(sync_engine.dialect))
         before = writer.groups
         results = await asyncio.gather(*(store.create_ticket(draft(f"c.{i}"), None) for i in range(5)), return_exceptions=True)
         assert writer.groups - before == 1
@@ -670,10 +668,9 @@ async def test_a_failed_commit_fails_every_waiter_and_writes_nothing(
         await eng.dispose()
 
 
-@sqlite_only
-async def test_a_cancelled_caller_does_not_take_back_its_write(db_path: Path, clock: FakeClock) -> None:
+async def test_a_cancelled_caller_does_not_take_back_its_write(db_url: str, clock: FakeClock) -> None:
     """A hang-up cancels the caller's task while its ticket is queued: the ticket is still made, once."""
-    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
+    eng = db.create_engine(DatabaseConfig(url=db_url))
     try:
         sessions = db.session_factory(eng)
         store = store_for(sessions, clock)

@@ -24,9 +24,10 @@ from callcentre.config import DatabaseConfig
 from callcentre.storage.writer import (
     SQLITE_SYNCHRONOUS,
     SYNCHRONOUS_CHOICES,
+    PooledWriter,
     SqliteWriter,
-    register_sqlite_writer,
-    sqlite_writer,
+    register_writer,
+    writer_of,
 )
 
 log = structlog.get_logger(__name__)
@@ -75,13 +76,12 @@ def _sqlite_pragmas(busy_ms: int, synchronous: str) -> Callable[[Any, Any], None
 
 def create_engine(cfg: DatabaseConfig, *, sqlite_synchronous: str = SQLITE_SYNCHRONOUS) -> AsyncEngine:
     """Build the async engine; for SQLite make the file's folder, set WAL, busy timeout, FKs and
-    ``synchronous`` (see :mod:`callcentre.storage.writer` for what a commit then survives), and start
-    the file's one writer; for PostgreSQL turn the busy timeout into lock_timeout.
+    ``synchronous`` (see :mod:`callcentre.storage.writer` for what a commit then survives); for PostgreSQL turn the busy timeout into lock_timeout.
 
     WAL lets the web pages read while a ticket is written; the busy timeout is how long a write
     waits for a lock held by another process before it fails (and the IVR falls back to an agent).
-    Within this process SQLite's hot writes do not wait on each other: they go through the writer
-    (:func:`callcentre.storage.writer.writes_for`).
+    The engine gets its one writer (:mod:`callcentre.storage.writer`): within this process the hot
+    writes do not wait on each other's locks, they are grouped into one transaction.
     """
     url = make_url(cfg.url)
     is_sqlite = url.get_backend_name() == "sqlite"
@@ -106,18 +106,20 @@ def create_engine(cfg: DatabaseConfig, *, sqlite_synchronous: str = SQLITE_SYNCH
     if is_sqlite:
         on_connect = _sqlite_pragmas(int(cfg.busy_timeout_seconds * 1000), sqlite_synchronous)
         event.listen(engine.sync_engine, "connect", on_connect)
-        if not _sqlite_in_memory(cfg.url):
-            register_sqlite_writer(engine, SqliteWriter(
-                url, busy_timeout_seconds=cfg.busy_timeout_seconds, synchronous=sqlite_synchronous, on_connect=on_connect,
-            ))
+    if is_sqlite and not _sqlite_in_memory(cfg.url):
+        register_writer(engine, SqliteWriter(
+            url, busy_timeout_seconds=cfg.busy_timeout_seconds, synchronous=sqlite_synchronous, on_connect=on_connect,
+        ))
+    else:
+        register_writer(engine, PooledWriter(engine))
     return engine
 
 
 def sync_engines(engine: AsyncEngine) -> list[Engine]:
     """Every synchronous engine behind ``engine``: its own and, for a SQLite file, its writer's (for
     tests that inject faults with engine events)."""
-    writer = sqlite_writer(engine)
-    return [engine.sync_engine] + ([writer.engine] if writer is not None else [])
+    writer = writer_of(engine)
+    return [engine.sync_engine] + ([writer.engine] if isinstance(writer, SqliteWriter) else [])
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -55,6 +55,7 @@ row-locked until COMMIT): two server processes on one PostgreSQL never hand out 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import weakref
 from collections import deque
@@ -73,7 +74,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
 from callcentre.domain.ports import StorageUnavailable
-from callcentre.storage.errors import is_storage_failure, reason, storage_errors
+from callcentre.storage.errors import is_storage_failure, reason
 from callcentre.storage.models import TicketCounter
 
 log = structlog.get_logger(__name__)
@@ -117,46 +118,40 @@ def run_statement(stmt: Any, params: dict[str, Any] | None = None) -> Callable[[
     return job
 
 
-def _counter_upsert(conn: Connection) -> Any:
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    return insert(TicketCounter)
+@functools.cache
+def _counter_increment(dialect: str) -> Any:
+    """``INSERT (day, 1) ON CONFLICT (day) DO UPDATE SET last = last + 1 RETURNING last``."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(TicketCounter)
+        .values(day=bindparam("day"), last=1)
+        .on_conflict_do_update(index_elements=["day"], set_={"last": TicketCounter.last + 1})
+        .returning(TicketCounter.last)
+    )
 
 
-# ---------------------------------------------------------------------------------------- direct
+_COUNTER_DECREMENT = update(TicketCounter).where(TicketCounter.day == bindparam("day")).values(last=TicketCounter.last - 1)
+
+
+# ---------------------------------------------------------------------------------------- counters
 
 
 class _DatabaseCounter:
-    """The counter kept in the database, row-locked by the transaction (PostgreSQL, in-memory SQLite)."""
+    """The counter kept in the database, its row locked by the group's transaction until COMMIT
+    (PostgreSQL, in-memory SQLite): another node's group waits for that COMMIT, then counts on."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def next_ticket_counter(self, day: date) -> int:
-        stmt = (
-            _counter_upsert(self.conn)
-            .values(day=day, last=1)
-            .on_conflict_do_update(index_elements=["day"], set_={"last": TicketCounter.last + 1})
-            .returning(TicketCounter.last)
-        )
-        return int(self.conn.execute(stmt).scalar_one())
+        return int(self.conn.execute(_counter_increment(self.conn.dialect.name), {"day": day}).scalar_one())
 
     def give_back_ticket_counter(self, day: date) -> None:
         # We hold the row's lock since our upsert: nobody took a number after ours.
-        self.conn.execute(update(TicketCounter).where(TicketCounter.day == day).values(last=TicketCounter.last - 1))
+        self.conn.execute(_COUNTER_DECREMENT, {"day": day})
 
-
-class DirectWrites:
-    """Each job in its own transaction on a connection from the engine's pool."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    async def run(self, job: Callable[[WriteTx], T], what: str) -> T:
-        async with storage_errors(what), self._engine.connect() as conn, conn.begin():
-            return await conn.run_sync(lambda sync_conn: job(_DatabaseCounter(sync_conn)))
-
-
-# ---------------------------------------------------------------------------------------- SQLite
+    def write_back(self) -> None:
+        """Nothing: every number was counted in the database as it was taken."""
 
 
 _COUNTER_OF_DAY = select(TicketCounter.last).where(TicketCounter.day == bindparam("day"))
@@ -197,6 +192,118 @@ class _Queued(Generic[T]):
     future: asyncio.Future[T]
 
 
+class _Counter(WriteTx, Protocol):
+    def write_back(self) -> None: ...
+
+
+class GroupWriter:
+    """One writer per engine: callers queue jobs; one drain task at a time runs everything queued as
+    one transaction (:meth:`_run_group`) and answers each caller after the COMMIT."""
+
+    name = "db-writer"
+
+    def __init__(self) -> None:
+        self._queue: deque[_Queued[Any]] = deque()
+        self._drainer: asyncio.Task[None] | None = None
+        self.groups = 0  # transactions committed or tried (for tests and benchmarks: writes per group)
+
+    async def run(self, job: Callable[[WriteTx], T], what: str) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append(_Queued(job, what, future))
+        drainer = self._drainer
+        if drainer is None or drainer.done() or drainer.get_loop() is not loop:
+            self._drainer = loop.create_task(self._drain(), name=self.name)
+        # A caller cancelled here (a hang-up) does not take its write back: it runs with its group.
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            group = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_GROUP))]
+            self.groups += 1
+            try:
+                outcomes = await self._run_group(group)
+            except BaseException as exc:  # cancelled with the loop, or the group could not be started
+                for q in group:
+                    if not q.future.done():
+                        q.future.set_exception(StorageUnavailable(f"cannot {q.what}: the writer stopped ({exc!r})"))
+                raise
+            for q, (ok, value) in zip(group, outcomes, strict=True):
+                if q.future.done():  # its caller was cancelled: the write happened (or failed) all the same
+                    continue
+                if ok:
+                    q.future.set_result(value)
+                else:
+                    q.future.set_exception(value)
+
+    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _failed(group: list[_Queued[Any]], failure: BaseException) -> list[tuple[bool, Any]]:
+        """The database failed: every write of the group gets StorageUnavailable."""
+        why = reason(failure)
+        log.error("storage unavailable", actions=sorted({q.what for q in group}), writes=len(group), reason=why)
+        outcomes: list[tuple[bool, Any]] = []
+        for q in group:
+            err = StorageUnavailable(f"cannot {q.what}: {why}")
+            err.__cause__ = failure
+            outcomes.append((False, err))
+        return outcomes
+
+    @staticmethod
+    def _transaction(conn: Connection, group: list[_Queued[Any]],
+                     counter_for: Callable[[Connection], _Counter]) -> list[tuple[bool, Any]]:
+        """Run the group's jobs in one transaction and commit. A job that fails on its own (a
+        constraint, a ticket that does not exist) is taken out and the others are run again from the
+        start in a new transaction, so nothing it did stays; a database failure raises."""
+        failed: dict[int, Exception] = {}
+        while True:
+            todo = [i for i in range(len(group)) if i not in failed]
+            if not todo:
+                return [(False, failed[i]) for i in range(len(group))]
+            counter = counter_for(conn)
+            results: dict[int, Any] = {}
+            with conn.begin() as trans:
+                for i in todo:
+                    try:
+                        results[i] = group[i].job(counter)
+                    except Exception as exc:
+                        if is_storage_failure(exc):
+                            raise  # the database failed, not this write: the whole group is rolled back
+                        failed[i] = exc
+                        break
+                if len(results) < len(todo):
+                    trans.rollback()
+                    continue
+                counter.write_back()
+            return [(True, results[i]) if i in results else (False, failed[i]) for i in range(len(group))]
+
+    def close(self, *_: Any) -> None:
+        """Release what the writer holds (the engine's ``engine_disposed`` event)."""
+
+
+class PooledWriter(GroupWriter):
+    """PostgreSQL (and in-memory SQLite): each group on a connection from the engine's pool, the
+    counter in the database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__()
+        self._engine = weakref.ref(engine)  # the engine owns its writer, not the other way round
+
+    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
+        engine = self._engine()
+        if engine is None:
+            return self._failed(group, RuntimeError("the database engine is gone"))
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(self._transaction, group, _DatabaseCounter)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            return self._failed(group, exc)
+
+
 class _Thread:
     """The writer's thread and its connection (opened in that thread on first use)."""
 
@@ -220,11 +327,15 @@ class _Thread:
                 log.warning("sqlite writer connection not closed cleanly", error=str(exc))
 
 
-class SqliteWriter:
-    """The one writer of a SQLite file: group commit in a thread of its own (see the module docstring)."""
+class SqliteWriter(GroupWriter):
+    """The one writer of a SQLite file: each group in a thread of its own, on its own connection, the
+    day's counter in memory (see the module docstring)."""
+
+    name = "sqlite-writer"
 
     def __init__(self, url: URL, *, busy_timeout_seconds: float, synchronous: str,
                  on_connect: Callable[[Any, Any], None]) -> None:
+        super().__init__()
         self.engine = create_sync_engine(
             url.set(drivername="sqlite+pysqlite"),
             poolclass=NullPool,
@@ -244,88 +355,23 @@ class SqliteWriter:
             # the values it writes over, whatever other processes do.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        self._queue: deque[_Queued[Any]] = deque()
-        self._drainer: asyncio.Task[None] | None = None
         self._thread: _Thread | None = None
-        self._lock = threading.Lock()  # the thread state is replaced by close() and used by _drain
-        self.groups = 0  # transactions committed or tried (for tests and benchmarks: writes per group)
+        self._lock = threading.Lock()  # the thread state is replaced by close() and used by _run_group
 
-    async def run(self, job: Callable[[WriteTx], T], what: str) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.append(_Queued(job, what, future))
-        drainer = self._drainer
-        if drainer is None or drainer.done() or drainer.get_loop() is not loop:
-            self._drainer = loop.create_task(self._drain(), name="sqlite-writer")
-        # A caller cancelled here (a hang-up) does not take its write back: it runs with its group.
-        return await future
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            group = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_GROUP))]
-            with self._lock:
-                if self._thread is None:
-                    self._thread = _Thread(self.engine)
-                thread = self._thread
-            try:
-                outcomes = await loop.run_in_executor(thread.executor, self._commit_group, thread, group)
-            except BaseException as exc:  # cancelled with the loop, or the thread could not take it
-                for q in group:
-                    if not q.future.done():
-                        q.future.set_exception(StorageUnavailable(f"cannot {q.what}: the writer stopped ({exc!r})"))
-                raise
-            for q, (ok, value) in zip(group, outcomes, strict=True):
-                if q.future.done():  # its caller was cancelled: the write happened (or failed) all the same
-                    continue
-                if ok:
-                    q.future.set_result(value)
-                else:
-                    q.future.set_exception(value)
+    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
+        with self._lock:
+            if self._thread is None:
+                self._thread = _Thread(self.engine)
+            thread = self._thread
+        return await asyncio.get_running_loop().run_in_executor(thread.executor, self._commit_group, thread, group)
 
     def _commit_group(self, thread: _Thread, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
         """In the writer thread: one transaction for the whole group. Never raises."""
-        self.groups += 1
         try:
-            return self._transaction(thread.connection(), group)
+            return self._transaction(thread.connection(), group, _GroupCounter)
         except Exception as exc:
             thread.discard()
-            failure: BaseException = exc
-        why = reason(failure)
-        log.error("storage unavailable", actions=sorted({q.what for q in group}), writes=len(group), reason=why)
-        outcomes: list[tuple[bool, Any]] = []
-        for q in group:
-            err = StorageUnavailable(f"cannot {q.what}: {why}")
-            err.__cause__ = failure
-            outcomes.append((False, err))
-        return outcomes
-
-    @staticmethod
-    def _transaction(conn: Connection, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
-        """Run the group's jobs in one transaction and commit. A job that fails on its own (a
-        constraint, a ticket that does not exist) is taken out and the others are run again from the
-        start in a new transaction, so nothing it did stays; a database failure raises."""
-        failed: dict[int, Exception] = {}
-        while True:
-            todo = [i for i in range(len(group)) if i not in failed]
-            if not todo:
-                return [(False, failed[i]) for i in range(len(group))]
-            counter = _GroupCounter(conn)
-            results: dict[int, Any] = {}
-            with conn.begin() as trans:
-                for i in todo:
-                    try:
-                        results[i] = group[i].job(counter)
-                    except Exception as exc:
-                        if is_storage_failure(exc):
-                            raise  # the database failed, not this write: the whole group is rolled back
-                        failed[i] = exc
-                        break
-                if len(results) < len(todo):
-                    trans.rollback()
-                    continue
-                counter.write_back()
-            return [(True, results[i]) if i in results else (False, failed[i]) for i in range(len(group))]
+            return self._failed(group, exc)
 
     def close(self, *_: Any) -> None:
         """Close the connection and let the thread end (the engine's ``engine_disposed`` event).
@@ -341,21 +387,26 @@ class SqliteWriter:
 
 # ---------------------------------------------------------------------------------------- look-up
 
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriter] = weakref.WeakKeyDictionary()
+_WRITERS: weakref.WeakKeyDictionary[Engine, GroupWriter] = weakref.WeakKeyDictionary()
 
 
-def register_sqlite_writer(engine: AsyncEngine, writer: SqliteWriter) -> None:
-    _SQLITE_WRITERS[engine.sync_engine] = writer
+def register_writer(engine: AsyncEngine, writer: GroupWriter) -> None:
+    _WRITERS[engine.sync_engine] = writer
     event.listen(engine.sync_engine, "engine_disposed", writer.close)
 
 
-def sqlite_writer(engine: AsyncEngine) -> SqliteWriter | None:
-    return _SQLITE_WRITERS.get(engine.sync_engine)
+def writer_of(engine: AsyncEngine) -> GroupWriter:
+    """The engine's one writer (made on first use for an engine built elsewhere than storage.db)."""
+    writer = _WRITERS.get(engine.sync_engine)
+    if writer is None:
+        writer = PooledWriter(engine)
+        register_writer(engine, writer)
+    return writer
 
 
 def writes_for(sessions: async_sessionmaker[AsyncSession] | AsyncEngine) -> Writes:
-    """The writes of the engine behind ``sessions``: its SQLite writer, or a transaction per write."""
+    """The writer of the engine behind ``sessions``."""
     engine = sessions if isinstance(sessions, AsyncEngine) else sessions.kw.get("bind")
     if not isinstance(engine, AsyncEngine):
         raise TypeError("the session factory must be bound to an AsyncEngine (callcentre.storage.db.session_factory)")
-    return sqlite_writer(engine) or DirectWrites(engine)
+    return writer_of(engine)
