@@ -1,55 +1,58 @@
-"""Writes: on SQLite, one writer that commits groups of writes in one thread; elsewhere, a transaction each.
+"""Writes: one writer per engine that commits groups of writes; on SQLite in a thread of its own.
 
-Why one writer (issue 11). SQLite lets one connection write at a time. Before, every write was a
-transaction on its own pooled aiosqlite connection: the write lock was taken at its first statement
-and held until its COMMIT, and every statement in between, and the COMMIT itself, went through the
-event loop (one thread hop each way). Other connections waiting for the lock sit in SQLite's busy
-handler, which does not queue: it sleeps and retries (1, 2, 5 ... then 100 ms between tries) until
-the busy timeout. When the loop was busy (an AMI burst, 20 calls at once), each holder kept the lock
-for as long as the loop took to come back to it, the waiters backed off to 100 ms sleeps, the lock
-sat idle between their tries, and writes failed with "database is locked" after the busy timeout:
-"stalled for minutes, 'database is locked' every few seconds" in the AMI benchmark, and a p99 of
-250-750 ms for 20 tickets at once. ``tests/test_storage.py::test_twenty_writers_while_the_event_loop_is_busy_all_succeed``
-reproduces it.
+Why (issue 11). SQLite lets one connection write at a time. Before, every write was a transaction on
+its own pooled aiosqlite connection: the write lock was taken at its first statement and held until
+its COMMIT, and every statement in between, and the COMMIT itself, went through the event loop (a
+thread hop each way). Connections waiting for the lock sit in SQLite's busy handler, which does not
+queue: it sleeps and retries (1, 2, 5 ... then 100 ms between tries) until the busy timeout. When the
+loop was busy (an AMI burst, 20 calls at once), each holder kept the lock for as long as the loop took
+to come back to it, the waiters backed off to 100 ms sleeps, the lock sat idle between their tries,
+and writes failed with "database is locked" after the busy timeout: the AMI benchmark's "stalled for
+minutes, 'database is locked' every few seconds", and a p99 of 250-750 ms for 20 tickets at once.
+``tests/test_storage.py::test_twenty_writers_while_the_event_loop_is_busy_all_succeed`` reproduces it
+(on the old code 17 of its 20 calls failed).
 
 Now the hot writes (tickets, call rows, agent states, the desk's edits) are *jobs*: plain functions
-over a synchronous SQLAlchemy :class:`~sqlalchemy.engine.Connection`. On a SQLite file,
-:class:`SqliteWriter` queues them; one drain task at a time takes everything queued and runs it in
-its own thread on its own connection as ONE transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``: group
-commit). A job that fails alone (a constraint, a ticket that does not exist) is taken out and the rest
-of the group is run again in a new transaction, so nothing of it stays (cheaper than a savepoint per
-job, which cost more than the insert itself). The lock is
-held only while that thread runs SQL, never across the event loop, and nothing else in this process
-competes for it. A caller's ``await`` returns only after the COMMIT of its group succeeded; if the
-database fails (locked by another process past the busy timeout, read-only, disk full, I/O error),
-the whole group is rolled back and every waiter gets
-:class:`~callcentre.domain.ports.StorageUnavailable`. Nothing is acknowledged before it is on disk
-as far as the ``synchronous`` setting below makes it.
+over a synchronous SQLAlchemy :class:`~sqlalchemy.engine.Connection`, queued to the engine's one
+:class:`GroupWriter`. One drain task at a time takes everything queued and runs it as ONE
+transaction (group commit), then answers each caller. A caller's ``await`` returns only after the
+COMMIT of its group succeeded; if the database fails (locked by another process past the busy
+timeout, read-only, disk full, I/O error, a failed COMMIT) the whole group is rolled back and every
+waiter gets :class:`~callcentre.domain.ports.StorageUnavailable`: nothing is half-written and nothing
+is acknowledged before it is committed. A job that fails on its own (a constraint, a ticket that does
+not exist) is taken out and the rest of the group is run again in a new transaction, so nothing of it
+stays (cheaper than a savepoint per job, which cost more than the insert itself). A caller that is
+cancelled while its write is queued (a hang-up) does not take the write back.
 
-The day's ticket counter is handed out in memory within a group: read once from ``ticket_counters``
-when the group first needs that day (under the write lock, so it is current even if another process
-wrote tickets to the same file), incremented per ticket, written back once before the COMMIT. A group
-that is rolled back (a job taken out, or the database failing) writes nothing, so the counter is read
-again from the committed value.
+* :class:`SqliteWriter` (a SQLite file): each group runs in the writer's own thread on its own
+  connection, ``BEGIN IMMEDIATE`` ... ``COMMIT``. The lock is held only while that thread runs SQL,
+  never across the event loop, and nothing else in this process competes for it on the hot paths
+  (the service loops' occasional writes still use the pool, and wait in the busy handler as before).
+  The day's ticket counter is handed out in memory within a group: read once from
+  ``ticket_counters`` when the group first needs that day (under the write lock, so it is right even
+  if another process wrote tickets to the same file), incremented per ticket, written back once before
+  the COMMIT. A rolled-back group writes nothing, so the next one reads the committed value again.
+* :class:`PooledWriter` (PostgreSQL, and in-memory SQLite, which another connection cannot see):
+  each group runs on a pooled connection (``AsyncConnection.run_sync``). The counter stays in the
+  database, ``INSERT ... ON CONFLICT (day) DO UPDATE SET last = last + 1 RETURNING last`` per
+  ticket, its row locked from the group's first ticket to its COMMIT: another node's group waits for
+  that COMMIT and counts on, so two server processes on one PostgreSQL never hand out the same number
+  (``test_two_servers_on_one_database_never_share_a_number``).
 
-Durability on SQLite: WAL with ``PRAGMA synchronous = NORMAL`` (:data:`SQLITE_SYNCHRONOUS`). A
-COMMIT appends the group to the WAL file without fsync; the WAL is fsynced at each checkpoint. A
-committed ticket survives a crash or kill of the server process (the data is in the operating
-system's page cache), but not a power cut or kernel crash before the next checkpoint: the last
-commits may then be lost (never half-written: SQLite stays consistent). ``FULL`` fsyncs the WAL at
-every COMMIT: it survives a power cut too, at the cost of one fsync per group. Measured on the 2-core
-build machine (``python -m bench --only tickets``, see the report in BENCHMARKS.md): one ticket at a
-time ~N/s with NORMAL against ~600/s with FULL (one fsync, ~1.4 ms, per ticket). We chose NORMAL:
-the deployment target is a server on a UPS in a machine room (a power cut stops the PBX and every
-call with it), a caller's ticket must survive what actually happens to the service (restarts,
-crashes, OOM kills, ``kill -9``), and FULL would cap one-at-a-time tickets at the disk's fsync rate.
-Sites without a UPS should use PostgreSQL (``synchronous_commit = on`` by default: durable at
-COMMIT).
-
-On PostgreSQL (and in-memory SQLite, which another connection cannot see) :class:`DirectWrites`
-runs each job in its own transaction on a pooled connection (``AsyncConnection.run_sync``), and the
-counter stays in the database (``INSERT ... ON CONFLICT DO UPDATE SET last = last + 1 RETURNING``,
-row-locked until COMMIT): two server processes on one PostgreSQL never hand out the same number.
+Durability on SQLite: WAL with ``PRAGMA synchronous = NORMAL`` (:data:`SQLITE_SYNCHRONOUS`). A COMMIT
+appends the group to the WAL file without fsync; the WAL is fsynced when it is checkpointed into the
+database (every ~1,000 pages). So a committed ticket survives a crash or ``kill -9`` of the server
+process, an OOM kill or a restart (the data is in the operating system's page cache and reaches the
+disk), but not a power cut or a kernel crash before the next checkpoint: the last commits may then be
+lost (never half-written: SQLite stays consistent). ``FULL`` fsyncs the WAL at every COMMIT, so it
+survives a power cut too, at the price of one fsync per group: on the 2-core build machine
+(``python -m bench --only tickets``; figures in BENCHMARKS.md) one ticket at a time went from
+FIGURE_NORMAL with NORMAL to FIGURE_FULL with FULL (an fsync costs ~1.4 ms there), while 20 at once
+stayed about the same (one fsync per group of ~20). We keep NORMAL: what happens to a call-centre
+server in practice is restarts, crashes and kills, which NORMAL survives; a power cut takes the PBX,
+the phones and every call with it, and the server belongs on a UPS; FULL would cap one-at-a-time
+tickets at the disk's fsync rate. A site that must survive a power cut without a UPS should use
+PostgreSQL (``synchronous_commit = on``, its default: durable at COMMIT).
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ def _counter_increment(dialect: str) -> Any:
     )
 
 
-_COUNTER_DECREMENT = update(TicketCounter).where(TicketCounter.day == bindparam("day")).values(last=TicketCounter.last - 1)
+_COUNTER_DECREMENT = update(TicketCounter).where(TicketCounter.day == bindparam("of_day")).values(last=TicketCounter.last - 1)
 
 
 # ---------------------------------------------------------------------------------------- counters
@@ -148,13 +151,13 @@ class _DatabaseCounter:
 
     def give_back_ticket_counter(self, day: date) -> None:
         # We hold the row's lock since our upsert: nobody took a number after ours.
-        self.conn.execute(_COUNTER_DECREMENT, {"day": day})
+        self.conn.execute(_COUNTER_DECREMENT, {"of_day": day})
 
     def write_back(self) -> None:
         """Nothing: every number was counted in the database as it was taken."""
 
 
-_COUNTER_OF_DAY = select(TicketCounter.last).where(TicketCounter.day == bindparam("day"))
+_COUNTER_OF_DAY = select(TicketCounter.last).where(TicketCounter.day == bindparam("of_day"))
 _counter_insert = sqlite.insert(TicketCounter)
 _COUNTER_WRITE = _counter_insert.on_conflict_do_update(index_elements=["day"], set_={"last": _counter_insert.excluded.last})
 
@@ -170,7 +173,7 @@ class _GroupCounter:
     def next_ticket_counter(self, day: date) -> int:
         if day not in self._last:
             if day not in self._read:
-                found = self.conn.execute(_COUNTER_OF_DAY, {"day": day}).scalar_one_or_none()
+                found = self.conn.execute(_COUNTER_OF_DAY, {"of_day": day}).scalar_one_or_none()
                 self._read[day] = int(found or 0)
             self._last[day] = self._read[day]
         self._last[day] += 1
