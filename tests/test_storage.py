@@ -720,3 +720,27 @@ async def test_two_servers_on_one_database_never_share_a_number(db_url: str, clo
     finally:
         for e in engines:
             await e.dispose()
+
+
+@sqlite_only
+async def test_in_memory_sqlite_counts_in_the_database_and_gives_numbers_back(clock: FakeClock) -> None:
+    """An in-memory database is seen only through its own connection: its writes go through the pooled
+    writer, the counter row is counted in the database (as on PostgreSQL) and a duplicate gives its
+    number back there."""
+    from callcentre.storage.writer import PooledWriter, writer_of
+
+    eng = db.create_engine(DatabaseConfig(url="sqlite+aiosqlite://"))
+    try:
+        async with eng.begin() as conn:
+            await conn.run_sync(load_all_models().create_all)
+        assert isinstance(writer_of(eng), PooledWriter)
+        sessions = db.session_factory(eng)
+        store = store_for(sessions, clock)
+        first = await store.create_ticket(draft("m.1"), None)
+        again = await store.create_ticket(draft("m.1"), None)
+        second = await store.create_ticket(draft("m.2"), None)
+        assert (first.number, again.id, second.number) == ("R20261124-0001", first.id, "R20261124-0002")
+        async with sessions() as s:
+            assert (await s.execute(select(TicketCounter.last))).scalar_one() == 2
+    finally:
+        await eng.dispose()
