@@ -45,14 +45,16 @@ database (every ~1,000 pages). So a committed ticket survives a crash or ``kill 
 process, an OOM kill or a restart (the data is in the operating system's page cache and reaches the
 disk), but not a power cut or a kernel crash before the next checkpoint: the last commits may then be
 lost (never half-written: SQLite stays consistent). ``FULL`` fsyncs the WAL at every COMMIT, so it
-survives a power cut too, at the price of one fsync per group: on the 2-core build machine
-(``python -m bench --only tickets``; figures in BENCHMARKS.md) one ticket at a time went from
-FIGURE_NORMAL with NORMAL to FIGURE_FULL with FULL (an fsync costs ~1.4 ms there), while 20 at once
-stayed about the same (one fsync per group of ~20). We keep NORMAL: what happens to a call-centre
-server in practice is restarts, crashes and kills, which NORMAL survives; a power cut takes the PBX,
-the phones and every call with it, and the server belongs on a UPS; FULL would cap one-at-a-time
-tickets at the disk's fsync rate. A site that must survive a power cut without a UPS should use
-PostgreSQL (``synchronous_commit = on``, its default: durable at COMMIT).
+survives a power cut too, at the price of one fsync per group. Measured on the 2-core build
+machine (``python -m bench --only tickets``, which measures both; figures in BENCHMARKS.md), one
+ticket at a time: 2,473/s with NORMAL against 1,336/s with FULL in the same run (load 2.4), and
+890/s against 204/s in a run at load 6.7: an fsync on that shared virtual disk costs from ~0.5 to
+~4 ms. 20 at once: 4,884/s against 4,433/s (one fsync per group of 20). We keep NORMAL: what
+happens to a call-centre server in practice is restarts, crashes and kills, which NORMAL survives; a
+power cut takes the PBX, the phones and every call with it, and the server belongs on a UPS; FULL
+would cap one-at-a-time tickets at the disk's fsync rate, below the 2,000/s target. A site that
+must survive a power cut without a UPS should use PostgreSQL (``synchronous_commit = on``, its
+default: durable at COMMIT).
 """
 
 from __future__ import annotations
