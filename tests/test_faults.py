@@ -27,6 +27,7 @@ from callcentre.domain.acd import AgentState
 from callcentre.sim.agi_client import AGISession, run_session
 from callcentre.sim.pbx import ChannelState, DialplanEntry
 from callcentre.sim.scripts import AgentScript, CallEnd, CallerScript, Record
+from callcentre.storage import db
 from tests.conftest import AMI_SECRET, REPO, Stack, on_postgres, stack_environ
 from tests.waiting import eventually
 
@@ -79,19 +80,21 @@ async def no_agi_left(stack: Stack) -> bool:
 def fail_statements(engine, message: str, *, only: tuple[str, ...] = ()) -> Any:
     """Make every statement (or those whose SQL starts with one of ``only``) fail as the driver does
     when the database is locked, read-only or full: the DB-API's own OperationalError with SQLite's
-    message. Returns the listener so the fault can be cleared with ``event.remove``."""
-    dbapi = engine.dialect.loaded_dbapi
+    message. On every connection of the engine: its pool's and its SQLite writer's. Returns the
+    listener so the fault can be cleared with :func:`clear_fault`."""
 
     def before(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001 - event signature
         if not only or statement.lstrip().upper().startswith(only):
-            raise dbapi.OperationalError(message)
+            raise conn.dialect.loaded_dbapi.OperationalError(message)
 
-    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    for sync_engine in db.sync_engines(engine):
+        event.listen(sync_engine, "before_cursor_execute", before)
     return before
 
 
 def clear_fault(engine, listener) -> None:
-    event.remove(engine.sync_engine, "before_cursor_execute", listener)
+    for sync_engine in db.sync_engines(engine):
+        event.remove(sync_engine, "before_cursor_execute", listener)
 
 
 # ------------------------------------------------------------------------------------ AMI faults
@@ -330,17 +333,20 @@ async def test_database_write_fault_mid_call_tells_the_caller_and_sends_them_to_
 async def test_disk_full_at_commit_reads_no_number(stack, monkeypatch):
     """The INSERT succeeds and the number is allocated, but COMMIT fails (SQLite writes the WAL at
     commit): the number must not be read to the caller, and it is not in the database."""
-    dialect = stack.services.engine.dialect
-    dbapi = dialect.loaded_dbapi
-    real_commit = dialect.do_commit
     failing = {"on": True}
 
-    def do_commit(dbapi_connection):
-        if failing["on"]:
-            raise dbapi.OperationalError("database or disk is full")
-        return real_commit(dbapi_connection)
+    def failing_commit(dialect):
+        real_commit = dialect.do_commit
 
-    monkeypatch.setattr(dialect, "do_commit", do_commit)
+        def do_commit(dbapi_connection):
+            if failing["on"]:
+                raise dialect.loaded_dbapi.OperationalError("database or disk is full")
+            return real_commit(dbapi_connection)
+
+        return do_commit
+
+    for sync_engine in db.sync_engines(stack.services.engine):  # the pool's and the SQLite writer's
+        monkeypatch.setattr(sync_engine.dialect, "do_commit", failing_commit(sync_engine.dialect))
     result = await asyncio.wait_for(
         stack.pbx.place_call(CallerScript(KNOWN_MOBILE, inputs=["3", "2", Record(1), Record(1)])), 15)
     failing["on"] = False
@@ -418,7 +424,6 @@ async def test_owner_import_interrupted_by_a_full_disk_writes_nothing(tmp_path):
     from callcentre.config import DatabaseConfig
     from callcentre.domain.ports import StorageUnavailable
     from callcentre.owners_import import import_owners
-    from callcentre.storage import db
     from callcentre.storage.models import Owner, Phone, Unit
     from sqlalchemy import func, select
     from tests.conftest import test_database_url

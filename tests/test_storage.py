@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import sqlite3
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -490,5 +491,256 @@ async def test_postgres_end_to_end(db_url: str, clock: FakeClock) -> None:
         await store.record_call_event("8.8", "ivr", {"ivr_step": "1"})
         call = await store.get_call("8.8")
         assert call is not None and call.ivr_path == "2>1"
+    finally:
+        await eng.dispose()
+
+
+# --- many writers at once (issue 11: "database is locked" while agent states were written) ---------
+
+
+async def _agents(sessions: async_sessionmaker[AsyncSession], count: int) -> list[int]:
+    """Agent rows for the state history (inserted directly: argon2 hashing is not under test)."""
+    from callcentre.storage.users import User
+
+    async with sessions() as s, s.begin():
+        rows = [User(login=f"agent{i}", name=f"Agent {i}", role="agent", password_hash="x", interface=f"PJSIP/agent{i}",
+                     created_at=T0) for i in range(count)]
+        s.add_all(rows)
+        await s.flush()
+        return [r.id for r in rows]
+
+
+async def _count(sessions: async_sessionmaker[AsyncSession], table: object) -> int:
+    async with sessions() as s:
+        return (await s.execute(select(func.count()).select_from(table))).scalar_one()  # type: ignore[arg-type]
+
+
+@sqlite_only
+async def test_twenty_writers_while_the_event_loop_is_busy_all_succeed(db_path: Path, clock: FakeClock) -> None:
+    """The AMI benchmark's stall, reproduced: 20 calls at once each write a ticket, an agent state and a
+    call row while the event loop is busy in 20 ms slices (as when a burst of AMI events is parsed).
+
+    Before: every write was a transaction on its own pooled connection, holding SQLite's write lock
+    from its first statement until its COMMIT, and each statement and the COMMIT waited for the busy
+    event loop. The other connections waited in SQLite's busy handler, which polls (sleeping up to
+    100 ms between tries) instead of queueing, so the lock sat idle between polls while writers
+    piled up, and writes failed with "database is locked" after the busy timeout (here 0.5 s; in
+    the benchmark 5 s, hence a failure logged every few seconds for minutes). Now the hot writes go
+    to one writer that runs each group of them as one transaction in its own thread: nothing in this
+    process contends for the lock, so every write lands however busy the loop is."""
+    from callcentre.storage.models import CallRow
+    from callcentre.storage.users import AgentStateHistory
+    from callcentre.storage.users_repo import UsersRepo
+
+    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path), busy_timeout_seconds=0.5))
+    try:
+        sessions = db.session_factory(eng)
+        agents = await _agents(sessions, 20)
+        store = store_for(sessions, clock)
+        users = UsersRepo(sessions, clock)
+        calls, per_call = 20, 5
+        stop = asyncio.Event()
+
+        async def busy_loop() -> None:
+            while not stop.is_set():
+                time.sleep(0.02)  # noqa: ASYNC251 - on purpose: the event loop busy, as during an AMI burst
+                await asyncio.sleep(0)
+
+        async def call(i: int) -> list[str]:
+            numbers = []
+            for n in range(per_call):
+                numbers.append((await store.create_ticket(draft(f"{i}.{n}"), None)).number)
+                await users.record_state(agents[i], "ready", "ringing", "offer")  # best effort: logs, never raises
+                await store.record_call_event(f"{i}.{n}", "ivr", {"ivr_step": "1"})  # best effort too
+            return numbers
+
+        hog = asyncio.create_task(busy_loop())
+        try:
+            results = await asyncio.gather(*(call(i) for i in range(calls)), return_exceptions=True)
+        finally:
+            stop.set()
+            await hog
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert failures == [], f"{len(failures)} of {calls} calls failed, first: {failures[0]!r}"
+        numbers = [n for r in results for n in r]  # type: ignore[union-attr]
+        assert sorted(numbers) == [f"R20261124-{i:04d}" for i in range(1, calls * per_call + 1)]
+        assert await _count(sessions, TicketRow) == calls * per_call
+        assert await _count(sessions, AgentStateHistory) == calls * per_call
+        assert await _count(sessions, CallRow) == calls * per_call
+    finally:
+        await eng.dispose()
+
+
+# --- the writer: group commit, one failing write, a failing commit ----------------------------------
+
+
+async def test_tickets_waiting_together_share_one_commit(db_url: str, clock: FakeClock) -> None:
+    """Group commit: 20 tickets asked for at the same moment are one transaction, numbered in order."""
+    from callcentre.storage.writer import writer_of
+
+    eng = db.create_engine(DatabaseConfig(url=db_url))
+    try:
+        store = store_for(db.session_factory(eng), clock)
+        writer = writer_of(eng)
+        before = writer.groups
+        made = await asyncio.gather(*(store.create_ticket(draft(f"g.{i}"), None) for i in range(20)))
+        assert writer.groups - before == 1
+        assert [t.number for t in made] == [f"R20261124-{i:04d}" for i in range(1, 21)]
+        async with db.session_factory(eng)() as s:
+            assert (await s.execute(select(TicketCounter.last))).scalar_one() == 20
+    finally:
+        await eng.dispose()
+
+
+async def test_a_write_that_fails_alone_leaves_nothing_and_the_rest_of_its_group_commits(
+    db_url: str, clock: FakeClock
+) -> None:
+    from sqlalchemy import insert
+
+    from callcentre.storage.writer import writer_of
+
+    eng = db.create_engine(DatabaseConfig(url=db_url))
+    try:
+        sessions = db.session_factory(eng)
+        store = store_for(sessions, clock)
+        writer = writer_of(eng)
+
+        class Refused(Exception):
+            pass
+
+        def half_then_fail(tx):  # type: ignore[no-untyped-def]
+            tx.next_ticket_counter(date(2026, 11, 24))
+            tx.conn.execute(insert(Owner).values(name="half-written", vip=False, created_at=T0, updated_at=T0))
+            raise Refused("after a write")
+
+        before = writer.groups
+        results = await asyncio.gather(
+            store.create_ticket(draft("f.1"), None),
+            writer.run(half_then_fail, "test"),
+            store.create_ticket(draft("f.2"), None),
+            return_exceptions=True,
+        )
+        assert writer.groups - before == 1
+        assert isinstance(results[1], Refused)
+        assert [t.number for t in (results[0], results[2])] == ["R20261124-0001", "R20261124-0002"]  # type: ignore[union-attr]
+        assert await _count(sessions, Owner) == 0  # its insert did not stay
+        assert await _count(sessions, TicketRow) == 2
+    finally:
+        await eng.dispose()
+
+
+async def test_a_failed_commit_fails_every_waiter_and_writes_nothing(
+    db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up at COMMIT: no ticket of the group is acknowledged, none is written, no number
+    is used; the next group numbers from where the database is."""
+    from callcentre.storage.writer import writer_of
+
+    eng = db.create_engine(DatabaseConfig(url=db_url))
+    try:
+        sessions = db.session_factory(eng)
+        store = store_for(sessions, clock)
+        writer = writer_of(eng)
+        failing = {"on": True}
+
+        def failing_commit(dialect):  # type: ignore[no-untyped-def]
+            real_commit = dialect.do_commit
+
+            def do_commit(dbapi_connection):  # type: ignore[no-untyped-def]
+                if failing["on"]:
+                    raise dialect.loaded_dbapi.OperationalError("database or disk is full")
+                return real_commit(dbapi_connection)
+
+            return do_commit
+
+        for sync_engine in db.sync_engines(eng):
+            monkeypatch.setattr(sync_engine.dialect, "do_commit", failing_commit(sync_engine.dialect))
+        before = writer.groups
+        results = await asyncio.gather(*(store.create_ticket(draft(f"c.{i}"), None) for i in range(5)), return_exceptions=True)
+        assert writer.groups - before == 1
+        assert all(isinstance(r, StorageUnavailable) and "disk is full" in str(r) for r in results), results
+        assert await _count(sessions, TicketRow) == 0
+        assert await _count(sessions, TicketCounter) == 0
+        failing["on"] = False
+        t = await store.create_ticket(draft("c.0"), None)
+        assert t.number == "R20261124-0001"
+    finally:
+        await eng.dispose()
+
+
+async def test_a_cancelled_caller_does_not_take_back_its_write(db_url: str, clock: FakeClock) -> None:
+    """A hang-up cancels the caller's task while its ticket is queued: the ticket is still made, once."""
+    eng = db.create_engine(DatabaseConfig(url=db_url))
+    try:
+        sessions = db.session_factory(eng)
+        store = store_for(sessions, clock)
+        task = asyncio.ensure_future(store.create_ticket(draft("x.1"), None))
+        await asyncio.sleep(0)  # queued
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        again = await store.create_ticket(draft("x.1"), None)  # the retry finds it
+        assert again.number == "R20261124-0001"
+        assert await _count(sessions, TicketRow) == 1
+    finally:
+        await eng.dispose()
+
+
+@sqlite_only
+async def test_the_writer_works_again_after_the_engine_is_disposed(db_path: Path, clock: FakeClock) -> None:
+    eng = db.create_engine(DatabaseConfig(url=sqlite_url(db_path)))
+    try:
+        store = store_for(db.session_factory(eng), clock)
+        assert (await store.create_ticket(draft("d.1"), None)).number == "R20261124-0001"
+        await eng.dispose()
+        assert (await store.create_ticket(draft("d.2"), None)).number == "R20261124-0002"
+    finally:
+        await eng.dispose()
+
+
+async def test_two_servers_on_one_database_never_share_a_number(db_url: str, clock: FakeClock) -> None:
+    """Two engines on one database (two server processes; on PostgreSQL the planned second node) create
+    tickets at the same time: every number is handed out once, and the day's counter is the total."""
+    engines = [db.create_engine(DatabaseConfig(url=db_url)) for _ in range(2)]
+    try:
+        stores = [store_for(db.session_factory(e), clock) for e in engines]
+
+        async def node(k: int) -> list[str]:
+            out = []
+            for batch in range(5):
+                made = await asyncio.gather(*(stores[k].create_ticket(draft(f"n{k}.{batch}.{i}"), None) for i in range(10)))
+                out += [t.number for t in made]
+            return out
+
+        a, b = await asyncio.gather(node(0), node(1))
+        numbers = a + b
+        assert sorted(numbers) == [f"R20261124-{i:04d}" for i in range(1, 101)]
+        async with db.session_factory(engines[0])() as s:
+            assert (await s.execute(select(TicketCounter.last))).scalar_one() == 100
+    finally:
+        for e in engines:
+            await e.dispose()
+
+
+@sqlite_only
+async def test_in_memory_sqlite_counts_in_the_database_and_gives_numbers_back(clock: FakeClock) -> None:
+    """An in-memory database is seen only through its own connection: its writes go through the pooled
+    writer, the counter row is counted in the database (as on PostgreSQL) and a duplicate gives its
+    number back there."""
+    from callcentre.storage.writer import PooledWriter, writer_of
+
+    eng = db.create_engine(DatabaseConfig(url="sqlite+aiosqlite://"))
+    try:
+        async with eng.begin() as conn:
+            await conn.run_sync(load_all_models().create_all)
+        assert isinstance(writer_of(eng), PooledWriter)
+        sessions = db.session_factory(eng)
+        store = store_for(sessions, clock)
+        first = await store.create_ticket(draft("m.1"), None)
+        again = await store.create_ticket(draft("m.1"), None)
+        second = await store.create_ticket(draft("m.2"), None)
+        assert (first.number, again.id, second.number) == ("R20261124-0001", first.id, "R20261124-0002")
+        async with sessions() as s:
+            assert (await s.execute(select(TicketCounter.last))).scalar_one() == 2
     finally:
         await eng.dispose()

@@ -17,10 +17,18 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, literal, select
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from callcentre.config import DatabaseConfig
+from callcentre.storage.writer import (
+    SQLITE_SYNCHRONOUS,
+    SYNCHRONOUS_CHOICES,
+    PooledWriter,
+    SqliteWriter,
+    register_writer,
+    writer_of,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -38,17 +46,49 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(db)
 
 
-def create_engine(cfg: DatabaseConfig) -> AsyncEngine:
-    """Build the async engine; for SQLite make the file's folder and set WAL, busy timeout, FKs;
-    for PostgreSQL turn the busy timeout into lock_timeout.
+def _sqlite_in_memory(url: str) -> bool:
+    """An in-memory SQLite database: only the connection that made it can see it."""
+    u = make_url(url)
+    db = u.database or ""
+    return not db or db == ":memory:" or "mode=memory" in db or u.query.get("mode") == "memory"
+
+
+def _sqlite_pragmas(busy_ms: int, synchronous: str) -> Callable[[Any, Any], None]:
+    """The settings every SQLite connection gets (the pool's and the writer's)."""
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cur.execute("PRAGMA foreign_keys = ON")
+            try:
+                cur.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                # A read-only file cannot switch journal mode; reads still work, writes will
+                # fail with a clear error where they happen.
+                log.warning("sqlite journal mode not changed", error=str(exc))
+            cur.execute(f"PRAGMA synchronous = {synchronous}")
+        finally:
+            cur.close()
+
+    return on_connect
+
+
+def create_engine(cfg: DatabaseConfig, *, sqlite_synchronous: str = SQLITE_SYNCHRONOUS) -> AsyncEngine:
+    """Build the async engine; for SQLite make the file's folder, set WAL, busy timeout, FKs and
+    ``synchronous`` (see :mod:`callcentre.storage.writer` for what a commit then survives); for PostgreSQL turn the busy timeout into lock_timeout.
 
     WAL lets the web pages read while a ticket is written; the busy timeout is how long a write
-    waits for a lock before it fails (and the IVR falls back to an agent).
+    waits for a lock held by another process before it fails (and the IVR falls back to an agent).
+    The engine gets its one writer (:mod:`callcentre.storage.writer`): within this process the hot
+    writes do not wait on each other's locks, they are grouped into one transaction.
     """
     url = make_url(cfg.url)
     is_sqlite = url.get_backend_name() == "sqlite"
     kwargs: dict[str, Any] = {"echo": cfg.echo}
     if is_sqlite:
+        if sqlite_synchronous not in SYNCHRONOUS_CHOICES:
+            raise ValueError(f"sqlite_synchronous must be one of {', '.join(SYNCHRONOUS_CHOICES)}")
         path = _sqlite_file(cfg.url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,25 +104,22 @@ def create_engine(cfg: DatabaseConfig) -> AsyncEngine:
         kwargs["connect_args"] = {"server_settings": {"lock_timeout": str(lock_ms)}, "timeout": cfg.connect_timeout_seconds}
     engine = create_async_engine(url, **kwargs)
     if is_sqlite:
-        busy_ms = int(cfg.busy_timeout_seconds * 1000)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cur = dbapi_connection.cursor()
-            try:
-                cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-                cur.execute("PRAGMA foreign_keys = ON")
-                try:
-                    cur.execute("PRAGMA journal_mode = WAL")
-                except sqlite3.OperationalError as exc:
-                    # A read-only file cannot switch journal mode; reads still work, writes will
-                    # fail with a clear error where they happen.
-                    log.warning("sqlite journal mode not changed", error=str(exc))
-                cur.execute("PRAGMA synchronous = NORMAL")
-            finally:
-                cur.close()
-
+        on_connect = _sqlite_pragmas(int(cfg.busy_timeout_seconds * 1000), sqlite_synchronous)
+        event.listen(engine.sync_engine, "connect", on_connect)
+    if is_sqlite and not _sqlite_in_memory(cfg.url):
+        register_writer(engine, SqliteWriter(
+            url, busy_timeout_seconds=cfg.busy_timeout_seconds, synchronous=sqlite_synchronous, on_connect=on_connect,
+        ))
+    else:
+        register_writer(engine, PooledWriter(engine))
     return engine
+
+
+def sync_engines(engine: AsyncEngine) -> list[Engine]:
+    """Every synchronous engine behind ``engine``: its own and, for a SQLite file, its writer's (for
+    tests that inject faults with engine events)."""
+    writer = writer_of(engine)
+    return [engine.sync_engine] + ([writer.engine] if isinstance(writer, SqliteWriter) else [])
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
 import structlog
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcentre.domain.callerid import safe_display_name
@@ -21,7 +21,9 @@ from callcentre.domain.errors import Conflict, NotFound, TicketNotFound
 from callcentre.domain.model import Priority, TicketDraft, TicketStatus
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, TicketRow, Unit
-from callcentre.storage.repo import SqlTicketStore, _storage_errors, canonical_label
+from callcentre.storage.errors import storage_errors
+from callcentre.storage.repo import SqlTicketStore, canonical_label
+from callcentre.storage.writer import WriteTx, writes_for
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +48,7 @@ class DeskRepo:
         repeat_caller_hours: float = 24.0,
     ) -> None:
         self._sessions = session_factory
+        self._writes = writes_for(session_factory)
         self._clock = clock or SystemClock()
         self._repeat = timedelta(hours=repeat_caller_hours)
         self.tickets = SqlTicketStore(session_factory, self._clock, tz, prefixes)
@@ -177,7 +180,7 @@ class DeskRepo:
 
     async def lookup_by_phone(self, phone: str | None, *, exclude_uniqueid: str | None = None) -> dict[str, Any]:
         """Everything known about a normalised number: owners with units, tickets, calls, repeat flag."""
-        async with _storage_errors("look up a caller"), self._sessions() as s:
+        async with storage_errors("look up a caller"), self._sessions() as s:
             owner_ids: list[int] = []
             only: dict[int, set[int] | None] = {}
             if phone:
@@ -205,7 +208,7 @@ class DeskRepo:
         return {"phone": phone, "owners": cards, "last_calls": calls, "repeat_caller": repeat, "unowned_tickets": unowned}
 
     async def owner_card(self, owner_id: int, *, phone: str | None = None) -> dict[str, Any]:
-        async with _storage_errors("read an owner"), self._sessions() as s:
+        async with storage_errors("read an owner"), self._sessions() as s:
             cards = await self._cards(s, [owner_id])
             if not cards:
                 raise NotFound(f"owner {owner_id} does not exist")
@@ -246,7 +249,7 @@ class DeskRepo:
             .order_by(Owner.id)
             .limit(max(1, min(limit, 50)))
         )
-        async with _storage_errors("search owners"), self._sessions() as s:
+        async with storage_errors("search owners"), self._sessions() as s:
             ids = list((await s.execute(q)).scalars())
             cards = await self._cards(s, ids)
         for c in cards:
@@ -257,20 +260,23 @@ class DeskRepo:
         self, owner_id: int, number: str, raw: str, *, unit_id: int | None = None, label: str | None = "desk"
     ) -> dict[str, Any]:
         """Tie a normalised number to an owner so the next call is recognised; idempotent."""
-        async with _storage_errors("attach a phone number"), self._sessions() as s, s.begin():
-            if await s.get(Owner, owner_id) is None:
+        unit_cond = Phone.unit_id.is_(None) if unit_id is None else Phone.unit_id == unit_id
+
+        def attach(tx: WriteTx) -> bool:
+            c = tx.conn
+            if c.execute(select(Owner.id).where(Owner.id == owner_id)).first() is None:
                 raise NotFound(f"owner {owner_id} does not exist")
-            if unit_id is not None:
-                link = await s.get(OwnerUnit, (owner_id, unit_id))
-                if link is None:
-                    raise Conflict(f"unit {unit_id} does not belong to owner {owner_id}", code="unit_not_owners")
-            unit_cond = Phone.unit_id.is_(None) if unit_id is None else Phone.unit_id == unit_id
-            existing = (
-                await s.execute(select(Phone).where(Phone.number == number, Phone.owner_id == owner_id, unit_cond))
-            ).scalar_one_or_none()
-            created = existing is None
-            if created:
-                s.add(Phone(number=number, raw=raw[:64], owner_id=owner_id, unit_id=unit_id, label=(label or None) and label[:32]))
+            if unit_id is not None and c.execute(
+                select(OwnerUnit.unit_id).where(OwnerUnit.owner_id == owner_id, OwnerUnit.unit_id == unit_id)
+            ).first() is None:
+                raise Conflict(f"unit {unit_id} does not belong to owner {owner_id}", code="unit_not_owners")
+            if c.execute(select(Phone.id).where(Phone.number == number, Phone.owner_id == owner_id, unit_cond)).first():
+                return False
+            c.execute(insert(Phone).values(number=number, raw=raw[:64], owner_id=owner_id, unit_id=unit_id,
+                                           label=(label or None) and label[:32]))
+            return True
+
+        created = await self._writes.run(attach, "attach a phone number")
         log.info("phone attached", owner_id=owner_id, created=created)
         return {"owner_id": owner_id, "number": number, "unit_id": unit_id, "created": created}
 
@@ -285,13 +291,13 @@ class DeskRepo:
         if not conds:
             return []
         q = select(TicketRow).where(or_(*conds)).order_by(TicketRow.created_at.desc(), TicketRow.id.desc()).limit(limit)
-        async with _storage_errors("read tickets"), self._sessions() as s:
+        async with storage_errors("read tickets"), self._sessions() as s:
             rows = (await s.execute(q)).scalars().all()
         now = self._clock.now()
         return [self._ticket(t, now) for t in rows]
 
     async def get_ticket(self, number: str) -> dict[str, Any]:
-        async with _storage_errors("read a ticket"), self._sessions() as s:
+        async with storage_errors("read a ticket"), self._sessions() as s:
             row = (await s.execute(select(TicketRow).where(TicketRow.number == number))).scalar_one_or_none()
         if row is None:
             raise TicketNotFound(f"ticket {number} does not exist")
@@ -301,7 +307,7 @@ class DeskRepo:
         """Create through the ticket store (numbering, idempotency per call). Status changes, "resolved at
         first contact" included, go through the ticket lifecycle (service.tickets), never through here."""
         if draft.owner_id is not None or draft.unit_id is not None:
-            async with _storage_errors("check an owner"), self._sessions() as s:
+            async with storage_errors("check an owner"), self._sessions() as s:
                 if draft.owner_id is not None and await s.get(Owner, draft.owner_id) is None:
                     raise NotFound(f"owner {draft.owner_id} does not exist")
                 if draft.unit_id is not None and await s.get(Unit, draft.unit_id) is None:
@@ -321,20 +327,27 @@ class DeskRepo:
         """Change priority or category and append a note (stamped with time and agent). The status is
         not changed here: that is the ticket lifecycle's (service.tickets.TicketService.apply)."""
         now = self._clock.now()
-        async with _storage_errors("update a ticket"), self._sessions() as s, s.begin():
-            row = (await s.execute(select(TicketRow).where(TicketRow.number == number).with_for_update())).scalar_one_or_none()
+        tickets = TicketRow.__table__
+
+        def change(tx: WriteTx) -> Any:
+            c = tx.conn
+            row = c.execute(select(tickets).where(tickets.c.number == number).with_for_update()).first()
             if row is None:
                 raise TicketNotFound(f"ticket {number} does not exist")
             if row.status == TicketStatus.CLOSED.value:
                 raise Conflict(f"ticket {number} is closed; reopen it through the service desk", code="ticket_closed")
+            changes: dict[str, Any] = {"updated_at": now}
             if priority is not None:
-                row.priority = Priority(priority).value
+                changes["priority"] = Priority(priority).value
             if category is not None:
-                row.category = category
+                changes["category"] = category
             if note:
                 stamp = f"[{now:%Y-%m-%d %H:%M}Z {by}]".replace("  ", " ")
                 text = f"{row.description}\n{stamp} {note}" if row.description else f"{stamp} {note}"
-                row.description = text[-NOTES_MAX:]
-            row.updated_at = now
+                changes["description"] = text[-NOTES_MAX:]
+            c.execute(update(tickets).where(tickets.c.id == row.id).values(**changes))
+            return c.execute(select(tickets).where(tickets.c.id == row.id)).one()
+
+        row = await self._writes.run(change, "update a ticket")
         log.info("ticket updated", ticket=number, by=by)
         return self._ticket(row, now)

@@ -1,31 +1,36 @@
 """Repositories: the domain's Directory and TicketStore ports over SQLAlchemy.
 
-Every public method opens its own short transaction, so nothing here holds a lock while the IVR
-talks to a caller. Database failures (locked, read-only, full, down) become
+Every public method is its own short transaction, so nothing here holds a lock while the IVR
+talks to a caller. Reads use the engine's pool; writes are jobs for
+:func:`callcentre.storage.writer.writes_for` (on SQLite the file's one writer, which groups
+concurrent writes into one commit). Database failures (locked, read-only, full, down) become
 :class:`~callcentre.domain.ports.StorageUnavailable` with a message a person can act on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import unicodedata
-from contextlib import asynccontextmanager
-from datetime import date, datetime
-from typing import Any, AsyncIterator, Mapping
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any, Mapping
 
 import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Select, and_, case, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcentre.domain.ticket_number import TicketNumber
 from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind, TicketStatus
 from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock, today_local
-from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, Role, TicketCounter, TicketRow, Unit
+from callcentre.storage.errors import reason, storage_errors
+from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, Role, TicketRow, Unit
+from callcentre.storage.writer import WriteTx, run_statement, writes_for
 
 log = structlog.get_logger(__name__)
 
@@ -49,64 +54,23 @@ def pin_hasher() -> PasswordHasher:
     return PasswordHasher()
 
 
-def _reason(exc: BaseException) -> str:
-    """A short, human reason for a database failure."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    low = text.lower()
-    # SQLite says "database is locked"; PostgreSQL "canceling statement due to lock timeout".
-    if "locked" in low or "busy" in low or "lock timeout" in low:
-        return f"database is locked by another process ({text})"
-    if "readonly" in low or "read-only" in low or "read only" in low:
-        return f"database is read-only ({text})"
-    if "full" in low or "no space" in low:
-        return f"disk is full ({text})"
-    if isinstance(orig, (ConnectionRefusedError, ConnectionError)) or "refused" in low or "connect" in low:
-        return f"database server cannot be reached ({text})"
-    return text
-
-
-@asynccontextmanager
-async def _storage_errors(what: str) -> AsyncIterator[None]:
-    """Turn driver failures into StorageUnavailable; IntegrityError is left to the caller."""
-    try:
-        yield
-    except IntegrityError:
-        raise
-    except (DBAPIError, PoolTimeout, OSError) as exc:
-        reason = _reason(exc)
-        log.error("storage unavailable", action=what, reason=reason)
-        raise StorageUnavailable(f"cannot {what}: {reason}") from exc
-
-
 async def _in_thread(func: Any, *args: Any) -> Any:
     # argon2 is deliberately slow (tens of ms): keep it off the event loop.
     return await asyncio.to_thread(func, *args)
 
 
-class _AlreadyMade(Exception):
-    """Internal: the insert found the call's ticket already there (rolls the transaction back)."""
-
-
-def _dialect_insert(session: AsyncSession, table: Any) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    if dialect == "postgresql":
+def dialect_insert(conn: Connection, table: Any) -> Any:
+    """INSERT with ON CONFLICT for the connection's dialect (SQLite or PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
-    if dialect == "sqlite":
+    if conn.dialect.name == "sqlite":
         return sqlite.insert(table)
-    raise StorageUnavailable(f"database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    raise StorageUnavailable(f"database dialect {conn.dialect.name!r} is not supported (use SQLite or PostgreSQL)")
 
 
-def upsert(session: AsyncSession, table: Any, values: Mapping[str, Any], keys: list[str], set_: Mapping[str, Any]) -> Any:
+def upsert(conn: Connection, table: Any, values: Mapping[str, Any], keys: list[str], set_: Mapping[str, Any]) -> Any:
     """INSERT … ON CONFLICT (keys) DO UPDATE SET … for SQLite and PostgreSQL."""
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table).values(**values)
-        return stmt.on_conflict_do_update(index_elements=keys, set_=dict(set_))
-    if dialect == "sqlite":
-        stmt = sqlite.insert(table).values(**values)
-        return stmt.on_conflict_do_update(index_elements=keys, set_=dict(set_))
-    raise StorageUnavailable(f"database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    return dialect_insert(conn, table).values(**values).on_conflict_do_update(index_elements=keys, set_=dict(set_))
 
 
 class SqlDirectory:
@@ -151,7 +115,7 @@ class SqlDirectory:
             .where(or_(Phone.unit_id.is_(None), Phone.unit_id == Unit.id))
             .order_by(Owner.id, Unit.building, Unit.unit)
         )
-        async with _storage_errors("look up a phone number"), self._sessions() as s:
+        async with storage_errors("look up a phone number"), self._sessions() as s:
             rows = (await s.execute(q)).all()
         seen: set[tuple[int, int]] = set()
         out: list[OwnerMatch] = []
@@ -168,12 +132,12 @@ class SqlDirectory:
             .where(Unit.building == canonical_label(building), Unit.unit == canonical_label(unit))
             .order_by(case((OwnerUnit.role == Role.OWNER.value, 0), else_=1), Owner.id)
         )
-        async with _storage_errors("look up a unit"), self._sessions() as s:
+        async with storage_errors("look up a unit"), self._sessions() as s:
             rows = (await s.execute(q)).all()
         return [self._to_match(owner, u) for owner, u, _role in rows]
 
     async def check_pin(self, owner_id: int, pin: str) -> bool:
-        async with _storage_errors("check a PIN"), self._sessions() as s:
+        async with storage_errors("check a PIN"), self._sessions() as s:
             pin_hash = (await s.execute(select(Owner.pin_hash).where(Owner.id == owner_id))).scalar_one_or_none()
         if not pin_hash or not pin:
             return False
@@ -187,7 +151,8 @@ class SqlDirectory:
         return bool(await _in_thread(_verify))
 
 
-def _to_ticket(row: TicketRow) -> Ticket:
+def _to_ticket(row: Any) -> Ticket:
+    """A ticket from anything with the row's attributes (an ORM row, a Core row, the values just inserted)."""
     return Ticket(
         id=row.id,
         number=row.number,
@@ -217,6 +182,18 @@ def _to_ticket(row: TicketRow) -> Ticket:
 
 
 _OPEN_STATUSES = [s.value for s in TicketStatus if s.is_open]
+_TICKETS = TicketRow.__table__
+# Built once: a statement made per ticket with its values inlined costs more to build than to run.
+_TICKET_OF_CALL = select(_TICKETS).where(_TICKETS.c.call_uniqueid == bindparam("uniqueid"), _TICKETS.c.kind == bindparam("kind"))
+
+
+@functools.cache
+def _ticket_insert(dialect: str, idempotent: bool) -> Any:
+    """INSERT … RETURNING id, with ``ON CONFLICT (call_uniqueid, kind) DO NOTHING`` for a call's ticket."""
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_TICKETS)
+    if idempotent:
+        stmt = stmt.on_conflict_do_nothing(index_elements=["call_uniqueid", "kind"])
+    return stmt.returning(_TICKETS.c.id)
 
 
 class SqlTicketStore:
@@ -230,6 +207,7 @@ class SqlTicketStore:
         prefixes: Mapping[str, str] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._writes = writes_for(sessions)
         self._clock = clock or SystemClock()
         self._tz = tz
         self._prefixes = dict(prefixes or {})
@@ -243,27 +221,18 @@ class SqlTicketStore:
                 await s.execute(select(TicketRow).where(TicketRow.call_uniqueid == uniqueid, TicketRow.kind == kind.value))
             ).scalar_one_or_none()
 
-    async def _next_number(self, s: AsyncSession, kind: TicketKind, day: date) -> str:
-        """Allocate the day's next counter inside the caller's transaction (rolled back with it)."""
-        stmt = upsert(
-            s,
-            TicketCounter,
-            {"day": day, "last": 1},
-            ["day"],
-            {"last": TicketCounter.last + 1},
-        ).returning(TicketCounter.last)
-        last = (await s.execute(stmt)).scalar_one()
-        return str(TicketNumber(self._prefix(kind), day, last))
-
     async def create_ticket(self, draft: TicketDraft, promised_by: datetime | None) -> Ticket:
         """Create and commit; the same (call_uniqueid, kind) returns the ticket already made.
 
-        One transaction, one connection: the day's counter is taken and the row inserted with
-        ``ON CONFLICT (call_uniqueid, kind) DO NOTHING``; if the call already has this ticket the
-        transaction is rolled back (the counter is given back) and the existing ticket returned."""
+        Returns only after the row is committed (a caller may be told its number at once). One job for
+        the writer (:mod:`callcentre.storage.writer`): the day's next counter and the insert with
+        ``ON CONFLICT (call_uniqueid, kind) DO NOTHING``; if the call already has this ticket the counter
+        is given back and the existing ticket returned. Raises StorageUnavailable."""
         blog = log.bind(uniqueid=draft.call_uniqueid, kind=draft.kind.value)
         now = self._clock.now()
         day = today_local(self._clock, self._tz)
+        prefix = self._prefix(draft.kind)
+        uniqueid = draft.call_uniqueid or None
         values: dict[str, Any] = dict(
             kind=draft.kind.value,
             category=draft.category,
@@ -272,7 +241,7 @@ class SqlTicketStore:
             caller_id_raw=draft.caller_id_raw.replace("\x00", "")[:128],
             caller_id=draft.caller_id,
             caller_name=draft.caller_name[:100] if draft.caller_name else None,
-            call_uniqueid=draft.call_uniqueid or None,
+            call_uniqueid=uniqueid,
             call_linkedid=draft.call_linkedid,
             channel=draft.channel[:128] if draft.channel else None,
             owner_id=draft.owner_id,
@@ -286,40 +255,45 @@ class SqlTicketStore:
             acknowledged_to_caller=False,
             updated_at=now,
         )
-        async with _storage_errors("save the ticket"):
-            try:
-                async with self._sessions() as s, s.begin():
-                    values["number"] = await self._next_number(s, draft.kind, day)
-                    stmt = _dialect_insert(s, TicketRow).values(**values)
-                    if draft.call_uniqueid:
-                        stmt = stmt.on_conflict_do_nothing(index_elements=["call_uniqueid", "kind"])
-                    new_id = (await s.execute(stmt.returning(TicketRow.id))).scalar_one_or_none()
-                    if new_id is None:
-                        raise _AlreadyMade()
-            except (_AlreadyMade, IntegrityError) as exc:
-                # This call already has this ticket (a retried or reconnected call, or a lost race).
-                found = await self._existing(draft.call_uniqueid, draft.kind) if draft.call_uniqueid else None
-                if found is not None:
-                    blog.info("ticket already exists", ticket=found.number)
-                    return _to_ticket(found)
-                raise StorageUnavailable(f"cannot save the ticket: {_reason(exc)}") from exc
-        row = TicketRow(id=new_id, **values)
-        blog.info("ticket created", ticket=row.number)
-        return _to_ticket(row)
+
+        def insert(tx: WriteTx) -> tuple[int, str] | Any:
+            number = str(TicketNumber(prefix, day, tx.next_ticket_counter(day)))
+            new_id = tx.conn.execute(_ticket_insert(tx.conn.dialect.name, bool(uniqueid)), {**values, "number": number}
+                                     ).scalar_one_or_none()
+            if new_id is not None:
+                return new_id, number
+            # This call already has this ticket (a retried or reconnected call, or a lost race).
+            tx.give_back_ticket_counter(day)
+            found = tx.conn.execute(_TICKET_OF_CALL, {"uniqueid": uniqueid, "kind": values["kind"]}).first()
+            if found is None:
+                raise StorageUnavailable("cannot save the ticket: it collided with a ticket that is no longer there")
+            return found
+
+        try:
+            made = await self._writes.run(insert, "save the ticket")
+        except IntegrityError as exc:
+            found = await self._existing(draft.call_uniqueid, draft.kind) if draft.call_uniqueid else None
+            if found is not None:
+                blog.info("ticket already exists", ticket=found.number)
+                return _to_ticket(found)
+            raise StorageUnavailable(f"cannot save the ticket: {reason(exc)}") from exc
+        if not isinstance(made, tuple):
+            blog.info("ticket already exists", ticket=made.number)
+            return _to_ticket(made)
+        new_id, number = made
+        ticket = _to_ticket(SimpleNamespace(id=new_id, number=number, **values))
+        blog.info("ticket created", ticket=number)
+        return ticket
 
     async def get_ticket(self, ticket_id: int) -> Ticket | None:
-        async with _storage_errors("read a ticket"), self._sessions() as s:
+        async with storage_errors("read a ticket"), self._sessions() as s:
             row = await s.get(TicketRow, ticket_id)
         return _to_ticket(row) if row is not None else None
 
     async def mark_acknowledged(self, ticket_id: int) -> None:
         """The caller has heard the ticket number and the promised time."""
-        async with _storage_errors("update the ticket"), self._sessions() as s, s.begin():
-            await s.execute(
-                update(TicketRow)
-                .where(TicketRow.id == ticket_id)
-                .values(acknowledged_to_caller=True, updated_at=self._clock.now())
-            )
+        stmt = update(TicketRow).where(TicketRow.id == ticket_id).values(acknowledged_to_caller=True, updated_at=self._clock.now())
+        await self._writes.run(run_statement(stmt), "update the ticket")
 
     @staticmethod
     def _who(owner_id: int | None, caller_id: str | None) -> Any:
@@ -341,7 +315,7 @@ class SqlTicketStore:
             .order_by(TicketRow.created_at.desc(), TicketRow.id.desc())
             .limit(1)
         )
-        async with _storage_errors("read tickets"), self._sessions() as s:
+        async with storage_errors("read tickets"), self._sessions() as s:
             row = (await s.execute(q)).scalar_one_or_none()
         return _to_ticket(row) if row is not None else None
 
@@ -353,7 +327,7 @@ class SqlTicketStore:
         if who is None:
             return []
         q = select(TicketRow).where(who).order_by(TicketRow.created_at.desc(), TicketRow.id.desc()).limit(limit)
-        async with _storage_errors("read tickets"), self._sessions() as s:
+        async with storage_errors("read tickets"), self._sessions() as s:
             rows = (await s.execute(q)).scalars().all()
         return [_to_ticket(r) for r in rows]
 
@@ -376,8 +350,12 @@ class SqlTicketStore:
             "started_at": started_at or self._clock.now(),
         }
         set_ = {k: v for k, v in values.items() if v is not None}  # never empty: started_at is set
-        async with _storage_errors("record the call"), self._sessions() as s, s.begin():
-            await s.execute(upsert(s, CallRow, {"uniqueid": uniqueid, "ivr_path": "", **values}, ["uniqueid"], set_))
+        row = {"uniqueid": uniqueid, "ivr_path": "", **values}
+
+        def write(tx: WriteTx) -> None:
+            tx.conn.execute(upsert(tx.conn, CallRow, row, ["uniqueid"], set_))
+
+        await self._writes.run(write, "record the call")
 
     async def record_call_event(self, uniqueid: str, kind: str, data: Mapping[str, object]) -> None:
         """Update the call's row; best effort (a failure is logged, never raised).
@@ -408,9 +386,12 @@ class SqlTicketStore:
             insert_values["started_at"] = self._clock.now()
         if not set_:
             return
+
+        def write(tx: WriteTx) -> None:
+            tx.conn.execute(upsert(tx.conn, CallRow, insert_values, ["uniqueid"], set_))
+
         try:
-            async with _storage_errors("record a call event"), self._sessions() as s, s.begin():
-                await s.execute(upsert(s, CallRow, insert_values, ["uniqueid"], set_))
+            await self._writes.run(write, "record a call event")
         except (StorageUnavailable, SQLAlchemyError) as exc:
             blog.warning("call event not recorded", error=str(exc))
 
@@ -428,15 +409,15 @@ class SqlTicketStore:
         q = select(func.max(CallRow.started_at)).where(or_(*conds))
         if exclude_uniqueid:
             q = q.where(CallRow.uniqueid != exclude_uniqueid)
-        async with _storage_errors("read calls"), self._sessions() as s:
+        async with storage_errors("read calls"), self._sessions() as s:
             return (await s.execute(q)).scalar_one_or_none()
 
     async def numbers_for_call(self, uniqueid: str) -> list[str]:
         """The numbers of the tickets made during one call."""
         q = select(TicketRow.number).where(TicketRow.call_uniqueid == uniqueid).order_by(TicketRow.id)
-        async with _storage_errors("read tickets"), self._sessions() as s:
+        async with storage_errors("read tickets"), self._sessions() as s:
             return list((await s.execute(q)).scalars())
 
     async def get_call(self, uniqueid: str) -> CallRow | None:
-        async with _storage_errors("read a call"), self._sessions() as s:
+        async with storage_errors("read a call"), self._sessions() as s:
             return await s.get(CallRow, uniqueid)

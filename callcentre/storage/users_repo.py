@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,14 +23,16 @@ from callcentre.domain.callerid import safe_display_name
 from callcentre.domain.patterns import INTERFACE as INTERFACE_RE, TOKEN as _TOKEN_RE  # the same rules as the ACD's Agent
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.domain.users import UserExists, UserInvalid, UserRole, UserView  # the errors are raised from here
-from callcentre.storage.repo import _storage_errors
+from callcentre.storage.errors import storage_errors
 from callcentre.storage.users import AgentStateHistory, User
+from callcentre.storage.writer import run_statement, writes_for
 
 log = structlog.get_logger(__name__)
 
 _LOGIN_RE = re.compile(r"^[a-z0-9_.\-]{1,64}$")
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024  # argon2 hashes any length; bound the work a request can cause
+_STATE_INSERT = insert(AgentStateHistory)  # built once, executed with each change's values
 
 
 def _split(text: str | None) -> tuple[str, ...]:
@@ -116,7 +118,7 @@ async def create_user(
         created_at=(clock or SystemClock()).now(),
     )
     try:
-        async with _storage_errors("create a user"), session_factory() as s, s.begin():
+        async with storage_errors("create a user"), session_factory() as s, s.begin():
             s.add(row)
             await s.flush()
     except IntegrityError:
@@ -130,17 +132,18 @@ class UsersRepo:
 
     def __init__(self, session_factory: async_sessionmaker[AsyncSession], clock: Clock | None = None) -> None:
         self._sessions = session_factory
+        self._writes = writes_for(session_factory)
         self._clock = clock or SystemClock()
         self._hasher = PasswordHasher()
         self._dummy_hash = self._hasher.hash("not a password: timing equaliser")
 
     async def get(self, user_id: int) -> UserView | None:
-        async with _storage_errors("read a user"), self._sessions() as s:
+        async with storage_errors("read a user"), self._sessions() as s:
             row = await s.get(User, user_id)
         return _view(row) if row is not None else None
 
     async def by_login(self, login: str) -> UserView | None:
-        async with _storage_errors("read a user"), self._sessions() as s:
+        async with storage_errors("read a user"), self._sessions() as s:
             row = (await s.execute(select(User).where(User.login == login.strip().lower()))).scalar_one_or_none()
         return _view(row) if row is not None else None
 
@@ -149,7 +152,7 @@ class UsersRepo:
         if not isinstance(login, str) or not isinstance(password, str) or len(password) > PASSWORD_MAX:
             return None
         login = login.strip().lower()[:64]
-        async with _storage_errors("read a user"), self._sessions() as s:
+        async with storage_errors("read a user"), self._sessions() as s:
             row = (await s.execute(select(User).where(User.login == login))).scalar_one_or_none()
         stored = row.password_hash if row is not None else self._dummy_hash
 
@@ -165,7 +168,7 @@ class UsersRepo:
         return _view(row)
 
     async def agents(self) -> list[UserView]:
-        async with _storage_errors("read users"), self._sessions() as s:
+        async with storage_errors("read users"), self._sessions() as s:
             rows = (
                 await s.execute(select(User).where(User.role == UserRole.AGENT.value, User.active.is_(True)).order_by(User.id))
             ).scalars().all()
@@ -178,17 +181,15 @@ class UsersRepo:
         at = at or self._clock.now()
         if at.tzinfo is None:
             at = at.replace(tzinfo=timezone.utc)
+        row = {
+            "agent_id": agent_id,
+            "from_state": (from_state or None) and from_state[:16],
+            "to_state": to_state[:16],
+            "reason": (reason or None) and reason[:64],
+            "at": at,
+        }
         try:
-            async with _storage_errors("record an agent state"), self._sessions() as s, s.begin():
-                s.add(
-                    AgentStateHistory(
-                        agent_id=agent_id,
-                        from_state=(from_state or None) and from_state[:16],
-                        to_state=to_state[:16],
-                        reason=(reason or None) and reason[:64],
-                        at=at,
-                    )
-                )
+            await self._writes.run(run_statement(_STATE_INSERT, row), "record an agent state")
         except Exception as exc:  # StorageUnavailable or IntegrityError: logged, never raised
             log.warning("agent state not recorded", agent_id=agent_id, error=str(exc))
 
@@ -199,7 +200,7 @@ class UsersRepo:
             .order_by(AgentStateHistory.at.desc(), AgentStateHistory.id.desc())
             .limit(limit)
         )
-        async with _storage_errors("read agent states"), self._sessions() as s:
+        async with storage_errors("read agent states"), self._sessions() as s:
             rows = (await s.execute(q)).scalars().all()
         return [
             {"from_state": r.from_state, "to_state": r.to_state, "reason": r.reason, "at": r.at.isoformat()} for r in rows
@@ -211,7 +212,7 @@ async def set_password(session_factory: async_sessionmaker[AsyncSession], login:
     if not isinstance(password, str) or not (PASSWORD_MIN <= len(password) <= PASSWORD_MAX):
         raise UserInvalid(f"password: {PASSWORD_MIN} to {PASSWORD_MAX} characters")
     hashed = await asyncio.to_thread(PasswordHasher().hash, password)
-    async with _storage_errors("change a password"), session_factory() as s, s.begin():
+    async with storage_errors("change a password"), session_factory() as s, s.begin():
         row = (await s.execute(select(User).where(User.login == (login or "").strip().lower()))).scalar_one_or_none()
         if row is None:
             raise UserInvalid(f"no user with login {login!r}")

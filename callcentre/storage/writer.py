@@ -1,0 +1,417 @@
+"""Writes: one writer per engine that commits groups of writes; on SQLite in a thread of its own.
+
+Why (issue 11). SQLite lets one connection write at a time. Before, every write was a transaction on
+its own pooled aiosqlite connection: the write lock was taken at its first statement and held until
+its COMMIT, and every statement in between, and the COMMIT itself, went through the event loop (a
+thread hop each way). Connections waiting for the lock sit in SQLite's busy handler, which does not
+queue: it sleeps and retries (1, 2, 5 ... then 100 ms between tries) until the busy timeout. When the
+loop was busy (an AMI burst, 20 calls at once), each holder kept the lock for as long as the loop took
+to come back to it, the waiters backed off to 100 ms sleeps, the lock sat idle between their tries,
+and writes failed with "database is locked" after the busy timeout: the AMI benchmark's "stalled for
+minutes, 'database is locked' every few seconds", and a p99 of 250-750 ms for 20 tickets at once.
+``tests/test_storage.py::test_twenty_writers_while_the_event_loop_is_busy_all_succeed`` reproduces it
+(on the old code 17 of its 20 calls failed).
+
+Now the hot writes (tickets, call rows, agent states, the desk's edits) are *jobs*: plain functions
+over a synchronous SQLAlchemy :class:`~sqlalchemy.engine.Connection`, queued to the engine's one
+:class:`GroupWriter`. One drain task at a time takes everything queued and runs it as ONE
+transaction (group commit), then answers each caller. A caller's ``await`` returns only after the
+COMMIT of its group succeeded; if the database fails (locked by another process past the busy
+timeout, read-only, disk full, I/O error, a failed COMMIT) the whole group is rolled back and every
+waiter gets :class:`~callcentre.domain.ports.StorageUnavailable`: nothing is half-written and nothing
+is acknowledged before it is committed. A job that fails on its own (a constraint, a ticket that does
+not exist) is taken out and the rest of the group is run again in a new transaction, so nothing of it
+stays (cheaper than a savepoint per job, which cost more than the insert itself). A caller that is
+cancelled while its write is queued (a hang-up) does not take the write back.
+
+* :class:`SqliteWriter` (a SQLite file): each group runs in the writer's own thread on its own
+  connection, ``BEGIN IMMEDIATE`` ... ``COMMIT``. The lock is held only while that thread runs SQL,
+  never across the event loop, and nothing else in this process competes for it on the hot paths
+  (the service loops' occasional writes still use the pool, and wait in the busy handler as before).
+  The day's ticket counter is handed out in memory within a group: read once from
+  ``ticket_counters`` when the group first needs that day (under the write lock, so it is right even
+  if another process wrote tickets to the same file), incremented per ticket, written back once before
+  the COMMIT. A rolled-back group writes nothing, so the next one reads the committed value again.
+* :class:`PooledWriter` (PostgreSQL, and in-memory SQLite, which another connection cannot see):
+  each group runs on a pooled connection (``AsyncConnection.run_sync``). The counter stays in the
+  database, ``INSERT ... ON CONFLICT (day) DO UPDATE SET last = last + 1 RETURNING last`` per
+  ticket, its row locked from the group's first ticket to its COMMIT: another node's group waits for
+  that COMMIT and counts on, so two server processes on one PostgreSQL never hand out the same number
+  (``test_two_servers_on_one_database_never_share_a_number``).
+
+Durability on SQLite: WAL with ``PRAGMA synchronous = NORMAL`` (:data:`SQLITE_SYNCHRONOUS`). A COMMIT
+appends the group to the WAL file without fsync; the WAL is fsynced when it is checkpointed into the
+database (every ~1,000 pages). So a committed ticket survives a crash or ``kill -9`` of the server
+process, an OOM kill or a restart (the data is in the operating system's page cache and reaches the
+disk), but not a power cut or a kernel crash before the next checkpoint: the last commits may then be
+lost (never half-written: SQLite stays consistent). ``FULL`` fsyncs the WAL at every COMMIT, so it
+survives a power cut too, at the price of one fsync per group. Measured on the 2-core build
+machine (``python -m bench --only tickets``, which measures both; figures in BENCHMARKS.md), one
+ticket at a time: 2,473/s with NORMAL against 1,336/s with FULL in the same run (load 2.4), and
+890/s against 204/s in a run at load 6.7: an fsync on that shared virtual disk costs from ~0.5 to
+~4 ms. 20 at once: 4,884/s against 4,433/s (one fsync per group of 20). We keep NORMAL: what
+happens to a call-centre server in practice is restarts, crashes and kills, which NORMAL survives; a
+power cut takes the PBX, the phones and every call with it, and the server belongs on a UPS; FULL
+would cap one-at-a-time tickets at the disk's fsync rate, below the 2,000/s target. A site that
+must survive a power cut without a UPS should use PostgreSQL (``synchronous_commit = on``, its
+default: durable at COMMIT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Generic, Protocol, TypeVar
+
+import structlog
+from sqlalchemy import bindparam, event, select, update
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import NullPool
+
+from callcentre.domain.ports import StorageUnavailable
+from callcentre.storage.errors import is_storage_failure, reason
+from callcentre.storage.models import TicketCounter
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# SQLite's synchronous setting on every connection (see the module docstring for why NORMAL).
+SQLITE_SYNCHRONOUS = "NORMAL"
+SYNCHRONOUS_CHOICES = ("NORMAL", "FULL")
+# At most this many writes in one transaction (a bound on the time the lock is held for one group).
+MAX_GROUP = 256
+
+
+class WriteTx(Protocol):
+    """What a job gets: the connection of the open transaction, and the day's ticket counter."""
+
+    conn: Connection
+
+    def next_ticket_counter(self, day: date) -> int:
+        """The next ticket counter of ``day`` (1 for the day's first ticket), part of this transaction."""
+        ...
+
+    def give_back_ticket_counter(self, day: date) -> None:
+        """Undo the last :meth:`next_ticket_counter` of ``day`` (the ticket was not made after all)."""
+        ...
+
+
+class Writes(Protocol):
+    async def run(self, job: Callable[[WriteTx], T], what: str) -> T:
+        """Run ``job`` in a transaction and return its result once committed. Database failures raise
+        StorageUnavailable ("cannot {what}: ..."); anything else the job raises is raised as it is."""
+        ...
+
+
+def run_statement(stmt: Any, params: dict[str, Any] | None = None) -> Callable[[WriteTx], None]:
+    """A job that executes one statement (with ``params``, if given)."""
+
+    def job(tx: WriteTx) -> None:
+        tx.conn.execute(stmt, params)
+
+    return job
+
+
+@functools.cache
+def _counter_increment(dialect: str) -> Any:
+    """``INSERT (day, 1) ON CONFLICT (day) DO UPDATE SET last = last + 1 RETURNING last``."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(TicketCounter)
+        .values(day=bindparam("day"), last=1)
+        .on_conflict_do_update(index_elements=["day"], set_={"last": TicketCounter.last + 1})
+        .returning(TicketCounter.last)
+    )
+
+
+_COUNTER_DECREMENT = update(TicketCounter).where(TicketCounter.day == bindparam("of_day")).values(last=TicketCounter.last - 1)
+
+
+# ---------------------------------------------------------------------------------------- counters
+
+
+class _DatabaseCounter:
+    """The counter kept in the database, its row locked by the group's transaction until COMMIT
+    (PostgreSQL, in-memory SQLite): another node's group waits for that COMMIT, then counts on."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def next_ticket_counter(self, day: date) -> int:
+        return int(self.conn.execute(_counter_increment(self.conn.dialect.name), {"day": day}).scalar_one())
+
+    def give_back_ticket_counter(self, day: date) -> None:
+        # We hold the row's lock since our upsert: nobody took a number after ours.
+        self.conn.execute(_COUNTER_DECREMENT, {"of_day": day})
+
+    def write_back(self) -> None:
+        """Nothing: every number was counted in the database as it was taken."""
+
+
+_COUNTER_OF_DAY = select(TicketCounter.last).where(TicketCounter.day == bindparam("of_day"))
+_counter_insert = sqlite.insert(TicketCounter)
+_COUNTER_WRITE = _counter_insert.on_conflict_do_update(index_elements=["day"], set_={"last": _counter_insert.excluded.last})
+
+
+class _GroupCounter:
+    """The day's counter handed out in memory within one group transaction (see the module docstring)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._read: dict[date, int] = {}
+        self._last: dict[date, int] = {}
+
+    def next_ticket_counter(self, day: date) -> int:
+        if day not in self._last:
+            if day not in self._read:
+                found = self.conn.execute(_COUNTER_OF_DAY, {"of_day": day}).scalar_one_or_none()
+                self._read[day] = int(found or 0)
+            self._last[day] = self._read[day]
+        self._last[day] += 1
+        return self._last[day]
+
+    def give_back_ticket_counter(self, day: date) -> None:
+        self._last[day] -= 1
+
+    def write_back(self) -> None:
+        for day, last in self._last.items():
+            if last != self._read[day]:
+                self.conn.execute(_COUNTER_WRITE, {"day": day, "last": last})
+
+
+@dataclass(slots=True)
+class _Queued(Generic[T]):
+    job: Callable[[WriteTx], T]
+    what: str
+    future: asyncio.Future[T]
+
+
+class _Counter(WriteTx, Protocol):
+    def write_back(self) -> None: ...
+
+
+class GroupWriter:
+    """One writer per engine: callers queue jobs; one drain task at a time runs everything queued as
+    one transaction (:meth:`_run_group`) and answers each caller after the COMMIT."""
+
+    name = "db-writer"
+
+    def __init__(self) -> None:
+        self._queue: deque[_Queued[Any]] = deque()
+        self._drainer: asyncio.Task[None] | None = None
+        self.groups = 0  # transactions committed or tried (for tests and benchmarks: writes per group)
+
+    async def run(self, job: Callable[[WriteTx], T], what: str) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append(_Queued(job, what, future))
+        drainer = self._drainer
+        if drainer is None or drainer.done() or drainer.get_loop() is not loop:
+            self._drainer = loop.create_task(self._drain(), name=self.name)
+        # A caller cancelled here (a hang-up) does not take its write back: it runs with its group.
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            group = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_GROUP))]
+            self.groups += 1
+            try:
+                outcomes = await self._run_group(group)
+            except BaseException as exc:  # cancelled with the loop, or the group could not be started
+                for q in group:
+                    if not q.future.done():
+                        q.future.set_exception(StorageUnavailable(f"cannot {q.what}: the writer stopped ({exc!r})"))
+                raise
+            for q, (ok, value) in zip(group, outcomes, strict=True):
+                if q.future.done():  # its caller was cancelled: the write happened (or failed) all the same
+                    continue
+                if ok:
+                    q.future.set_result(value)
+                else:
+                    q.future.set_exception(value)
+
+    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _failed(group: list[_Queued[Any]], failure: BaseException) -> list[tuple[bool, Any]]:
+        """The database failed: every write of the group gets StorageUnavailable."""
+        why = reason(failure)
+        log.error("storage unavailable", actions=sorted({q.what for q in group}), writes=len(group), reason=why)
+        outcomes: list[tuple[bool, Any]] = []
+        for q in group:
+            err = StorageUnavailable(f"cannot {q.what}: {why}")
+            err.__cause__ = failure
+            outcomes.append((False, err))
+        return outcomes
+
+    @staticmethod
+    def _transaction(conn: Connection, group: list[_Queued[Any]],
+                     counter_for: Callable[[Connection], _Counter]) -> list[tuple[bool, Any]]:
+        """Run the group's jobs in one transaction and commit. A job that fails on its own (a
+        constraint, a ticket that does not exist) is taken out and the others are run again from the
+        start in a new transaction, so nothing it did stays; a database failure raises."""
+        failed: dict[int, Exception] = {}
+        while True:
+            todo = [i for i in range(len(group)) if i not in failed]
+            if not todo:
+                return [(False, failed[i]) for i in range(len(group))]
+            counter = counter_for(conn)
+            results: dict[int, Any] = {}
+            with conn.begin() as trans:
+                for i in todo:
+                    try:
+                        results[i] = group[i].job(counter)
+                    except Exception as exc:
+                        if is_storage_failure(exc):
+                            raise  # the database failed, not this write: the whole group is rolled back
+                        failed[i] = exc
+                        break
+                if len(results) < len(todo):
+                    trans.rollback()
+                    continue
+                counter.write_back()
+            return [(True, results[i]) if i in results else (False, failed[i]) for i in range(len(group))]
+
+    def close(self, *_: Any) -> None:
+        """Release what the writer holds (the engine's ``engine_disposed`` event)."""
+
+
+class PooledWriter(GroupWriter):
+    """PostgreSQL (and in-memory SQLite): each group on a connection from the engine's pool, the
+    counter in the database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__()
+        self._engine = weakref.ref(engine)  # the engine owns its writer, not the other way round
+
+    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
+        engine = self._engine()
+        if engine is None:
+            return self._failed(group, RuntimeError("the database engine is gone"))
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(self._transaction, group, _DatabaseCounter)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            return self._failed(group, exc)
+
+
+class _Thread:
+    """The writer's thread and its connection (opened in that thread on first use)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    def connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def discard(self) -> None:
+        """Close the connection (SQLite rolls back whatever it still had open); the next group opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:  # a broken connection: it is gone either way
+                log.warning("sqlite writer connection not closed cleanly", error=str(exc))
+
+
+class SqliteWriter(GroupWriter):
+    """The one writer of a SQLite file: each group in a thread of its own, on its own connection, the
+    day's counter in memory (see the module docstring)."""
+
+    name = "sqlite-writer"
+
+    def __init__(self, url: URL, *, busy_timeout_seconds: float, synchronous: str,
+                 on_connect: Callable[[Any, Any], None]) -> None:
+        super().__init__()
+        self.engine = create_sync_engine(
+            url.set(drivername="sqlite+pysqlite"),
+            poolclass=NullPool,
+            connect_args={"timeout": busy_timeout_seconds, "check_same_thread": False},
+        )
+
+        @event.listens_for(self.engine, "connect")
+        def _connect(dbapi_connection: Any, record: Any) -> None:
+            on_connect(dbapi_connection, record)
+            # BEGIN is ours (below), not the driver's: the driver would start the transaction only at
+            # the first INSERT, after the group's reads, and never as IMMEDIATE.
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(self.engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # The write lock first: the group's reads (the counter, a ticket's current state) are then
+            # the values it writes over, whatever other processes do.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        self._thread: _Thread | None = None
+        self._lock = threading.Lock()  # the thread state is replaced by close() and used by _run_group
+
+    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
+        with self._lock:
+            if self._thread is None:
+                self._thread = _Thread(self.engine)
+            thread = self._thread
+        return await asyncio.get_running_loop().run_in_executor(thread.executor, self._commit_group, thread, group)
+
+    def _commit_group(self, thread: _Thread, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
+        """In the writer thread: one transaction for the whole group. Never raises."""
+        try:
+            return self._transaction(thread.connection(), group, _GroupCounter)
+        except Exception as exc:
+            thread.discard()
+            return self._failed(group, exc)
+
+    def close(self, *_: Any) -> None:
+        """Close the connection and let the thread end (the engine's ``engine_disposed`` event).
+
+        A group in flight finishes first; a write queued later opens a new thread and connection (the
+        engine stays usable after dispose, as SQLAlchemy's own pool does)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.executor.submit(thread.discard)
+            thread.executor.shutdown(wait=False)
+
+
+# ---------------------------------------------------------------------------------------- look-up
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, GroupWriter] = weakref.WeakKeyDictionary()
+
+
+def register_writer(engine: AsyncEngine, writer: GroupWriter) -> None:
+    _WRITERS[engine.sync_engine] = writer
+    event.listen(engine.sync_engine, "engine_disposed", writer.close)
+
+
+def writer_of(engine: AsyncEngine) -> GroupWriter:
+    """The engine's one writer (made on first use for an engine built elsewhere than storage.db)."""
+    writer = _WRITERS.get(engine.sync_engine)
+    if writer is None:
+        writer = PooledWriter(engine)
+        register_writer(engine, writer)
+    return writer
+
+
+def writes_for(sessions: async_sessionmaker[AsyncSession] | AsyncEngine) -> Writes:
+    """The writer of the engine behind ``sessions``."""
+    engine = sessions if isinstance(sessions, AsyncEngine) else sessions.kw.get("bind")
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError("the session factory must be bound to an AsyncEngine (callcentre.storage.db.session_factory)")
+    return writer_of(engine)
