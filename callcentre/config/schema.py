@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from callcentre.domain.menu import MenuAction
 from callcentre.domain.ticket_number import PREFIX_PATTERN
 
 
@@ -166,20 +167,20 @@ def _check_digit_keys(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
-MenuAction = Literal["self_service", "repair", "complaint", "agent", "emergency", "english", "repeat"]
+# The menu's actions are the domain's (callcentre.domain.menu.MenuAction): one list, validated here by value.
 
 
 class IVRConfig(_Section):
     default_language: Literal["zh", "en"] = "zh"
     # Main menu: digit -> action.
     menu: dict[str, MenuAction] = {
-        "1": "self_service",
-        "2": "repair",
-        "3": "complaint",
-        "0": "agent",
-        "8": "emergency",
-        "9": "english",
-        "*": "repeat",
+        "1": MenuAction.SELF_SERVICE,
+        "2": MenuAction.REPAIR,
+        "3": MenuAction.COMPLAINT,
+        "0": MenuAction.AGENT,
+        "8": MenuAction.EMERGENCY,
+        "9": MenuAction.ENGLISH,
+        "*": MenuAction.REPEAT,
     }
     digit_timeout_ms: int = Field(5000, ge=500, le=60000)
     # Wrong digit or silence: re-prompt this many times in all, then go to an agent.

@@ -3,9 +3,9 @@
 ``config.yaml`` maps digits to these actions by name (``ivr.menu``: ``{"2": repair, ...}``); the
 configuration validates the names and the IVR turns them into :class:`MenuAction` at once.
 
-A new IVR branch is a new member here with its :class:`Branch` row (what it makes), a handler in
-:meth:`callcentre.domain.ivr.HotlineIVR._main_menu`, its prompt ``menu-<name>`` and the name in the
-configuration's ``MenuAction`` list (``tests/test_ivr.py`` checks the two lists agree).
+A new IVR branch is a new member here with its :class:`Branch` row (what it makes) and a handler in
+:meth:`callcentre.domain.ivr.HotlineIVR._main_menu` (how it talks to the caller), plus its prompt
+``menu-<name>`` in ``prompts/catalogue.yaml``. The configuration validates ``ivr.menu`` against this enum.
 """
 
 from __future__ import annotations
