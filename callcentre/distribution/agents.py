@@ -18,7 +18,7 @@ import structlog
 from callcentre.config import Config
 from callcentre.domain.acd import Agent, StateChange
 from callcentre.domain.ports import Clock, StorageUnavailable
-from callcentre.tasks import cancel_and_wait
+from callcentre.tasks import cancel_and_wait, run_periodically
 
 log = structlog.get_logger("callcentre.app")
 
@@ -104,14 +104,11 @@ class AgentRoster:
         except StorageUnavailable as exc:
             log.warning("agent list not refreshed", error=str(exc))
 
-    async def _sync_forever(self, acd: AgentsTarget) -> None:
-        """Agents created or changed (``callcentre user add``) while the server runs join without a restart."""
-        while True:
-            await asyncio.sleep(self.sync_every)
-            await self.sync_once(acd)
-
     def start(self, acd: AgentsTarget) -> None:
-        self._sync_task = asyncio.create_task(self._sync_forever(acd), name="agent-sync")
+        """Agents created or changed (``callcentre user add``) while the server runs join without a restart."""
+        self._sync_task = asyncio.create_task(
+            run_periodically("agent-sync", lambda: self.sync_once(acd), self.sync_every, wait_first=True), name="agent-sync",
+        )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._sync_task)
