@@ -650,7 +650,11 @@ def test_no_agents_and_night_service() -> None:
     clock2 = FakeClock(datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc))  # 22:00 local
     d2 = Distributor(ACDConfig(business_hours=hours, on_duty_interface="PJSIP/duty"), clock2)
     out = d2.enqueue(wc(clock2, "e1", L.EMERGENCY))
-    assert out == [NoAgentAvailable("e1", "u-e1", "closed"), RingOnDuty("e1", "u-e1", "PJSIP/duty")]
+    # Only the on-duty phone: a "closed" decision first made the caller leave a message instead.
+    assert out == [RingOnDuty("e1", "u-e1", "PJSIP/duty")]
+    assert d2.enqueue(wc(clock2, "n1")) == [NoAgentAvailable("n1", "u-n1", "closed")]  # not an emergency
+    d3 = Distributor(ACDConfig(business_hours=hours), clock2)  # no on-duty phone configured
+    assert d3.enqueue(wc(clock2, "e2", L.EMERGENCY)) == [NoAgentAvailable("e2", "u-e2", "closed")]
 
 
 def test_business_hours_and_priority_helpers() -> None:

@@ -303,3 +303,24 @@ async def test_the_roster_loads_agents_and_their_last_states_and_skips_what_cann
     assert acd.dist.agent("5").login == "new"
     users.fail = True
     await roster.sync_once(acd)  # logged, not raised: the next round tries again
+
+
+# ------------------------------------------------------------------------------ night service
+async def test_an_emergency_at_night_with_nobody_staffed_rings_the_on_duty_phone() -> None:
+    """The distributor used to say "closed" before "ring the on-duty phone", and the wait script acted on
+    the first: the emergency caller heard the closed-hours message and left a message."""
+    clock = FakeClock(datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc))  # Tuesday 22:00 in Shanghai
+    cfg = Config.model_validate({"acd": {
+        "satisfaction_survey": False, "on_duty_interface": "PJSIP/duty",
+        "business_hours": {"days": [0, 1, 2, 3, 4], "open": "09:00", "close": "18:00"}}})
+    acd = ACDService(cfg, clock, FakeTicketStore())  # no agent at all
+    ch = FakeChannel(variables={"DIALSTATUS": "ANSWER"})
+    outcome = await asyncio.wait_for(acd.connect(ch, call_of(ch), reason="emergency", skill=None, emergency=True), 5)
+    assert outcome is Outcome.DONE
+    assert ("exec", "Dial", "PJSIP/duty", "30") in ch.ops
+    assert "zh/closed-hours" not in ch.played
+    # An ordinary caller at the same hour is told the centre is closed and leaves a message.
+    ch2 = FakeChannel(uniqueid="1795351990.9")
+    assert await asyncio.wait_for(acd.connect(ch2, call_of(ch2), reason="caller-asked", skill=None, emergency=False), 5) \
+        is Outcome.MESSAGE
+    assert "zh/closed-hours" in ch2.played and not any(op[:2] == ("exec", "Dial") for op in ch2.ops)

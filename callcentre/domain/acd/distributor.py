@@ -299,15 +299,12 @@ class Distributor:
         if rec.offer_id is None and not call.callback:
             if self._staffed == 0:
                 open_now = business_hours_open(self.cfg.business_hours, self.timezone, self.clock.now())
-                out.append(
-                    NoAgentAvailable(call.call_id, call.uniqueid, "no_agents" if open_now else "closed")
-                )
-                if (
-                    not open_now
-                    and call.priority_level is PriorityLevel.EMERGENCY
-                    and self.cfg.on_duty_interface
-                ):
+                if not open_now and call.priority_level is PriorityLevel.EMERGENCY and self.cfg.on_duty_interface:
+                    # Night service for an emergency: the on-duty phone, instead of "we are closed, leave a
+                    # message" (the wait script acts on the first decision it gets; it must be this one).
                     out.append(RingOnDuty(call.call_id, call.uniqueid, self.cfg.on_duty_interface))
+                else:
+                    out.append(NoAgentAvailable(call.call_id, call.uniqueid, "no_agents" if open_now else "closed"))
             else:
                 out.append(
                     Announce(
