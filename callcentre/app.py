@@ -31,6 +31,7 @@ from callcentre.config.loader import environ as config_environ
 from callcentre.distribution import ACDService, AgentRoster
 from callcentre.domain.ivr import HotlineIVR
 from callcentre.domain.ports import Clock, SystemClock
+from callcentre.queue_log_writer import QueueLogWriter
 from callcentre.service.alerts import WallboardNotifier
 from callcentre.service.ami_events import AMIEvents, Resync
 from callcentre.service.callbacks import CallbackScheduler, Originate
@@ -90,6 +91,7 @@ class Services:
     roster: AgentRoster | None
     ivr: HotlineIVR
     running: Running
+    queue_log: QueueLogWriter | None = None  # the queue_log file (config queue_log:), None when off
 
     @property
     def acd(self) -> ACDService | None:
@@ -130,7 +132,9 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     survey = SurveyScript(ticket_service, callbacks, default_language=cfg.ivr.default_language)
     escalation = EscalationLoop(ticket_service, cfg, clock, notifier.publish)
     directory = SqlDirectory(sessions)
-    distribution, roster = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami, escalation)
+    queue_log = _queue_log_writer(cfg)
+    distribution, roster = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami, escalation,
+                                               queue_log)
     ivr = HotlineIVR(cfg, directory, tickets, clock, distribution)
     return Services(
         cfg=cfg, clock=clock, engine=engine, session_factory=sessions, directory=directory, tickets=tickets,
@@ -142,13 +146,14 @@ def build_services(cfg: Config, clock: Clock) -> Services:
         reconciliation=ReconciliationScheduler(sessions, cfg, clock, notifier.reconciliation_ready),
         webhooks=_webhook_sender(cfg, sessions, clock),
         agi=FastAGIServer(cfg.agi, _agi_router(running, ivr, survey), prompt_path=cfg.prompts.asterisk_path),
-        distribution=distribution, roster=roster, ivr=ivr, running=running,
+        distribution=distribution, roster=roster, ivr=ivr, running=running, queue_log=queue_log,
     )
 
 
 def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
                         sessions: async_sessionmaker[AsyncSession], desk: DeskRepo, notifier: WallboardNotifier,
-                        ami: AMILink | None, escalation: EscalationLoop) -> tuple[ACDService | None, AgentRoster | None]:
+                        ami: AMILink | None, escalation: EscalationLoop,
+                        queue_log: QueueLogWriter | None = None) -> tuple[ACDService | None, AgentRoster | None]:
     """Our own call distribution and the roster that feeds it its agents; none when acd.enabled is false."""
     if not cfg.acd.enabled:
         return None, None
@@ -156,9 +161,19 @@ def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, user
     acd = ACDService(
         cfg, clock, tickets, publish=notifier.publish, persist_history=roster.record_states,
         last_call_at=tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
-        owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue,
+        owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue, queue_log=queue_log,
     )
     return acd, roster
+
+
+def _queue_log_writer(cfg: Config) -> QueueLogWriter | None:
+    """The app_queue-compatible queue_log file; none when off, or when there is no distribution to log."""
+    if not cfg.queue_log.enabled:
+        return None
+    if not cfg.acd.enabled:
+        log.warning("queue_log.enabled but acd.enabled is false: the dialplan's queue (app_queue) writes its own")
+        return None
+    return QueueLogWriter(cfg.queue_log.path, max_pending=cfg.queue_log.max_pending)
 
 
 def _ami_link(cfg: Config, events: AMIEvents) -> AMILink | None:
@@ -223,7 +238,8 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
     # Started in this order and stopped in reverse: at shutdown the FastAGI listener stops taking calls
     # and lets calls in progress finish while the AMI link and the database are still up.
     app.cleanup_ctx.extend([
-        functools.partial(_database, migrate=migrate), _distribution, _service_loops, _ami, _agi_listener, _mark_ready,
+        functools.partial(_database, migrate=migrate), _queue_log, _distribution, _service_loops, _ami, _agi_listener,
+        _mark_ready,
     ])
     # Open to monitoring without a log-in (they carry no owner data); bind web.host to a private address.
     app.router.add_get("/health", public(health))
@@ -244,6 +260,25 @@ async def _database(app: web.Application, *, migrate: bool) -> AsyncIterator[Non
         await storage_db.upgrade(services.cfg.database.url, progress=lambda msg: log.info("migration", step=msg))
     yield
     await services.engine.dispose()
+
+
+async def _queue_log(app: web.Application) -> AsyncIterator[None]:
+    """The queue_log file's writer: started before call distribution writes to it, closed after it stopped
+    (what is queued is written first). Its directory is made if missing; a file that cannot be written is
+    counted on /health and /metrics and never stops the server or a call."""
+    writer = app[SERVICES].queue_log
+    if writer is None:
+        yield
+        return
+    try:
+        await asyncio.to_thread(writer.path.parent.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("queue_log directory cannot be made; lines will fail until it exists", path=str(writer.path),
+                  error=str(exc))
+    await writer.start()
+    log.info("queue_log file", path=str(writer.path))
+    yield
+    await writer.close()
 
 
 async def _distribution(app: web.Application) -> AsyncIterator[None]:
@@ -330,10 +365,25 @@ async def health(request: web.Request) -> web.Response:
         "ami": {**ami.status(), "open_calls": len(services.tracker.open_calls())} if ami
         else {"connected": False, "enabled": False},
         "acd": {"enabled": services.acd is not None},
+        "queue_log": _queue_log_health(services),
     }
     ok = body["database"].get("ok") and body["fastagi"]["ok"] and (ami is None or ami.connected)
     body["ok"] = bool(ok)
     return web.json_response(body, status=200 if ok else 503)
+
+
+def _queue_log_health(services: Services) -> dict[str, object]:
+    """The queue_log file's counters; its failures never make the server unhealthy (calls go on)."""
+    writer = services.queue_log
+    if writer is None:
+        return {"enabled": False}
+    st = writer.stats()
+    emitter = services.distribution.queue_log if services.distribution is not None else None
+    return {
+        "enabled": True, "path": str(writer.path), "ok": not st.failing, "written": st.written, "failed": st.failed,
+        "dropped": st.dropped, "pending": st.pending, "last_error": st.last_error,
+        "event_errors": emitter.errors if emitter is not None else 0,
+    }
 
 
 async def metrics(request: web.Request) -> web.Response:

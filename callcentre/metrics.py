@@ -44,6 +44,7 @@ class _Collector:
         if s.ami is not None:
             st = s.ami.status()
             yield CounterMetricFamily("callcentre_ami_reconnects", "AMI reconnections", value=st.get("reconnects", 0))
+        yield from _queue_log(s)
         if s.acd is None:
             return
         m = s.acd.metrics()
@@ -70,6 +71,26 @@ class _Collector:
             value = m.get(key)
             if value is not None:
                 yield GaugeMetricFamily(f"callcentre_{name}", help_text, value=float(value))
+
+
+def _queue_log(s: Any) -> Iterator[Metric]:
+    """The queue_log file (config ``queue_log:``): lines written, refused by the file, dropped unwritten."""
+    writer = getattr(s, "queue_log", None)
+    if writer is None:
+        return
+    st = writer.stats()
+    lines = CounterMetricFamily("callcentre_queue_log_lines", "queue_log lines by outcome", labels=["outcome"])
+    for outcome, value in (("written", st.written), ("failed", st.failed), ("dropped", st.dropped)):
+        lines.add_metric([outcome], value)
+    yield lines
+    yield GaugeMetricFamily("callcentre_queue_log_pending", "queue_log lines waiting for the disk", value=st.pending)
+    yield GaugeMetricFamily("callcentre_queue_log_failing", "1 while the queue_log file refuses lines",
+                            value=1.0 if st.failing else 0.0)
+    acd = getattr(s, "distribution", None)
+    if acd is not None:
+        yield CounterMetricFamily("callcentre_queue_log_event_errors",
+                                  "Distribution facts that could not become a queue_log line (see the log)",
+                                  value=acd.queue_log.errors)
 
 
 def render(services: Any) -> tuple[bytes, str]:

@@ -41,6 +41,7 @@ class QueueLogStats:
     dropped: int  # lines never tried: too many waiting, or written after close()
     pending: int  # lines waiting for the worker
     last_error: str | None
+    failing: bool = False  # the latest line tried was refused (the file is failing now, not only once)
 
 
 class QueueLogWriter:
@@ -64,6 +65,7 @@ class QueueLogWriter:
         self._failed = 0
         self._dropped = 0
         self._last_error: str | None = None
+        self._failing = False
 
     # ------------------------------------------------------------------ the loop side
 
@@ -114,7 +116,8 @@ class QueueLogWriter:
             self._fd = None
 
     def stats(self) -> QueueLogStats:
-        return QueueLogStats(self._written, self._failed, self._dropped, self._queue.qsize(), self._last_error)
+        return QueueLogStats(self._written, self._failed, self._dropped, self._queue.qsize(), self._last_error,
+                             self._failing)
 
     async def _run(self) -> None:
         while True:
@@ -149,6 +152,7 @@ class QueueLogWriter:
                 continue
             self._partial = False
             self._written += 1
+            self._failing = False
 
     def _open(self) -> int:
         """The descriptor for ``path``, opened again when the file there is not the one we hold."""
@@ -169,6 +173,7 @@ class QueueLogWriter:
 
     def _fail(self, uniqueid: str, exc: OSError) -> None:
         self._failed += 1
+        self._failing = True
         reason = errno.errorcode.get(exc.errno or 0, "?")
         self._last_error = f"{reason}: {exc.strerror or exc}"
         log.error("queue_log line not written", uniqueid=uniqueid, path=str(self.path), error=self._last_error,

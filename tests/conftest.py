@@ -164,6 +164,8 @@ def stack_environ(tmp_path: Path, ami_port: int, **extra: str) -> dict[str, str]
         "CALLCENTRE_WEB__PORT": "0",
         "CALLCENTRE_IVR__DIGIT_TIMEOUT_MS": "2000",
         "CALLCENTRE_IVR__RECORD_DIR": str(tmp_path / "recordings"),
+        # used only with CALLCENTRE_QUEUE_LOG__ENABLED=true; never the working directory's var/
+        "CALLCENTRE_QUEUE_LOG__PATH": str(tmp_path / "var" / "queue_log"),
     }
     env.update(extra)
     return env

@@ -23,6 +23,7 @@ from callcentre.config.schema import (
     MenuAction,
     PromisesConfig,
     PromptsConfig,
+    QueueLogConfig,
     ServiceConfig,
     TicketsConfig,
     WebConfig,
@@ -35,5 +36,5 @@ __all__ = [
     "ACDConfig", "AGIConfig", "AMIConfig", "AgentConfig", "BusinessHours", "CallbackPolicy", "CallbackResultName",
     "Category", "CentreConfig", "Config", "ConfigError", "DatabaseConfig", "Department", "ENV_PREFIX", "IVRConfig",
     "LoggingConfig", "MenuAction", "PromisesConfig", "PromptsConfig", "ServiceConfig", "TicketsConfig", "WebConfig",
-    "WebhooksConfig", "Worker", "load_config", "parse_hhmm",
+    "WebhooksConfig", "Worker", "load_config", "parse_hhmm", "QueueLogConfig",
 ]

@@ -520,6 +520,40 @@ class WebhooksConfig(_Section):
         return v
 
 
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,79}$")
+
+
+class QueueLogConfig(_Section):
+    """Asterisk-compatible queue_log written by our own call distribution (docs/queue-log.md)."""
+
+    enabled: bool = False
+    # Relative to the server's working directory (like the SQLite database under var/). On the Asterisk
+    # host it may be Asterisk's own astlogdir/queue_log (both append whole lines).
+    path: Path = Path("var/queue_log")
+    # The queuename column of our calls; never the dialplan's fallback queue, so the two stay apart.
+    queue_name: str = "hotline"
+    # Which of the agent's fields is the agent column (login: stable and unique).
+    agent_field: Literal["login", "name", "interface"] = "login"
+    # ENTERQUEUE's fourth field, the caller's name (app_queue's log-caller-id-name).
+    log_caller_name: bool = False
+    # Lines waiting for a stalled disk before new ones are dropped (and counted).
+    max_pending: int = Field(10000, ge=1, le=1_000_000)
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name(cls, v: str) -> str:
+        if not _QUEUE_NAME.match(v):
+            raise ValueError("must be 1-80 characters: letters, digits and _ . @ + - (no '|', spaces or line breaks)")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: Path) -> Path:
+        if str(v) in ("", ".") or any(c in str(v) for c in "\r\n\x00"):
+            raise ValueError("must be a file path")
+        return v
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -538,8 +572,18 @@ class Config(_Section):
     service: ServiceConfig = ServiceConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     logging: LoggingConfig = LoggingConfig()
+    queue_log: QueueLogConfig = QueueLogConfig()
     # The environment the configuration was loaded from (secrets are read from it).
     _environ: dict[str, str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _queue_log_apart_from_the_fallback_queue(self) -> "Config":
+        if self.queue_log.queue_name == self.acd.fallback_queue:
+            raise ValueError(
+                f"queue_log.queue_name {self.queue_log.queue_name!r} is the dialplan's fallback queue "
+                "(acd.fallback_queue): give our calls a name of their own so reports can tell the two apart"
+            )
+        return self
 
     @model_validator(mode="after")
     def _grace_covers_a_recording(self) -> "Config":

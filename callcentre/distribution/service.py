@@ -30,6 +30,7 @@ from callcentre.ami.calls import CallListener
 from callcentre.config import Config
 from callcentre.distribution.legs import AgentLegs, LegState, OfferLeg, OfferLegs
 from callcentre.distribution.queue_callback import QueueCallback
+from callcentre.distribution.queue_log import QueueLogEmitter
 from callcentre.domain.acd import (
     AcdError,
     Agent,
@@ -56,6 +57,7 @@ from callcentre.domain.calls import CallInfo, Outcome
 from callcentre.domain.model import Ticket
 from callcentre.domain.patterns import CHANNEL_NAME, is_token
 from callcentre.domain.ports import Channel, Clock, StorageUnavailable, TicketStore
+from callcentre.domain.queue_log import QueueLogSink
 from callcentre.domain.screen_pop import OwnerLookup, basic_card, full_card
 from callcentre.domain.waiting import CALLBACK_KEY, Waiter, WaitScript, WaitState, interrupt_digit
 from callcentre.domain.wallboard import WallboardSnapshot, wallboard_snapshot
@@ -85,10 +87,12 @@ class ACDService(CallListener):
         owners: OwnerLookup | None = None,
         ami: Callable[[], Any] | None = None,
         overdue: Callable[[], list[dict[str, Any]]] | None = None,
+        queue_log: QueueLogSink | None = None,
     ) -> None:
         """``owners``: where the full screen-pop card's owner record comes from (none: basic card only).
         ``ami``: returns the AMI link (or None while there is none; it is built after this service).
-        ``overdue``: open tickets past their promise, for the wallboard (the escalation loop's)."""
+        ``overdue``: open tickets past their promise, for the wallboard (the escalation loop's).
+        ``queue_log``: where app_queue-compatible queue_log lines go (none: not written)."""
         self.cfg = cfg
         self.clock = clock
         self.tickets = tickets
@@ -115,6 +119,11 @@ class ACDService(CallListener):
         self.alerts: deque[dict[str, Any]] = deque(maxlen=30)  # recent alerts, for a wallboard that (re)connects
         self._history: list[StateChange] = []
         self._agent_by_interface: dict[str, str] = {}
+        qlc = cfg.queue_log
+        self.queue_log = QueueLogEmitter(  # facts -> app_queue's queue_log lines (distribution/queue_log.py)
+            queue_log, clock, queue=qlc.queue_name, agents=self.dist.agent, positions=self.dist.position,
+            agent_field=qlc.agent_field, caller_name=qlc.log_caller_name,
+        )
 
     def _ami(self) -> Any:
         return self._ami_link()
@@ -175,11 +184,13 @@ class ACDService(CallListener):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self.queue_log.started(self.dist.snapshot().agents)
         self._ticker = asyncio.create_task(self._tick_loop(), name="acd-ticker")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._ticker, *self._tasks)
         self._ticker = None
+        self.queue_log.flush()
         await self.queue_callback.drain()  # call-back tickets being saved: finish them before the database closes
         await self._flush_history()
 
@@ -195,6 +206,7 @@ class ACDService(CallListener):
             await asyncio.sleep(0.2 if due is None else min(0.2, max(0.005, due - self.clock.monotonic())))
             try:
                 self._apply(self.dist.tick(self.clock.monotonic()))
+                self.queue_log.tick()
             except Exception:  # the loop must survive a bug in one decision
                 log.exception("acd tick failed")
             await self._flush_history()
@@ -228,6 +240,7 @@ class ACDService(CallListener):
                     self._interrupt_announcement(waiter, offer.offer_id)
                 self._screen_pop(offer, waiter.call)
             elif isinstance(d, CancelOffer):
+                self.queue_log.unanswered(d.call_id, d.offer_id)
                 self._cancel_leg(d.offer_id, d.reason, self.offer_legs.cancel(d.offer_id, d.reason))
             elif isinstance(d, (Announce, MaxWaitReached, NoAgentAvailable, RingOnDuty)):
                 waiter = self.waiters.get(d.call_id)
@@ -243,6 +256,7 @@ class ACDService(CallListener):
 
     def _drain_history(self) -> None:
         changes = self.dist.take_history()
+        self.queue_log.agents_changed(changes)
         for c in changes:
             log.info("agent state", agent=c.agent_id, old=c.from_state.value, new=c.to_state.value, trigger=c.event, reason=c.reason)
             self.publish(f"agent:{c.agent_id}", {"type": "state", "state": c.to_state.value, "reason": c.reason})
@@ -367,13 +381,17 @@ class ACDService(CallListener):
 
     def enter(self, waiter: Waiter) -> None:
         assert waiter.queued_as is not None
-        self._apply(self.dist.enqueue(waiter.queued_as))
+        decisions = self.dist.enqueue(waiter.queued_as)
+        self.queue_log.entered(waiter.uniqueid, caller_number=waiter.call.caller_id_raw,
+                               caller_name=waiter.call.caller_name)
+        self._apply(decisions)
 
     def take_offer(self, waiter: Waiter, offer: Offer) -> bool:
         return self.offer_legs.take(offer.offer_id)
 
     def dialling(self, waiter: Waiter, offer: Offer) -> None:
         self.offer_legs.dial_written(offer.offer_id)
+        self.queue_log.dialling(waiter.uniqueid, offer.offer_id, offer.agent_id)
 
     def dial_returned(self, waiter: Waiter, offer: Offer, dial_status: str | None, written_at: datetime) -> bool:
         leg = self.offer_legs.dial_returned(offer.offer_id)
@@ -385,10 +403,12 @@ class ACDService(CallListener):
             return False
         if dial_status == "ANSWER" or waiter.state is WaitState.ANSWERED:
             self._answered(waiter, offer.offer_id, written_at)
+            self.queue_log.call_ended(waiter.uniqueid, caller_gone=waiter.ch.hung_up)
             self._apply(self.dist.on_call_ended(offer.offer_id))
             waiter.log.info("call answered by agent and finished", agent=offer.agent_id)
             return True
         waiter.go("dial_unanswered")
+        self.queue_log.unanswered(waiter.uniqueid, offer.offer_id)
         if dial_status in ("BUSY", "CONGESTION", "CHANUNAVAIL"):
             self._apply(self.dist.on_offer_failed(offer.offer_id, dial_status))
         else:  # NOANSWER, or anything unexpected: the next agent at once
@@ -397,14 +417,19 @@ class ACDService(CallListener):
         return False
 
     def withdraw(self, waiter: Waiter, reason: WithdrawReason) -> None:
+        self.queue_log.leaving(waiter.uniqueid, reason)
         self._apply(self.dist.withdraw(waiter.uniqueid, reason).decisions)
 
     def on_duty_answered(self, waiter: Waiter) -> None:
         waiter.go("answered")
+        self.queue_log.leaving(waiter.uniqueid, WithdrawReason.TRANSFERRED)
         self._apply(self.dist.withdraw(waiter.uniqueid, WithdrawReason.TRANSFERRED).decisions)
 
     async def book_callback(self, waiter: Waiter) -> Ticket | None:
-        return await self.queue_callback.book(waiter.call, waiter.log)
+        ticket = await self.queue_callback.book(waiter.call, waiter.log)
+        if ticket is not None:
+            self.queue_log.callback_booked(waiter.uniqueid, key=self.cfg.acd.callback_digit)
+        return ticket
 
     def leaving(self, waiter: Waiter) -> None:
         self.waiters.pop(waiter.uniqueid, None)
@@ -420,16 +445,19 @@ class ACDService(CallListener):
                 pass
             if dial_status == "ANSWER" or waiter.state is WaitState.ANSWERED:
                 self._answered(waiter, offer_id, None)
+                self.queue_log.call_ended(waiter.uniqueid, caller_gone=waiter.ch.hung_up)
                 self._apply(self.dist.on_call_ended(offer_id))
             waiter.dialling_offer = None
         self.offer_legs.forget_caller(waiter.uniqueid)
         if waiter.state not in (WaitState.ANSWERED, WaitState.CALLBACK):
-            result = self.dist.withdraw(
-                waiter.uniqueid, WithdrawReason.ABANDONED if waiter.ch.hung_up else WithdrawReason.OTHER)
+            reason = WithdrawReason.ABANDONED if waiter.ch.hung_up else WithdrawReason.OTHER
+            self.queue_log.leaving(waiter.uniqueid, reason)
+            result = self.dist.withdraw(waiter.uniqueid, reason)
             self._apply(result.decisions)
             if not result.already_withdrawn:
                 waiter.log.info("caller left the queue", waited=round(result.waited_seconds, 1), offers=result.offers)
             waiter.go("left")
+        self.queue_log.script_ended(waiter.uniqueid, caller_gone=waiter.ch.hung_up)
 
     def _record_answer(self, waiter: Waiter, offer_id: str, at_mono: float | None) -> None:
         """Keep who answered and how fast on the call's row (monthly per-agent two-ring share)."""
@@ -456,6 +484,7 @@ class ACDService(CallListener):
         except AcdError:
             return
         waiter.agent_id = offer.agent_id
+        self.queue_log.answered(waiter.uniqueid, offer_id, offer.agent_id, at=fallback_at or self.clock.now())
         key = waiter.call.who
         if key:
             self._previous_agent[key] = offer.agent_id
@@ -492,14 +521,19 @@ class ACDService(CallListener):
             # Cancelled (agent paused, caller's turn re-offered) before the phone started ringing.
             self._cancel_leg(leg.offer_id, "cancelled before ringing", leg)
             return
+        self.queue_log.ringing(leg.caller_uniqueid, leg.offer_id, leg.offer.agent_id, member_uniqueid=dest_uniqueid,
+                               at=self._wall(at))
         self._apply(self.dist.on_ringing(leg.offer_id, self._wall(at)))
 
     def dial_end(self, caller_uniqueid: str | None, dest_uniqueid: str, dial_status: str, at: float) -> None:
         leg = self.offer_legs.dialling(caller_uniqueid)
         if leg is None:
             return
+        self.queue_log.ring_ended(leg.caller_uniqueid, leg.offer_id, at=self._wall(at))
         if dial_status == "ANSWER":
             self.offer_legs.answered(caller_uniqueid)
+            self.queue_log.answered(leg.caller_uniqueid, leg.offer_id, leg.offer.agent_id, at=self._wall(at),
+                                    member_uniqueid=dest_uniqueid)
             self._apply(self.dist.on_answered(leg.offer_id, self._wall(at)))
             waiter = self.waiters.get(caller_uniqueid or "")
             if waiter is not None and leg.state is LegState.ANSWERED and waiter.state is WaitState.DIALLING:
@@ -519,7 +553,10 @@ class ACDService(CallListener):
             waiter.deliver(CALLBACK_KEY)
 
     def on_ami_event(self, event: Mapping[str, Any]) -> None:
-        """An agent's phone in use on a call we did not route is not offered another."""
+        """An agent's phone in use on a call we did not route is not offered another; the caller's hang-up
+        request and bridge leave tell the queue_log who ended an answered call."""
+        if event.get("Event") in ("BridgeLeave", "HangupRequest", "SoftHangupRequest"):
+            self.queue_log.channel_event(str(event.get("Uniqueid") or ""), str(event.get("Event")), at=self.clock.now())
         if event.get("Event") != "Newstate" or event.get("ChannelStateDesc") != "Up":
             return
         uniqueid = str(event.get("Uniqueid") or "")

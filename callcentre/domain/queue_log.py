@@ -239,12 +239,16 @@ def enter_queue(
 
 
 def connect(
-    at: datetime, uniqueid: str, queue: str, agent: str, *, hold_seconds: int, member_uniqueid: str,
+    at: datetime, uniqueid: str, queue: str, agent: str, *, hold_seconds: int, member_uniqueid: str | None,
     ring_seconds: int,
 ) -> QueueLogEntry:
-    """The member answered: seconds waited (entering to answer), the member channel's uniqueid, seconds rung."""
+    """The member answered: seconds waited (entering to answer), the member channel's uniqueid, seconds rung.
+
+    ``member_uniqueid`` None: the member channel is not known (our distribution without AMI, which is
+    where it learns it); the field is then empty, which app_queue itself never writes."""
+    member = "" if member_uniqueid is None else _callid(member_uniqueid)
     return _entry(at, _callid(uniqueid), queue, _agent(agent), QueueLogEvent.CONNECT,
-                  _count("hold_seconds", hold_seconds), _callid(member_uniqueid), _count("ring_seconds", ring_seconds))
+                  _count("hold_seconds", hold_seconds), member, _count("ring_seconds", ring_seconds))
 
 
 def ring_no_answer(at: datetime, uniqueid: str, queue: str, agent: str, *, ring_ms: int) -> QueueLogEntry:
