@@ -9,6 +9,7 @@ closed by exactly one final event.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,47 @@ E = QueueLogEvent
 FINAL = frozenset({E.COMPLETECALLER, E.COMPLETEAGENT, E.ABANDON, E.EXITWITHKEY, E.EXITWITHTIMEOUT, E.EXITEMPTY,
                    E.BLINDTRANSFER, E.ATTENDEDTRANSFER})
 CALL_EVENTS = FINAL | {E.ENTERQUEUE, E.CONNECT, E.RINGNOANSWER, E.RINGCANCELED}
+UNIQUEID = re.compile(r"^\d+\.\d+$")
+
+
+def kind(value: str) -> str:
+    """What a field holds: NONE / MANAGER, a channel uniqueid, a whole number, text, or nothing."""
+    if value in ("NONE", "MANAGER"):
+        return value
+    if UNIQUEID.match(value):
+        return "uid"
+    if value.isdigit():
+        return "int"
+    return "text" if value else ""
+
+
+# Each event's data as app_queue writes it (tests/fixtures/README-captures.md): "int" a number, "uid" a
+# channel uniqueid, "num" the caller's number (digits or empty), "text?" free text or empty, "" empty.
+LAYOUT: dict[QueueLogEvent, tuple[str, ...]] = {
+    E.ENTERQUEUE: ("text?", "num", "int"),
+    E.RINGNOANSWER: ("int",), E.RINGCANCELED: ("int",),
+    E.CONNECT: ("int", "uid", "int"),
+    E.COMPLETECALLER: ("int", "int", "int"), E.COMPLETEAGENT: ("int", "int", "int"),
+    E.ABANDON: ("int", "int", "int"), E.EXITWITHTIMEOUT: ("int", "int", "int"), E.EXITEMPTY: ("int", "int", "int"),
+    E.EXITWITHKEY: ("int", "int", "int", "int"),
+    E.PAUSE: ("text?",), E.UNPAUSE: ("text?",),
+    E.ADDMEMBER: ("text?",), E.REMOVEMEMBER: ("",), E.QUEUESTART: ("",),
+}
+_CALLID = {E.PAUSE: "NONE", E.UNPAUSE: "NONE", E.ADDMEMBER: "MANAGER", E.REMOVEMEMBER: "MANAGER",
+           E.QUEUESTART: "NONE"}
+_NO_AGENT = {E.ENTERQUEUE, E.ABANDON, E.EXITWITHKEY, E.EXITWITHTIMEOUT, E.EXITEMPTY, E.QUEUESTART}
+
+
+def check_layout(e: QueueLogEntry) -> None:
+    """The line has app_queue's layout for its event: callid, agent and every data field of the right kind."""
+    want = LAYOUT[e.event]
+    got = tuple(kind(v) for v in e.data)
+    assert len(got) == len(want), (e, want)
+    for w, g in zip(want, got, strict=True):
+        assert g == w or (w == "text?" and g in ("text", "int", "")) or (w == "num" and g in ("int", "")), (e, want)
+    assert kind(e.callid) == _CALLID.get(e.event, "uid"), e
+    assert (e.agent == "NONE") is (e.event in _NO_AGENT), e
+    assert e.queue != "NONE" or e.event is E.QUEUESTART, e
 
 
 @dataclass

@@ -11,12 +11,12 @@ app_queue writes milliseconds, and durations within a second of app_queue's.
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from callcentre.config import Config
 from callcentre.distribution import ACDService
@@ -27,7 +27,15 @@ from callcentre.domain.calls import CallInfo, Outcome
 from callcentre.domain.ports import CallerHungUp, FakeClock
 from callcentre.domain.queue_log import QueueLogEvent as E
 from fakes import FakeChannel, FakeTicketStore
-from tests.queue_log_report import check_calls_are_closed, read_entries, report
+from tests.queue_log_report import (
+    LAYOUT,
+    UNIQUEID,
+    check_calls_are_closed,
+    check_layout,
+    kind,
+    read_entries,
+    report,
+)
 from tests.test_queue_log import fixture_lines
 
 A1 = Agent("1", "Agent One", "a1", "PJSIP/agent1")
@@ -178,47 +186,6 @@ def busy_elsewhere(w: World, agent: Agent) -> None:
 
 
 # ----------------------------------------------------------------------------------------- the layout
-_UID = re.compile(r"^\d+\.\d+$")
-
-
-def kind(value: str) -> str:
-    if value in ("NONE", "MANAGER"):
-        return value
-    if _UID.match(value):
-        return "uid"
-    if value.isdigit():
-        return "int"
-    return "text" if value else ""
-
-
-# Each event's data, as app_queue writes it: "int" a number, "uid" a channel uniqueid, "num" the caller's
-# number (digits or empty), "text?" free text or empty, "" always empty.
-LAYOUT: dict[E, tuple[str, ...]] = {
-    E.ENTERQUEUE: ("text?", "num", "int"),
-    E.RINGNOANSWER: ("int",), E.RINGCANCELED: ("int",),
-    E.CONNECT: ("int", "uid", "int"),
-    E.COMPLETECALLER: ("int", "int", "int"), E.COMPLETEAGENT: ("int", "int", "int"),
-    E.ABANDON: ("int", "int", "int"), E.EXITWITHTIMEOUT: ("int", "int", "int"), E.EXITEMPTY: ("int", "int", "int"),
-    E.EXITWITHKEY: ("int", "int", "int", "int"),
-    E.PAUSE: ("text?",), E.UNPAUSE: ("text?",),
-    E.ADDMEMBER: ("text?",), E.REMOVEMEMBER: ("",), E.QUEUESTART: ("",),
-}
-CALLID = {E.PAUSE: "NONE", E.UNPAUSE: "NONE", E.ADDMEMBER: "MANAGER", E.REMOVEMEMBER: "MANAGER",
-          E.QUEUESTART: "NONE"}
-NO_AGENT = {E.ENTERQUEUE, E.ABANDON, E.EXITWITHKEY, E.EXITWITHTIMEOUT, E.EXITEMPTY, E.QUEUESTART}
-
-
-def check_layout(e: ql.QueueLogEntry) -> None:
-    want = LAYOUT[e.event]
-    got = tuple(kind(v) for v in e.data)
-    assert len(got) == len(want), (e, want)
-    for w_, g in zip(want, got, strict=True):
-        assert g == w_ or (w_ == "text?" and g in ("text", "int", "")) or (w_ == "num" and g in ("int", "")), (e, want)
-    assert kind(e.callid) == CALLID.get(e.event, "uid"), e
-    assert (e.agent == "NONE") is (e.event in NO_AGENT), e
-    assert e.queue != "NONE" or e.event is E.QUEUESTART
-
-
 def test_every_line_app_queue_wrote_fits_the_layout_table() -> None:
     """The table the comparisons below use is app_queue's own: every captured line fits it."""
     names = ["abandon", "abandon-paused", "completeagent", "exitwithkey", "exitwithtimeout", "linear", "members",
@@ -234,7 +201,7 @@ def per_call(entries: list[ql.QueueLogEntry]) -> list[list[ql.QueueLogEntry]]:
     """The lines of each call (callid = the caller's uniqueid), calls in order of entering."""
     calls: dict[str, list[ql.QueueLogEntry]] = {}
     for e in entries:
-        if _UID.match(e.callid):
+        if UNIQUEID.match(e.callid):
             calls.setdefault(e.callid, []).append(e)
     return list(calls.values())
 
@@ -404,8 +371,11 @@ async def test_who_hung_up_first_comes_from_asteriskss_own_order_of_events(ends,
     w.phones = {"PJSIP/agent1": Phone(1, talk=5, ends=ends)}
     await w.acd.start()
     ch, call = caller(w, 1, hangup_seen_late=late)
-    await run_call(w, ch, call)
+    with capture_logs() as logs:
+        await run_call(w, ch, call)
     assert w.lines.events(ch.uniqueid) == ["ENTERQUEUE", "CONNECT", event.value]  # at once, no waiting
+    [told] = [x for x in logs if x["event"] == "queue_log call ended"]
+    assert (told["told_by"], told["uniqueid"]) == ("ami", ch.uniqueid)
     await w.acd.stop()
 
 
@@ -418,8 +388,10 @@ async def test_without_ami_the_agi_hangup_decides_after_a_grace(ends, event) -> 
     await run_call(w, ch, call)
     assert w.lines.events(ch.uniqueid) == ["ENTERQUEUE", "CONNECT"]  # waiting for AMI events that never come
     w.clock.advance(2.0)
-    w.acd.queue_log.tick()
+    with capture_logs() as logs:
+        w.acd.queue_log.tick()
     assert w.lines.events(ch.uniqueid) == ["ENTERQUEUE", "CONNECT", event.value]
+    assert [x["told_by"] for x in logs if x["event"] == "queue_log call ended"] == ["agi"]
     [connect] = w.lines.of(E.CONNECT)
     assert connect.data[1] == ""  # the agent leg's uniqueid is known only from AMI
     assert w.acd.queue_log.calls_open() == 0

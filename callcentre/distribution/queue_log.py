@@ -429,6 +429,9 @@ class QueueLogEmitter:
         assert ring is not None and answered_at is not None
         end = call.left_bridge_at or call.dial_returned_at or self.clock.now()
         build = ql.complete_caller if ended_by == "caller" else ql.complete_agent
+        # told_by: Asterisk's order of AMI events, or (without them) the AGI session's HANGUP
+        log.info("queue_log call ended", uniqueid=call.uniqueid, ended_by=ended_by,
+                 told_by="ami" if call.left_bridge_at is not None else "agi")
         self._write(build(self.clock.now(), call.uniqueid, call.queue, ring.agent,
                           hold_seconds=ql.elapsed_seconds(call.entered_at, answered_at),
                           talk_seconds=ql.elapsed_seconds(answered_at, end), original_position=call.position))

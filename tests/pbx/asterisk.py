@@ -183,6 +183,7 @@ class AsteriskInstance:
     globals_extra: dict[str, str] = field(default_factory=dict)
     sip_conf: str = ""
     extra_dialplan: str = ""
+    queues_extra: str = ""  # test-only queues appended to queues.conf (after the project's own)
     root: Path = field(init=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -271,7 +272,8 @@ write = all
           + "".join(f"{k}={v}\n" for k, v in glob.items())
           + "\n#include extensions_callcentre.conf\n#include extensions_test.conf\n")
         w("extensions_test.conf", TEST_DIALPLAN + "\n" + self.extra_dialplan)
-        w("queues.conf", "[general]\npersistentmembers = no\nshared_lastcall = yes\n\n#include queues_callcentre.conf\n")
+        w("queues.conf", "[general]\npersistentmembers = no\nshared_lastcall = yes\n\n#include queues_callcentre.conf\n"
+          + self.queues_extra)
         w("musiconhold.conf", "[default]\nmode = files\ndirectory = moh\n")
         w("sip.conf", self.sip_conf or f"""[general]
 udpbindaddr = 127.0.0.1:{self.sip_port}

@@ -9,6 +9,9 @@ Mark a test to shape its world::
 
     @pytest.mark.pbx_world(agents={"agent1": "answer:2:30"}, config={"acd": {...}}, globals={...},
                            owners="building,unit,...\\n...", users=[("boss", "supervisor", {...})])
+
+(also ``dialplan=`` extra contexts, ``queues=`` extra queues.conf sections, ``env=``, ``start_server=False``,
+``queue_log_in_asterisk_logdir=True``: the server's queue_log is Asterisk's own file)
 """
 
 from __future__ import annotations
@@ -208,7 +211,8 @@ async def pbx(asterisk_binary: str, tmp_path: Path, request: Any):
     agents: dict[str, str] = world.get("agents", {"agent1": "answer:1:30"})
     agi_port, web_port = free_port(), free_port()
     ast = AsteriskInstance(asterisk_binary, agi_port=agi_port, globals_extra=world.get("globals", {}),
-                           sip_conf=world.get("sip_conf", ""), extra_dialplan=world.get("dialplan", ""))
+                           sip_conf=world.get("sip_conf", ""), extra_dialplan=world.get("dialplan", ""),
+                           queues_extra=world.get("queues", ""))
     for name, spec in agents.items():
         ast.globals_extra[f"CC_PHONE_{name}"] = spec
 
@@ -239,6 +243,8 @@ async def pbx(asterisk_binary: str, tmp_path: Path, request: Any):
         "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
     })
     env.update(world.get("env", {}))
+    if world.get("queue_log_in_asterisk_logdir"):  # our queue_log lines in Asterisk's own astlogdir/queue_log
+        env["CALLCENTRE_QUEUE_LOG__PATH"] = str(ast.log_dir / "queue_log")
 
     await asyncio.to_thread(_run_cli, env, tmp_path, "db", "upgrade")
     owners = world.get("owners")
