@@ -568,3 +568,37 @@ async def test_a_report_reads_the_file_and_counts_what_the_distribution_counted(
     for agent in (A1, A2):
         assert rep.answered[agent.login] == agents[agent.agent_id].answered_today
         assert rep.not_answered[agent.login] == agents[agent.agent_id].missed_today
+
+
+# ----------------------------------------------------------------------------------------- configuration
+def test_the_queue_log_configuration_is_checked_when_loaded(tmp_path) -> None:
+    from callcentre.config import ConfigError, load_config
+
+    cfg = load_config(None, environ={})
+    assert (cfg.queue_log.enabled, str(cfg.queue_log.path), cfg.queue_log.queue_name) == (False, "var/queue_log", "hotline")
+    cfg = load_config(None, environ={"CALLCENTRE_QUEUE_LOG__ENABLED": "true", "CALLCENTRE_QUEUE_LOG__PATH": "/x/q",
+                                     "CALLCENTRE_QUEUE_LOG__AGENT_FIELD": "name"})
+    assert (cfg.queue_log.enabled, str(cfg.queue_log.path), cfg.queue_log.agent_field) == (True, "/x/q", "name")
+    for env, words in (
+        ({"CALLCENTRE_QUEUE_LOG__QUEUE_NAME": "hot|line"}, "queue_log.queue_name"),
+        ({"CALLCENTRE_QUEUE_LOG__QUEUE_NAME": "hotline-fallback"}, "fallback queue"),
+        ({"CALLCENTRE_QUEUE_LOG__AGENT_FIELD": "phone"}, "agent_field"),
+        ({"CALLCENTRE_QUEUE_LOG__MAX_PENDING": "0"}, "max_pending"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            load_config(None, environ=env)
+
+
+def test_the_app_owns_a_writer_only_when_the_queue_log_is_on_and_there_is_a_distribution(tmp_path) -> None:
+    from callcentre.app import build_services
+    from callcentre.config import load_config
+    from callcentre.queue_log_writer import QueueLogWriter
+
+    base = {"CALLCENTRE_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"}
+    on = {**base, "CALLCENTRE_QUEUE_LOG__ENABLED": "true", "CALLCENTRE_QUEUE_LOG__PATH": str(tmp_path / "q")}
+    services = build_services(load_config(None, environ=on), FakeClock())
+    assert isinstance(services.queue_log, QueueLogWriter) and services.queue_log.path == tmp_path / "q"
+    assert services.distribution is not None and services.distribution.queue_log.enabled
+    assert build_services(load_config(None, environ=base), FakeClock()).queue_log is None
+    off_acd = build_services(load_config(None, environ={**on, "CALLCENTRE_ACD__ENABLED": "false"}), FakeClock())
+    assert off_acd.queue_log is None and off_acd.distribution is None
