@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from callcentre.config import Config
 from callcentre.distribution import ACDService
@@ -26,7 +25,7 @@ from callcentre.domain.acd import Agent, AgentState, PauseReason, WithdrawReason
 from callcentre.domain.calls import CallInfo, Outcome
 from callcentre.domain.ports import CallerHungUp, FakeClock
 from callcentre.domain.queue_log import QueueLogEvent as E
-from fakes import FakeChannel, FakeTicketStore
+from fakes import FakeChannel, FakeTicketStore, captured_logs
 from tests.queue_log_report import (
     LAYOUT,
     UNIQUEID,
@@ -371,7 +370,7 @@ async def test_who_hung_up_first_comes_from_asteriskss_own_order_of_events(ends,
     w.phones = {"PJSIP/agent1": Phone(1, talk=5, ends=ends)}
     await w.acd.start()
     ch, call = caller(w, 1, hangup_seen_late=late)
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         await run_call(w, ch, call)
     assert w.lines.events(ch.uniqueid) == ["ENTERQUEUE", "CONNECT", event.value]  # at once, no waiting
     [told] = [x for x in logs if x["event"] == "queue_log call ended"]
@@ -388,7 +387,7 @@ async def test_without_ami_the_agi_hangup_decides_after_a_grace(ends, event) -> 
     await run_call(w, ch, call)
     assert w.lines.events(ch.uniqueid) == ["ENTERQUEUE", "CONNECT"]  # waiting for AMI events that never come
     w.clock.advance(2.0)
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         w.acd.queue_log.tick()
     assert w.lines.events(ch.uniqueid) == ["ENTERQUEUE", "CONNECT", event.value]
     assert [x["told_by"] for x in logs if x["event"] == "queue_log call ended"] == ["agi"]
