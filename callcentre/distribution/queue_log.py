@@ -422,8 +422,11 @@ class QueueLogEmitter:
         log.warning("queue_log: caller left without a last line", uniqueid=uniqueid)
 
     def _complete(self, call: _Call, ended_by: Ended) -> None:
-        self._calls.pop(call.uniqueid, None)
-        self._deciding.pop(call.uniqueid, None)
+        # only this call's records: a transferred caller may be back in the queue under the same uniqueid
+        if self._calls.get(call.uniqueid) is call:
+            del self._calls[call.uniqueid]
+        if self._deciding.get(call.uniqueid) is call:
+            del self._deciding[call.uniqueid]
         call.decide_by = None
         ring, answered_at = call.connected, call.answered_at
         assert ring is not None and answered_at is not None
