@@ -601,3 +601,26 @@ def test_the_app_owns_a_writer_only_when_the_queue_log_is_on_and_there_is_a_dist
     assert build_services(load_config(None, environ=base), FakeClock()).queue_log is None
     off_acd = build_services(load_config(None, environ={**on, "CALLCENTRE_ACD__ENABLED": "false"}), FakeClock())
     assert off_acd.queue_log is None and off_acd.distribution is None
+
+
+@pytest.mark.parametrize(("duty", "outcome"), [("ANSWER", Outcome.DONE), ("NOANSWER", Outcome.MESSAGE)])
+async def test_night_service_leaves_the_queue_for_the_on_duty_phone_exitempty(duty, outcome) -> None:
+    """An emergency at night with nobody staffed rings the on-duty phone outside the queue (as a dialplan
+    after app_queue would): ENTERQUEUE then EXITEMPTY, whether the duty phone answers or not."""
+    from datetime import datetime, timezone
+
+    clock = FakeClock(datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc))  # Tuesday 22:00 in Shanghai
+    lines = Lines()
+    cfg = Config.model_validate({"acd": {"satisfaction_survey": False, "on_duty_interface": "PJSIP/duty",
+                                         "business_hours": {"days": [0, 1, 2, 3, 4], "open": "09:00", "close": "18:00"}},
+                                 "queue_log": {"enabled": True}})
+    acd = ACDService(cfg, clock, FakeTicketStore(), queue_log=lines)
+    await acd.start()
+    ch = FakeChannel(variables={"DIALSTATUS": duty})
+    call = CallInfo(uniqueid=ch.uniqueid, channel=ch.channel_name, caller_id_raw=ch.caller_id,
+                    caller_id="+8613800138000", caller_name="", language="zh")
+    assert await asyncio.wait_for(acd.connect(ch, call, reason="emergency", skill=None, emergency=True), 5) is outcome
+    await acd.stop()
+    assert ("exec", "Dial", "PJSIP/duty", "30") in ch.ops
+    assert lines.events(ch.uniqueid) == ["ENTERQUEUE", "EXITEMPTY"]
+    assert lines.of(E.EXITEMPTY)[0].data == ("1", "1", "0")
