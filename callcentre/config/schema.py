@@ -520,7 +520,7 @@ class WebhooksConfig(_Section):
         return v
 
 
-_RECORDING_DIR = re.compile(r"^/[A-Za-z0-9_.\-/]{0,200}$")
+_RECORDING_DIR = re.compile(r"^/[A-Za-z0-9_.\-/]{0,200}\Z")
 
 
 class RecordingAnnouncement(_Section):

@@ -82,6 +82,7 @@ class MixMonitorRecorder:
         self.local_prompts = Path(cfg.prompts.local_dir)
         self._prompt_seconds: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.poll_seconds = POLL_SECONDS  # how often the file is looked at until it is finished
 
     # ------------------------------------------------------------------ the CallRecorder port
 
@@ -230,20 +231,21 @@ class MixMonitorRecorder:
             if (settled and (not rec.running or (info is not None and info.finished))) \
                     or self.clock.monotonic() >= deadline:
                 break
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(self.poll_seconds)
         answered = waiter.answered_offer == rec.offer_id
+        talk = None
+        if answered and waiter.answered_mono is not None and rec.ended_mono is not None:
+            talk = max(0.0, rec.ended_mono - waiter.answered_mono)
         if rec.skipped is not None:
             if answered:
-                await self._report(rec, waiter, RecordingStatus.MISSING, f"not recorded: {rec.skipped}", None, None)
+                await self._report(rec, waiter, RecordingStatus.MISSING, f"not recorded: {rec.skipped}", None, None,
+                                   talk=talk)
             return
         if not answered and (info is None or info.data_bytes == 0):
             if exists and (info is None or info.finished):
                 removed = await asyncio.to_thread(_remove, [path, *self._leg_paths(rec)])
                 clog.debug("offer not answered: its empty recording removed", files=removed)
             return
-        talk = None
-        if answered and waiter.answered_mono is not None and rec.ended_mono is not None:
-            talk = max(0.0, rec.ended_mono - waiter.answered_mono)
         verdict = judge(info, exists=exists, size=size, talk_seconds=talk,
                         unrecorded_seconds=self.unrecorded_seconds(waiter.call.language),
                         tolerance_seconds=self.rc.short_tolerance_seconds)
