@@ -584,6 +584,31 @@ async def test_a_hang_up_during_the_dial_abandons_the_recording() -> None:
     assert ("abandon", f"{UID}#1") in room.calls and not any(c[0] == "stop" for c in room.calls)
 
 
+async def test_the_on_duty_phone_answering_an_emergency_at_night_is_recorded_too(tmp_path) -> None:
+    from callcentre.config import ACDConfig
+    from callcentre.domain.acd import RingOnDuty
+
+    class Night(RecordingRoom):
+        def enter(self, w: Waiter) -> None:
+            w.deliver(RingOnDuty(UID, UID, "PJSIP/duty"))
+
+        def on_duty_answered(self, w) -> None:
+            self.calls.append(("on_duty_answered",))
+
+    recorder, results, clock = recorder_for(tmp_path)
+    ch = MixMonitorChannel(talk_bytes=16000 * 3, variables={"DIALSTATUS": "ANSWER"})
+    room = Night(answered=True)
+    w = waiter_on(ch, clock)
+    outcome = await WaitScript(w, room, ACDConfig(), clock, FakeTicketStore(), recorder).run()
+    await recorder.drain()
+    assert outcome is Outcome.DONE and ("on_duty_answered",) in room.calls
+    assert ("exec", "Dial", "PJSIP/duty", "30") in ch.ops
+    [r] = results.r.recorded
+    assert (r.offer_id, r.agent_id, r.path, r.status) == (f"{UID}#0", "on-duty", f"{DAY}/{UID}-0.wav",
+                                                         RecordingStatus.COMPLETE)
+    assert r.reason == "talk time unknown: the length was not checked"
+
+
 async def test_call_distribution_announces_records_and_measures_the_talk_from_ami(tmp_path) -> None:
     """ACDService with the recorder: the notice before anyone rings, MixMonitor before the Dial, the answer
     time from AMI DialEnd, StopMixMonitor when the agent hangs up, a complete row."""

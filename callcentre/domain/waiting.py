@@ -253,7 +253,9 @@ class WaitScript:
                 await ch.music_off()
                 music = False
                 w.go("dial_written")
-                status = await self._dial(item.interface, max(30, int(acd.ring_timeout_seconds)))
+                # Recorded like an agent's call: a pseudo-offer <uniqueid>#0 names the file.
+                duty = Offer(f"{w.uniqueid}#0", w.uniqueid, "on-duty", item.interface, 30.0, "", w.uniqueid)
+                status = await self._recorded_dial(duty, max(30, int(acd.ring_timeout_seconds)))
                 if status == "ANSWER":
                     self.room.on_duty_answered(w)
                     return Outcome.DONE
@@ -333,16 +335,24 @@ class WaitScript:
         timeout = max(1, math.ceil(offer.ring_timeout_seconds))
         w.log.info("offering call", agent=offer.agent_id, offer=offer.offer_id, ring_timeout=timeout)
         written = self.clock.now()
-        rec = await self.recorder.start(w, offer) if self.recorder is not None else None
-        try:
-            status = await self._dial(offer.interface, timeout, rec.dial_options if rec is not None else "")
-        except BaseException:  # a hang-up, or the session cancelled: the file closes when the channel goes
-            if rec is not None and self.recorder is not None:
-                self.recorder.abandon(rec, w)
-            raise
-        if rec is not None and self.recorder is not None:
-            await self.recorder.stop(rec, w)
+        status = await self._recorded_dial(offer, timeout)
         return self.room.dial_returned(w, offer, status, written)
+
+    async def _recorded_dial(self, offer: Offer, ring_seconds: int) -> str | None:
+        """The Dial of one offer; with a recorder, MixMonitor is started before it and stopped after."""
+        w, recorder = self.w, self.recorder
+        if recorder is None:
+            return await self._dial(offer.interface, ring_seconds)
+        rec = await recorder.start(w, offer)
+        try:
+            status = await self._dial(offer.interface, ring_seconds, rec.dial_options)
+        except BaseException:  # a hang-up, or the session cancelled: the file closes when the channel goes
+            recorder.abandon(rec, w)
+            raise
+        if status == "ANSWER" and w.answered_offer is None:  # not seen on AMI (or the on-duty phone)
+            w.answered_offer = offer.offer_id
+        await recorder.stop(rec, w)
+        return status
 
     async def _after_call(self) -> Outcome:
         """The agent hung up first and the caller is still here: ask for a rating (1 to 5)."""
