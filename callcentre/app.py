@@ -29,6 +29,7 @@ from callcentre.ami.link import AMIDisconnected, AMILink
 from callcentre.config import Config
 from callcentre.config.loader import environ as config_environ
 from callcentre.distribution import ACDService, AgentRoster
+from callcentre.distribution.recording import MixMonitorRecorder
 from callcentre.domain.ivr import HotlineIVR
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.queue_log_writer import QueueLogWriter
@@ -36,6 +37,7 @@ from callcentre.service.alerts import WallboardNotifier
 from callcentre.service.ami_events import AMIEvents, Resync
 from callcentre.service.callbacks import CallbackScheduler, Originate
 from callcentre.service.desk import DeskServices, build_desk, desk_repo
+from callcentre.service.recordings import RecordingService
 from callcentre.service.escalation import EscalationLoop
 from callcentre.service.reports_cmd import ReconciliationScheduler
 from callcentre.service.survey import SurveyScript
@@ -43,6 +45,7 @@ from callcentre.service.tickets import TicketService
 from callcentre.service.webhooks import WebhookSender, WebhookSettings, load_secret
 from callcentre.storage import db as storage_db
 from callcentre.storage.desk_repo import DeskRepo
+from callcentre.storage.recordings import RecordingsRepo
 from callcentre.storage.repo import SqlDirectory, SqlTicketStore
 from callcentre.storage.users_repo import UsersRepo
 from callcentre.web.auth import public
@@ -92,6 +95,8 @@ class Services:
     ivr: HotlineIVR
     running: Running
     queue_log: QueueLogWriter | None = None  # the queue_log file (config queue_log:), None when off
+    recordings: RecordingService | None = None  # the rows, retention, the disk, what the pages may play
+    recorder: MixMonitorRecorder | None = None  # None unless recording.enabled (and call distribution on)
 
     @property
     def acd(self) -> ACDService | None:
@@ -104,6 +109,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+RECORDER_DRAIN_SECONDS = 10.0  # at shutdown, for the last calls' recordings to be checked and stored
 
 
 def build_services(cfg: Config, clock: Clock) -> Services:
@@ -133,37 +139,46 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     escalation = EscalationLoop(ticket_service, cfg, clock, notifier.publish)
     directory = SqlDirectory(sessions)
     queue_log = _queue_log_writer(cfg)
-    distribution, roster = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami, escalation,
-                                               queue_log)
+    recordings = RecordingService(cfg, RecordingsRepo(sessions), clock, notifier.publish)
+    distribution, roster, recorder = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami,
+                                                         escalation, recordings, queue_log)
     ivr = HotlineIVR(cfg, directory, tickets, clock, distribution)
     return Services(
         cfg=cfg, clock=clock, engine=engine, session_factory=sessions, directory=directory, tickets=tickets,
         ticket_service=ticket_service, users=users, desk=desk,
         desk_services=build_desk(sessions, cfg, clock, acd=lambda: running.acd, lifecycle=ticket_service, desk=desk,
-                                 users=users),
+                                 users=users, recordings=recordings),
         hub=hub, notifier=notifier, tracker=tracker, ami_events=ami_events, ami=ami, callbacks=callbacks, survey=survey,
         escalation=escalation,
         reconciliation=ReconciliationScheduler(sessions, cfg, clock, notifier.reconciliation_ready),
         webhooks=_webhook_sender(cfg, sessions, clock),
         agi=FastAGIServer(cfg.agi, _agi_router(running, ivr, survey), prompt_path=cfg.prompts.asterisk_path),
         distribution=distribution, roster=roster, ivr=ivr, running=running, queue_log=queue_log,
+        recordings=recordings, recorder=recorder,
     )
 
 
 def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
                         sessions: async_sessionmaker[AsyncSession], desk: DeskRepo, notifier: WallboardNotifier,
-                        ami: AMILink | None, escalation: EscalationLoop,
-                        queue_log: QueueLogWriter | None = None) -> tuple[ACDService | None, AgentRoster | None]:
-    """Our own call distribution and the roster that feeds it its agents; none when acd.enabled is false."""
+                        ami: AMILink | None, escalation: EscalationLoop, recordings: RecordingService,
+                        queue_log: QueueLogWriter | None = None,
+                        ) -> tuple[ACDService | None, AgentRoster | None, MixMonitorRecorder | None]:
+    """Our own call distribution, the roster that feeds it its agents, and the recorder of its calls; none
+    when acd.enabled is false (the recorder also none unless recording.enabled)."""
     if not cfg.acd.enabled:
-        return None, None
+        if cfg.recording.enabled:
+            log.warning("recording.enabled, but calls are recorded only when our call distribution puts them through")
+        return None, None, None
     roster = AgentRoster(users, cfg, sessions, clock)
+    recorder = None
+    if cfg.recording.enabled:
+        recorder = MixMonitorRecorder(cfg, clock, recordings, agent_login=lambda agent_id: acd.agent_login(agent_id))
     acd = ACDService(
         cfg, clock, tickets, publish=notifier.publish, persist_history=roster.record_states,
         last_call_at=tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
-        owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue, queue_log=queue_log,
+        owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue, queue_log=queue_log, recorder=recorder,
     )
-    return acd, roster
+    return acd, roster, recorder
 
 
 def _queue_log_writer(cfg: Config) -> QueueLogWriter | None:
@@ -301,12 +316,16 @@ async def _distribution(app: web.Application) -> AsyncIterator[None]:
     await roster.stop()
     services.tracker.remove_listener(acd)
     await acd.stop()
+    if services.recorder is not None:  # the calls are over: their files are closed, check and store them
+        await services.recorder.drain(RECORDER_DRAIN_SECONDS)
 
 
 async def _service_loops(app: web.Application) -> AsyncIterator[None]:
     """The call-back scheduler, the promise evaluator, the daily reconciliation and the webhook sender."""
     services = app[SERVICES]
     started = [services.callbacks, services.escalation, services.reconciliation]
+    if services.recordings is not None:
+        started.append(services.recordings)  # retention and the disk measurement
     if services.webhooks is not None:
         started.append(services.webhooks)
     for part in started:
@@ -367,6 +386,8 @@ async def health(request: web.Request) -> web.Response:
         "acd": {"enabled": services.acd is not None},
         "queue_log": _queue_log_health(services),
     }
+    if services.recordings is not None:  # informative: a full recording disk does not take the node out
+        body["recording"] = await services.recordings.health()
     ok = body["database"].get("ok") and body["fastagi"]["ok"] and (ami is None or ami.connected)
     body["ok"] = bool(ok)
     return web.json_response(body, status=200 if ok else 503)

@@ -225,7 +225,7 @@ def _password(prompt_text: str, from_stdin: bool) -> str:
 @user.command("add")
 @click.argument("login")
 @click.option("--name", required=True, help="The name shown on the pages.")
-@click.option("--role", type=click.Choice(["agent", "supervisor", "admin"]), required=True)
+@click.option("--role", type=click.Choice(["agent", "supervisor", "admin", "quality"]), required=True)
 @click.option("--interface", help="Agents: the dial string of their phone, e.g. PJSIP/agent1.")
 @click.option("--skills", default="repair,complaint,fees", show_default=True, help="Agents: comma-separated skills.")
 @click.option("--languages", default="zh", show_default=True, help="Agents: comma-separated languages (zh, en).")

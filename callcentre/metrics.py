@@ -45,6 +45,7 @@ class _Collector:
             st = s.ami.status()
             yield CounterMetricFamily("callcentre_ami_reconnects", "AMI reconnections", value=st.get("reconnects", 0))
         yield from _queue_log(s)
+        yield from _recordings(getattr(s, "recordings", None))
         if s.acd is None:
             return
         m = s.acd.metrics()
@@ -91,6 +92,31 @@ def _queue_log(s: Any) -> Iterator[Metric]:
         yield CounterMetricFamily("callcentre_queue_log_event_errors",
                                   "Distribution facts that could not become a queue_log line (see the log)",
                                   value=acd.queue_log.errors)
+
+
+def _recordings(rec: Any) -> Iterator[Metric]:
+    """Call recordings: the directory's use and free space, and the recordings by outcome."""
+    if rec is None:
+        return
+    usage = rec.usage()
+    if usage is not None and usage.exists:
+        yield GaugeMetricFamily("callcentre_recording_directory_bytes", "Bytes of recordings in the recording directory",
+                                value=usage.bytes)
+        yield GaugeMetricFamily("callcentre_recording_files", "Files in the recording directory", value=usage.files)
+        if usage.free_bytes is not None:
+            yield GaugeMetricFamily("callcentre_recording_free_bytes", "Free bytes where recordings are written",
+                                    value=usage.free_bytes)
+            yield GaugeMetricFamily("callcentre_recording_filesystem_bytes", "Size of that file system",
+                                    value=usage.total_bytes or 0)
+    c = CounterMetricFamily("callcentre_recordings", "Answered calls' recordings checked, by status", labels=["status"])
+    for status, n in sorted(rec.counts.items()):
+        c.add_metric([status], n)
+    yield c
+    c = CounterMetricFamily("callcentre_recordings_skipped", "Recordings not started (the call went on)", labels=["reason"])
+    for kind, n in sorted(rec.skips.items()):
+        c.add_metric([kind], n)
+    yield c
+    yield CounterMetricFamily("callcentre_recordings_deleted", "Recordings deleted by retention", value=rec.deleted_total)
 
 
 def render(services: Any) -> tuple[bytes, str]:

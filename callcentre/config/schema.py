@@ -554,6 +554,63 @@ class QueueLogConfig(_Section):
         return v
 
 
+_RECORDING_DIR = re.compile(r"^/[A-Za-z0-9_.\-/]{0,200}\Z")
+
+
+class RecordingAnnouncement(_Section):
+    """"This call may be recorded" (prompt ``call-recorded``, zh and en, in the caller's language)."""
+
+    # To the caller once, when they join the queue for an agent (before anyone is rung).
+    to_caller: bool = True
+    # Also to both parties when the agent answers (Dial's A(): first to the agent, then to the caller);
+    # not in the recording (MixMonitor's b option records only the bridged talk).
+    at_answer: bool = False
+
+
+class RecordingConfig(_Section):
+    """Agent call recording (MixMonitor started from the FastAGI session before each offer's Dial).
+
+    The files are written by Asterisk and read, served and deleted by the server: on the same host, or a
+    directory both see (a shared mount), as ``asterisk_directory`` and ``directory``. docs/asterisk.md
+    ("Call recording") has the permissions."""
+
+    enabled: bool = False
+    # Where MixMonitor writes, as Asterisk sees it (absolute; no spaces, commas or brackets).
+    asterisk_directory: str = "/var/spool/asterisk/callcentre-recordings"
+    # The same directory as this server sees it (the same path on one host; the mount point otherwise).
+    directory: Path = Path("/var/spool/asterisk/callcentre-recordings")
+    # Besides the mixed file, the two directions apart: <name>-caller.wav (what the caller said, MixMonitor
+    # r()) and <name>-agent.wav (what the caller heard, t()).
+    separate_legs: bool = False
+    # Kept this many days after the call, then deleted (rows stay, marked deleted).
+    retention_days: int = Field(90, ge=1, le=3650)
+    # How often the retention task runs (and the directory's size is measured again).
+    retention_check_seconds: float = Field(3600.0, ge=1, le=86400)
+    # Below this much free space (or with the directory not writable) a call is not recorded: it still
+    # goes through, and the skip is logged, counted and shown on the wallboard. 0: only "writable" is checked.
+    min_free_mb: float = Field(500.0, ge=0)
+    # After the Dial returns, how long the file may take to be finished (StopMixMonitor closes it at once;
+    # after a hang-up it is closed when the channel goes, at the end of the FastAGI session).
+    finish_wait_seconds: float = Field(60.0, ge=1, le=3600)
+    # A file shorter than the talk by more than this (after the A() announcement) is "short".
+    short_tolerance_seconds: float = Field(3.0, ge=0, le=600)
+    announcement: RecordingAnnouncement = RecordingAnnouncement()
+
+    @field_validator("asterisk_directory")
+    @classmethod
+    def _asterisk_dir(cls, v: str) -> str:
+        if not _RECORDING_DIR.match(v) or "/../" in f"{v}/" or "/./" in f"{v}/":
+            raise ValueError("must be an absolute path of letters, digits, '_', '.', '-' and '/' (it is given to MixMonitor)")
+        return v.rstrip("/") or "/"
+
+    @field_validator("directory")
+    @classmethod
+    def _server_dir(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -571,6 +628,7 @@ class Config(_Section):
     acd: ACDConfig = ACDConfig()
     service: ServiceConfig = ServiceConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    recording: RecordingConfig = RecordingConfig()
     logging: LoggingConfig = LoggingConfig()
     queue_log: QueueLogConfig = QueueLogConfig()
     # The environment the configuration was loaded from (secrets are read from it).

@@ -58,6 +58,7 @@ from callcentre.domain.model import Ticket
 from callcentre.domain.patterns import CHANNEL_NAME, is_token
 from callcentre.domain.ports import Channel, Clock, StorageUnavailable, TicketStore
 from callcentre.domain.queue_log import QueueLogSink
+from callcentre.domain.recordings import CallRecorder
 from callcentre.domain.screen_pop import OwnerLookup, basic_card, full_card
 from callcentre.domain.waiting import CALLBACK_KEY, Waiter, WaitScript, WaitState, interrupt_digit
 from callcentre.domain.wallboard import WallboardSnapshot, wallboard_snapshot
@@ -88,11 +89,13 @@ class ACDService(CallListener):
         ami: Callable[[], Any] | None = None,
         overdue: Callable[[], list[dict[str, Any]]] | None = None,
         queue_log: QueueLogSink | None = None,
+        recorder: CallRecorder | None = None,
     ) -> None:
         """``owners``: where the full screen-pop card's owner record comes from (none: basic card only).
         ``ami``: returns the AMI link (or None while there is none; it is built after this service).
         ``overdue``: open tickets past their promise, for the wallboard (the escalation loop's).
-        ``queue_log``: where app_queue-compatible queue_log lines go (none: not written)."""
+        ``queue_log``: where app_queue-compatible queue_log lines go (none: not written).
+        ``recorder``: records answered calls (:mod:`callcentre.distribution.recording`); None: no recording."""
         self.cfg = cfg
         self.clock = clock
         self.tickets = tickets
@@ -104,6 +107,7 @@ class ACDService(CallListener):
         self._overdue: Callable[[], list[dict[str, Any]]] = overdue or (lambda: [])
         self._supervisor_interface = supervisor_interface
         self._owners = owners
+        self.recorder = recorder
         self.waiters: dict[str, Waiter] = {}  # caller uniqueid (= call id) -> the caller waiting in our session
         self.offer_legs = OfferLegs()
         self.agent_legs = AgentLegs()
@@ -345,6 +349,8 @@ class ACDService(CallListener):
     # ------------------------------------------------------------------ AgentConnector
 
     async def connect(self, ch: Channel, call: CallInfo, *, reason: str, skill: str | None, emergency: bool) -> Outcome:
+        if self.recorder is not None:
+            await self.recorder.announce(ch, call)  # "this call may be recorded", before anyone is rung
         now = self.clock.now()
         last = None
         if self.last_call_at is not None:
@@ -375,7 +381,7 @@ class ACDService(CallListener):
         self.waiters[wc.call_id] = waiter
         waiter.log.info("caller waiting for an agent", level=level.name, skill=wc.required_skill, reason=reason,
                         agents_ready=self.dist.ready_count())
-        return await WaitScript(waiter, self, self.cfg.acd, self.clock, self.tickets).run()
+        return await WaitScript(waiter, self, self.cfg.acd, self.clock, self.tickets, self.recorder).run()
 
     # ------------------------------------------------------------------ WaitingRoom (the wait script's port)
 
@@ -485,6 +491,8 @@ class ACDService(CallListener):
             return
         waiter.agent_id = offer.agent_id
         self.queue_log.answered(waiter.uniqueid, offer_id, offer.agent_id, at=fallback_at or self.clock.now())
+        if waiter.answered_offer is None:
+            waiter.answered_offer = offer_id
         key = waiter.call.who
         if key:
             self._previous_agent[key] = offer.agent_id
@@ -536,6 +544,8 @@ class ACDService(CallListener):
                                     member_uniqueid=dest_uniqueid)
             self._apply(self.dist.on_answered(leg.offer_id, self._wall(at)))
             waiter = self.waiters.get(caller_uniqueid or "")
+            if waiter is not None and leg.state is LegState.ANSWERED and waiter.answered_offer is None:
+                waiter.answered_offer, waiter.answered_mono = leg.offer_id, at
             if waiter is not None and leg.state is LegState.ANSWERED and waiter.state is WaitState.DIALLING:
                 waiter.go("answered")
                 self._record_answer(waiter, leg.offer_id, at)
@@ -573,6 +583,13 @@ class ACDService(CallListener):
         refs = self.agent_legs.resync(open_calls, self._agent_for_channel)
         for view in self.dist.snapshot().agents:
             self._apply(self.dist.resync_elsewhere(view.agent_id, refs.get(view.agent_id, set())))
+
+    def agent_login(self, agent_id: str) -> str | None:
+        """The login of one of our agents (None when unknown)."""
+        try:
+            return self.dist.agent(agent_id).login
+        except AcdError:
+            return None
 
     def _agent_for_channel(self, channel: str) -> str | None:
         """The agent whose phone this channel is: ``PJSIP/agent1-0000002a`` -> agent of ``PJSIP/agent1``.

@@ -615,6 +615,8 @@ def required_prompts(cfg: Config) -> set[str]:
         # call distribution: the wait script (callcentre/domain/waiting.py)
         "queue-position", "queue-expected-wait", "minutes-word", "callback-offer", "callback-registered",
         "no-agents", "closed-hours", "max-wait-reached", "rate-service", "thanks-rating", "please-wait",
+        # call recording: "this call may be recorded" (callcentre/distribution/recording.py)
+        "call-recorded",
     }
     names |= {f"status-{s.value}" for s in TicketStatus}
     names |= {menu_action(a).prompt for a in cfg.ivr.menu.values()}

@@ -1,7 +1,8 @@
 """Desk users: their roles, what the browser sees of them, and who may see or do what.
 
 Agents take calls and see their own screen-pops; supervisors watch the wallboard and the reports,
-listen in, and may pause or unpause an agent; administrators may do what supervisors do. Pure: the
+listen in, and may pause or unpause an agent; administrators may do what supervisors do; the quality
+department (品质部) reads tickets, the call history and call recordings, and controls no agent. Pure: the
 rules take users and return or raise, so the web layer, the CLI and the tests ask the same place.
 """
 
@@ -18,10 +19,17 @@ class UserRole(str, enum.Enum):
     AGENT = "agent"
     SUPERVISOR = "supervisor"
     ADMIN = "admin"
+    QUALITY = "quality"  # reads tickets, calls and recordings; no agent control, no desk
 
 
-EVERYONE = (UserRole.AGENT, UserRole.SUPERVISOR, UserRole.ADMIN)
+EVERYONE = (UserRole.AGENT, UserRole.SUPERVISOR, UserRole.ADMIN)  # the desk's staff (not the quality department)
 SUPERVISORS = (UserRole.SUPERVISOR, UserRole.ADMIN)
+ALL_USERS = (*EVERYONE, UserRole.QUALITY)  # anyone who may log in
+READERS = ALL_USERS  # who may read tickets (and the call history: see RECORDING_LISTENERS)
+RECORDING_LISTENERS = (UserRole.SUPERVISOR, UserRole.ADMIN, UserRole.QUALITY)
+"""Who may hear call recordings and read the call history. Not agents, not even their own calls: a
+recording holds the owner's voice and what they said, and reviewing calls is the quality department's
+and the supervisors' work; an agent who needs a call back asks them."""
 
 
 class UserInvalid(Invalid):
@@ -112,6 +120,8 @@ class NoSupervisorPhone(Conflict):
 
 def home_page(user: UserView) -> str:
     """Where a user lands after logging in."""
+    if user.role is UserRole.QUALITY:
+        return "/calls"
     return "/agent" if user.role is UserRole.AGENT else "/wallboard"
 
 
@@ -120,12 +130,25 @@ def sees_supervisor_pages(user: UserView) -> bool:
     return user.role in SUPERVISORS
 
 
+def may_hear_recordings(user: UserView) -> bool:
+    return user.role in RECORDING_LISTENERS
+
+
+def check_recordings(actor: UserView) -> None:
+    """Call recordings and the call history are for supervisors, administrators and the quality department."""
+    if not may_hear_recordings(actor):
+        raise Forbidden("call recordings are for supervisors and the quality department")
+
+
 def is_active_agent(user: UserView | None) -> bool:
     return user is not None and user.role is UserRole.AGENT and user.active
 
 
 def check_state_change(actor: UserView, agent_id: int, action: AgentAction) -> None:
-    """An agent changes only their own state; a supervisor may pause or unpause another agent."""
+    """An agent changes only their own state; a supervisor may pause or unpause another agent; the
+    quality department changes nobody's."""
+    if actor.role is UserRole.QUALITY:
+        raise Forbidden("the quality department does not control agents")
     if actor.role is UserRole.AGENT and agent_id != actor.id:
         raise Forbidden("an agent may change only their own state")
     if actor.role is UserRole.SUPERVISOR and agent_id != actor.id and action not in SUPERVISOR_ACTIONS:
@@ -146,6 +169,7 @@ def check_screen_pops(actor: UserView, agent_id: int) -> None:
 
 
 __all__ = [
+    "ALL_USERS", "READERS", "RECORDING_LISTENERS", "check_recordings", "may_hear_recordings",
     "EVERYONE", "SUPERVISORS", "SUPERVISOR_ACTIONS", "AgentAction", "AgentStateRefused", "NoSupervisorPhone",
     "NotAnAgent", "SuperviseMode", "SuperviseRefused", "UserExists", "UserInvalid", "UserRole", "UserView",
     "check_screen_pops", "check_state_change", "home_page", "is_active_agent", "sees_supervisor_pages",

@@ -41,6 +41,7 @@ from callcentre.domain.calls import CallInfo, Outcome, acknowledged
 from callcentre.domain.model import Ticket
 from callcentre.domain.patterns import PLAIN_CALLER_NUMBER, is_diallable
 from callcentre.domain.ports import CallerHungUp, Channel, ChannelError, Clock, StorageUnavailable, TicketStore
+from callcentre.domain.recordings import CallRecorder
 
 log = structlog.get_logger("callcentre.acd")
 
@@ -100,6 +101,8 @@ class Waiter:
     offers_queued: int = 0  # offers in the inbox not yet taken: an announcement must stop for them
     dialling_offer: Offer | None = None  # the offer whose Dial is in progress
     agent_id: str | None = None  # who answered
+    answered_offer: str | None = None  # the offer that was answered (a recording is kept only for it)
+    answered_mono: float | None = None  # when, on the monotonic clock (None: not seen on AMI)
     log: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -179,12 +182,15 @@ class WaitingRoom(Protocol):
 class WaitScript:
     """What one waiting caller hears and can press, from joining the queue to the agent or a message."""
 
-    def __init__(self, waiter: Waiter, room: WaitingRoom, acd: ACDConfig, clock: Clock, tickets: TicketStore) -> None:
+    def __init__(self, waiter: Waiter, room: WaitingRoom, acd: ACDConfig, clock: Clock, tickets: TicketStore,
+                 recorder: CallRecorder | None = None) -> None:
+        """``recorder``: records each offer's talk (MixMonitor before the Dial); None: calls are not recorded."""
         self.w = waiter
         self.room = room
         self.acd = acd
         self.clock = clock
         self.tickets = tickets
+        self.recorder = recorder
 
     async def run(self) -> Outcome:
         try:
@@ -247,7 +253,9 @@ class WaitScript:
                 await ch.music_off()
                 music = False
                 w.go("dial_written")
-                status = await self._dial(item.interface, max(30, int(acd.ring_timeout_seconds)))
+                # Recorded like an agent's call: a pseudo-offer <uniqueid>#0 names the file.
+                duty = Offer(f"{w.uniqueid}#0", w.uniqueid, "on-duty", item.interface, 30.0, "", w.uniqueid)
+                status = await self._recorded_dial(duty, max(30, int(acd.ring_timeout_seconds)))
                 if status == "ANSWER":
                     self.room.on_duty_answered(w)
                     return Outcome.DONE
@@ -258,9 +266,9 @@ class WaitScript:
     async def _say(self, names: Sequence[str], escape: str = "") -> str | None:
         return await self.w.ch.play([f"{self.w.call.language}/{n}" for n in names], escape)
 
-    async def _dial(self, interface: str, ring_seconds: int) -> str | None:
+    async def _dial(self, interface: str, ring_seconds: int, options: str = "") -> str | None:
         """EXEC Dial: Asterisk stops ringing after ``ring_seconds``; returns DIALSTATUS."""
-        await self.w.ch.exec("Dial", interface, str(ring_seconds))
+        await self.w.ch.exec("Dial", interface, str(ring_seconds), *((options,) if options else ()))
         return await self.w.ch.get_variable("DIALSTATUS")
 
     async def _announce(self, a: Announce) -> bool:
@@ -327,8 +335,24 @@ class WaitScript:
         timeout = max(1, math.ceil(offer.ring_timeout_seconds))
         w.log.info("offering call", agent=offer.agent_id, offer=offer.offer_id, ring_timeout=timeout)
         written = self.clock.now()
-        status = await self._dial(offer.interface, timeout)
+        status = await self._recorded_dial(offer, timeout)
         return self.room.dial_returned(w, offer, status, written)
+
+    async def _recorded_dial(self, offer: Offer, ring_seconds: int) -> str | None:
+        """The Dial of one offer; with a recorder, MixMonitor is started before it and stopped after."""
+        w, recorder = self.w, self.recorder
+        if recorder is None:
+            return await self._dial(offer.interface, ring_seconds)
+        rec = await recorder.start(w, offer)
+        try:
+            status = await self._dial(offer.interface, ring_seconds, rec.dial_options)
+        except BaseException:  # a hang-up, or the session cancelled: the file closes when the channel goes
+            recorder.abandon(rec, w)
+            raise
+        if status == "ANSWER" and w.answered_offer is None:  # not seen on AMI (or the on-duty phone)
+            w.answered_offer = offer.offer_id
+        await recorder.stop(rec, w)
+        return status
 
     async def _after_call(self) -> Outcome:
         """The agent hung up first and the caller is still here: ask for a rating (1 to 5)."""

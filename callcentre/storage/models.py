@@ -67,7 +67,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 # Modules that declare tables on :class:`Base`; Alembic's autogenerate and the schema test need them
 # all imported. Add a module here when it declares tables.
-MODEL_MODULES = ("callcentre.storage.models", "callcentre.storage.users", "callcentre.storage.service_models")
+MODEL_MODULES = ("callcentre.storage.models", "callcentre.storage.users", "callcentre.storage.service_models",
+                 "callcentre.storage.recordings")
 
 
 def load_all_models() -> MetaData:

@@ -21,7 +21,7 @@ __all__ = ["AgentStateHistory", "User", "UserRole"]  # UserRole lives in the dom
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint("role IN ('agent', 'supervisor', 'admin')", name="role"),)
+    __table_args__ = (CheckConstraint("role IN ('agent', 'supervisor', 'admin', 'quality')", name="role"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     login: Mapped[str] = mapped_column(String(64), unique=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from callcentre.domain.users import home_page, sees_supervisor_pages
+from callcentre.domain.users import home_page, may_hear_recordings, sees_supervisor_pages
 from callcentre.web.auth import USER_KEY, public
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -51,9 +51,21 @@ async def wallboard_page(request: web.Request) -> web.StreamResponse:
     return _page("wallboard.html")
 
 
+@public
+async def calls_page(request: web.Request) -> web.StreamResponse:
+    """The call history and the recordings (supervisors, administrators, the quality department)."""
+    user = request[USER_KEY]
+    if user is None:
+        raise web.HTTPFound("/login?next=/calls")
+    if not may_hear_recordings(user):
+        raise web.HTTPFound(home_page(user))
+    return _page("calls.html")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/login", login_page)
     app.router.add_get("/agent", agent_page)
     app.router.add_get("/wallboard", wallboard_page)
+    app.router.add_get("/calls", calls_page)
     app.router.add_static("/static/", STATIC_DIR, show_index=False, follow_symlinks=False)

@@ -83,6 +83,21 @@ class Reports(Protocol):
     def chart(self, month: MonthRows, group: reports.GroupBy, rows: Sequence[reports.MonthlyRow]) -> bytes: ...
 
 
+class Recordings(Protocol):
+    """Call recordings and the call history (``callcentre.service.recordings.RecordingService``)."""
+
+    def today(self) -> date: ...
+
+    async def for_ticket(self, actor: UserView, number: str) -> dict[str, Any]: ...
+
+    async def for_call(self, actor: UserView, uniqueid: str) -> dict[str, Any]: ...
+
+    async def history(self, actor: UserView, day: date, phone: str | None) -> dict[str, Any]: ...
+
+    async def file(self, actor: UserView, recording_id: int, leg: str | None = None) -> Any:
+        """A ``RecordingFile``: ``path`` (built by the server), ``size``, ``recording`` (the row)."""
+
+
 class DeskFeatures(Protocol):
     """Every feature's service, as :func:`callcentre.service.desk.build_desk` makes them."""
 
@@ -101,6 +116,9 @@ class DeskFeatures(Protocol):
     @property
     def reports(self) -> Reports: ...
 
+    @property
+    def recordings(self) -> Recordings | None: ...
+
 
 class WebServices(Protocol):
     """The part of the composition root's services the web layer reads (``app.Services`` has them)."""
@@ -112,6 +130,6 @@ class WebServices(Protocol):
 
 
 __all__ = [
-    "ACDControl", "Accounts", "AgentAction", "Agents", "DeskFeatures", "Owners", "Reports", "SuperviseMode", "Tickets",
+    "ACDControl", "Accounts", "AgentAction", "Agents", "DeskFeatures", "Owners", "Recordings", "Reports", "SuperviseMode", "Tickets",
     "WebServices",
 ]

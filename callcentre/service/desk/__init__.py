@@ -8,6 +8,7 @@ agents                    :class:`.agents.AgentService`              call distri
 owners                    :class:`.owners.OwnerService`              the desk repository
 tickets                   :class:`.tickets.DeskTicketService`        desk repository, lifecycle
 reports (web/reports.py)  :class:`callcentre.service.reports.ReportService`  report rows
+recordings                :class:`callcentre.service.recordings.RecordingService`  recordings, calls
 ========================  =========================================  ============================
 
 The web layer sees them through the protocols of :mod:`callcentre.web.ports`, never the storage
@@ -27,6 +28,7 @@ from callcentre.service.desk.accounts import AccountService
 from callcentre.service.desk.agents import AgentService
 from callcentre.service.desk.owners import OwnerService
 from callcentre.service.desk.tickets import DeskTicketService
+from callcentre.service.recordings import RecordingService
 from callcentre.service.reports import ReportService
 from callcentre.service.tickets import TicketService
 from callcentre.storage.desk_repo import DeskRepo
@@ -40,6 +42,7 @@ class DeskServices:
     owners: OwnerService
     tickets: DeskTicketService
     reports: ReportService
+    recordings: RecordingService | None = None  # None: this server has none to offer (tests, tools)
 
 
 def desk_repo(sessions: async_sessionmaker[AsyncSession], cfg: Config, clock: Clock) -> DeskRepo:
@@ -57,6 +60,7 @@ def build_desk(
     lifecycle: TicketService | None,
     desk: DeskRepo | None = None,
     users: UsersRepo | None = None,
+    recordings: RecordingService | None = None,
 ) -> DeskServices:
     """The desk's services. ``acd`` is asked for call distribution each time (it may be off, or not yet
     started); pass the ``desk`` and ``users`` repositories when they are built already (one each)."""
@@ -68,6 +72,7 @@ def build_desk(
         owners=OwnerService(desk),
         tickets=DeskTicketService(desk, lifecycle, cfg, clock),
         reports=ReportService(sessions, cfg, clock),
+        recordings=recordings,
     )
 
 

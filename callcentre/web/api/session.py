@@ -5,9 +5,9 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from callcentre.domain.users import UserRole, home_page
+from callcentre.domain.users import ALL_USERS, UserRole, home_page
 from callcentre.web.api.common import features, read_json, state, user
-from callcentre.web.auth import COOKIE_NAME, EVERYONE, SESSION_KEY, SESSION_SECONDS, public, roles
+from callcentre.web.auth import COOKIE_NAME, SESSION_KEY, SESSION_SECONDS, public, roles
 from callcentre.web.middleware import ApiError, json_response
 
 log = structlog.get_logger(__name__)
@@ -46,7 +46,7 @@ async def login(request: web.Request) -> web.Response:
     return resp
 
 
-@roles(*EVERYONE)
+@roles(*ALL_USERS)
 async def logout(request: web.Request) -> web.Response:
     st = state(request)
     st.sessions.revoke(request[SESSION_KEY], st.now())
@@ -55,7 +55,7 @@ async def logout(request: web.Request) -> web.Response:
     return resp
 
 
-@roles(*EVERYONE)
+@roles(*ALL_USERS)
 async def me(request: web.Request) -> web.Response:
     st = state(request)
     desk = features(request)

@@ -19,6 +19,7 @@ from callcentre.web.api.common import (
     read_json,
     user,
 )
+from callcentre.domain.users import READERS
 from callcentre.web.auth import EVERYONE, roles
 from callcentre.web.middleware import ApiError, json_response
 
@@ -40,7 +41,7 @@ def _category_code(value: Any) -> str:
     return value
 
 
-@roles(*EVERYONE)
+@roles(*READERS)
 async def tickets_list(request: web.Request) -> web.Response:
     phone_q = request.query.get("phone")
     owner_q = request.query.get("owner_id")
@@ -51,7 +52,7 @@ async def tickets_list(request: web.Request) -> web.Response:
     return json_response({"tickets": await features(request).tickets.find(owner_id=owner_id, phone=phone)})
 
 
-@roles(*EVERYONE)
+@roles(*READERS)
 async def ticket_get(request: web.Request) -> web.Response:
     return json_response(await features(request).tickets.get(_ticket_number(request)))
 

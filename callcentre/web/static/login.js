@@ -12,7 +12,7 @@ document.getElementById("login-form").addEventListener("submit", async (ev) => {
     });
     const next = new URLSearchParams(location.search).get("next");
     // Only same-site paths: never redirect to another site named in the URL.
-    const target = next && /^\/(agent|wallboard|reports)$/.test(next) ? next : res.home;
+    const target = next && /^\/(agent|wallboard|reports|calls)$/.test(next) ? next : res.home;
     location.assign(target);
   } catch (e) {
     cc.setText(error, e.code === "too_many_attempts" ? "Too many attempts: wait a minute." : e.message);
