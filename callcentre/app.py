@@ -29,6 +29,7 @@ from callcentre.ami.link import AMIDisconnected, AMILink
 from callcentre.config import Config
 from callcentre.config.loader import environ as config_environ
 from callcentre.distribution import ACDService, AgentRoster
+from callcentre.distribution.transfers import TransferHistoryWriter
 from callcentre.domain.ivr import HotlineIVR
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.service.alerts import WallboardNotifier
@@ -130,7 +131,8 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     survey = SurveyScript(ticket_service, callbacks, default_language=cfg.ivr.default_language)
     escalation = EscalationLoop(ticket_service, cfg, clock, notifier.publish)
     directory = SqlDirectory(sessions)
-    distribution, roster = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami, escalation)
+    distribution, roster = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami, escalation,
+                                               ticket_service)
     ivr = HotlineIVR(cfg, directory, tickets, clock, distribution)
     return Services(
         cfg=cfg, clock=clock, engine=engine, session_factory=sessions, directory=directory, tickets=tickets,
@@ -148,7 +150,8 @@ def build_services(cfg: Config, clock: Clock) -> Services:
 
 def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
                         sessions: async_sessionmaker[AsyncSession], desk: DeskRepo, notifier: WallboardNotifier,
-                        ami: AMILink | None, escalation: EscalationLoop) -> tuple[ACDService | None, AgentRoster | None]:
+                        ami: AMILink | None, escalation: EscalationLoop,
+                        ticket_service: TicketService) -> tuple[ACDService | None, AgentRoster | None]:
     """Our own call distribution and the roster that feeds it its agents; none when acd.enabled is false."""
     if not cfg.acd.enabled:
         return None, None
@@ -157,6 +160,8 @@ def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, user
         cfg, clock, tickets, publish=notifier.publish, persist_history=roster.record_states,
         last_call_at=tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
         owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue,
+        # queue_log: transfer_queue_log= is the hook for the queue_log emitter (TransferQueueLog), not wired yet
+        transfer_history=TransferHistoryWriter(tickets, ticket_service),
     )
     return acd, roster
 
@@ -197,7 +202,8 @@ def _webhook_sender(cfg: Config, sessions: async_sessionmaker[AsyncSession], clo
 
 
 def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript) -> Router:
-    """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back."""
+    """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back, and a
+    transferred caller (``transfer``) and the first agent's consultation leg (``consult``)."""
 
     async def callback(channel) -> None:
         try:
@@ -206,7 +212,15 @@ def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript) -> Rout
         finally:
             await channel.set_result("done")
 
-    routes = {"hotline": ivr.run, "survey": survey.run, "callback": callback}
+    async def transfer(channel) -> None:
+        if running.acd is not None:  # without it CC_RESULT stays unset: the dialplan's fallback queue
+            await running.acd.transfers.caller_script(channel, take_message=ivr.take_message)
+
+    async def consult(channel) -> None:
+        if running.acd is not None:
+            await running.acd.transfers.consult_script(channel)
+
+    routes = {"hotline": ivr.run, "survey": survey.run, "callback": callback, "transfer": transfer, "consult": consult}
 
     def router(env):
         if running.draining and env.script == "hotline":

@@ -25,6 +25,7 @@ from callcentre.config.schema import (
     PromptsConfig,
     ServiceConfig,
     TicketsConfig,
+    TransfersConfig,
     WebConfig,
     WebhooksConfig,
     Worker,
@@ -34,6 +35,6 @@ from callcentre.config.schema import (
 __all__ = [
     "ACDConfig", "AGIConfig", "AMIConfig", "AgentConfig", "BusinessHours", "CallbackPolicy", "CallbackResultName",
     "Category", "CentreConfig", "Config", "ConfigError", "DatabaseConfig", "Department", "ENV_PREFIX", "IVRConfig",
-    "LoggingConfig", "MenuAction", "PromisesConfig", "PromptsConfig", "ServiceConfig", "TicketsConfig", "WebConfig",
+    "LoggingConfig", "MenuAction", "PromisesConfig", "PromptsConfig", "ServiceConfig", "TicketsConfig", "TransfersConfig", "WebConfig",
     "WebhooksConfig", "Worker", "load_config", "parse_hhmm",
 ]

@@ -71,6 +71,16 @@ class Tickets(Protocol):
     async def update(self, actor: UserView, number: str, change: TicketChange) -> dict[str, Any]: ...
 
 
+class Calls(Protocol):
+    def targets(self, actor: UserView) -> dict[str, Any]: ...
+
+    async def transfer(self, actor: UserView, uniqueid: str, kind: str, target: dict[str, str]) -> dict[str, Any]: ...
+
+    async def complete(self, actor: UserView, uniqueid: str) -> dict[str, Any]: ...
+
+    async def cancel(self, actor: UserView, uniqueid: str) -> dict[str, Any]: ...
+
+
 class Reports(Protocol):
     def today(self) -> date: ...
 
@@ -101,6 +111,9 @@ class DeskFeatures(Protocol):
     @property
     def reports(self) -> Reports: ...
 
+    @property
+    def calls(self) -> Calls: ...
+
 
 class WebServices(Protocol):
     """The part of the composition root's services the web layer reads (``app.Services`` has them)."""
@@ -112,6 +125,6 @@ class WebServices(Protocol):
 
 
 __all__ = [
-    "ACDControl", "Accounts", "AgentAction", "Agents", "DeskFeatures", "Owners", "Reports", "SuperviseMode", "Tickets",
+    "ACDControl", "Accounts", "AgentAction", "Agents", "Calls", "DeskFeatures", "Owners", "Reports", "SuperviseMode", "Tickets",
     "WebServices",
 ]

@@ -7,6 +7,7 @@ then ``add_routes(router)``. No SQL and no repository here. Every handler declar
 * :mod:`.agents`   the queue, agents' states, changing a state, listening in
 * :mod:`.owners`   the owner card, search, attaching a number
 * :mod:`.tickets`  tickets by number, owner or caller; made and changed at the desk
+* :mod:`.calls`    transferring the call one is on (blind, attended), and the targets
 
 A new route: a handler in its feature's module (``@roles(...)``), one line in that module's
 ``add_routes``, its entry in ``openapi.yaml``, and, when it needs something new, a method on the
@@ -19,11 +20,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from callcentre.web.api import agents, owners, session, tickets
+from callcentre.web.api import agents, calls, owners, session, tickets
 from callcentre.web.auth import public
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
-FEATURES = (session, agents, owners, tickets)
+FEATURES = (session, agents, owners, tickets, calls)
 
 
 @public
