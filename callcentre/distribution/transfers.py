@@ -622,6 +622,14 @@ class Transfers:
         t = h.t
         t.log.info("first agent arrived in the consult script", channel=ch.channel_name)
         clog = t.log.bind(consult_leg=ch.uniqueid)
+        ended = False
+
+        def first_agent_done() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self._room.end_offer(t.first_offer_id, t.from_agent_id)
+
         try:
             if t.state is TransferState.MOVING:
                 phones = self._phones_of(t.target)
@@ -634,13 +642,14 @@ class Transfers:
                     self._publish(h)
                     await self._room.wait_transferred(ch, call, self._waiting_call(h, ch.uniqueid, f"c{t.seq}-"))
             if t.state is TransferState.RETURNED:
-                # Back to the caller: their session bridges this channel, which ends this session (HANGUP).
+                # Back to the caller: their session bridges this channel, which ends this session (HANGUP);
+                # the first agent's call goes on there.
                 h.signals.put_nowait(_Signal("bridge", ch.channel_name, t.first_offer_id, t.from_agent_id))
                 await ch.music_on(self.cfg.acd.music_class)
                 await asyncio.sleep(_RETURN_WAIT_SECONDS)
                 clog.warning("the caller never took the first agent back", waited=_RETURN_WAIT_SECONDS)
             # Completed (the target has the caller), or the caller is gone: the first agent's call is over.
-            self._room.end_offer(t.first_offer_id, t.from_agent_id)
+            first_agent_done()
             await ch.set_variable("CC_RESULT", "done", allow_dead=True)
         except CallerHungUp:
             pass
@@ -648,10 +657,12 @@ class Transfers:
             if ch.hung_up and t.state in (TransferState.MOVING, TransferState.RINGING, TransferState.CONSULTING):
                 # The first agent hung up during the consultation: the caller goes to the target blind.
                 t.go("first_agent_left", self._now())
-                self._room.end_offer(t.first_offer_id, t.from_agent_id)
+                first_agent_done()
                 self._withdraw_consult(t)
                 h.signals.put_nowait(_Signal("blind"))
                 self._publish(h)
+            elif t.state is not TransferState.RETURNED:
+                first_agent_done()  # completed, abandoned, lost: nothing more for the first agent here
             if self._consults.get(t.consult_uniqueid or "") is h:
                 del self._consults[t.consult_uniqueid or ""]
             clog.info("consult script over", state=t.state.value)
