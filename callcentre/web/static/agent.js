@@ -264,7 +264,10 @@ async function loadTargets() {
   try {
     const t = await cc.api("GET", "/api/transfer-targets");
     const group = (label, items) => items.length ? cc.el("optgroup", { label }, items) : null;
-    const agents = t.agents.filter((a) => String(a.agent_id) !== String(desk.me.user.id) && a.state !== "logged_out")
+    // Agents who can take a call now or soon (ready, ringing, on a call, wrapping up); paused and
+    // logged-out agents are refused by the server anyway.
+    const agents = t.agents.filter((a) => String(a.agent_id) !== String(desk.me.user.id) &&
+      ["ready", "ringing", "on_call", "wrap_up"].includes(a.state))
       .map((a) => cc.el("option", { value: JSON.stringify({ agent: String(a.agent_id) }) }, a.name + " · " + cc.label(a.state)));
     const skills = t.skills.map((g) => cc.el("option", { value: JSON.stringify({ skill: g.code }) },
       cc.label(g.code) + " group (" + g.ready + " ready)"));
