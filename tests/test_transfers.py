@@ -148,6 +148,11 @@ async def login(acd: ACDService, *agents: str) -> None:
         await acd.agent_action(a, "login")
 
 
+def waiting_for(acd: ACDService) -> list[str | None]:
+    """The targets of the calls waiting in the distributor (None: anyone)."""
+    return [q.target for q in acd.dist.snapshot().queue]
+
+
 def redirect(ami: FakeAMI) -> dict[str, Any]:
     [r] = [a for a in ami.actions if a["Action"] == "Redirect"]
     return r
@@ -231,6 +236,26 @@ async def test_blind_nobody_answers_with_a_message_as_the_fallback() -> None:
     await asyncio.wait_for(acd.transfers.caller_script(second, take_message=take_message), 5)
     assert taken == ["transfer-not-answered"] and "zh/no-agents" in second.played
     assert second.variables["CC_RESULT"] == "done"
+
+
+async def test_blind_nobody_answers_back_to_the_first_agent_then_the_queue() -> None:
+    acd, clock, ami, _, _ = world(no_answer="back")
+    _, task = await connected(acd, clock, ami)
+    await login(acd, "8", "9")
+    await acd.agent_action("9", "pause", "lunch")
+    await acd.transfer(UID, "blind", {"agent": "8"}, actor_agent_id="7", actor_login="a7", supervisor=False)
+    await asyncio.wait_for(task, 5)
+    second = caller(acd, clock, {"PJSIP/agent8": "noanswer", "PJSIP/agent7": "noanswer", "PJSIP/agent9": "answer"},
+                    args=[redirect(ami)["Exten"]])
+    script = asyncio.create_task(acd.transfers.caller_script(second))
+    # agent 8 let it ring out: back to agent 7, who is wrapping up: it waits for them
+    await until(lambda: asyncio.sleep(0, waiting_for(acd) == ["agent:7"]), 5, "back to agent 7")
+    await acd.agent_action("9", "ready")  # back from lunch, but not the one the call waits for now
+    assert waiting_for(acd) == ["agent:7"]
+    await acd.agent_action("7", "end_wrapup")
+    # agent 7 lets it ring out too: now anyone, and agent 9 (who has not missed it) comes first
+    await asyncio.wait_for(script, 5)
+    assert [op[2] for op in second.ops if op[:2] == ("exec", "Dial")] == ["PJSIP/agent8", "PJSIP/agent7", "PJSIP/agent9"]
 
 
 async def test_a_department_rings_its_phones_in_order_and_counts_them_as_offers() -> None:

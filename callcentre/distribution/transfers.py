@@ -491,16 +491,20 @@ class Transfers:
 
     def _fall_back(self, call_id: str, uniqueid: str, first_agent: str | None, mode: str) -> None:
         dist = self._room.dist
-        if mode == "back" and first_agent is not None:
-            self._fell_back[call_id] = "back"
-            self._room.apply(dist.retarget(call_id, OnlyFor(agent_id=first_agent), self.cfg.transfers.target_wait_seconds))
-        elif mode == "message":
-            waiter = self._room.waiters.get(call_id)
-            if waiter is not None:
-                waiter.deliver(NoAgentAvailable(call_id, uniqueid, "no_agents"))
-        else:
-            self._room.apply(dist.retarget(call_id, None))
         log.info("transfer fallback", uniqueid=uniqueid, call_id=call_id, fallback=mode)
+        try:
+            if mode == "back" and first_agent is not None:
+                self._fell_back[call_id] = "back"
+                wait = self.cfg.transfers.target_wait_seconds
+                self._room.apply(dist.retarget(call_id, OnlyFor(agent_id=first_agent), wait))
+            elif mode == "message":
+                waiter = self._room.waiters.get(call_id)
+                if waiter is not None:
+                    waiter.deliver(NoAgentAvailable(call_id, uniqueid, "no_agents"))
+            else:
+                self._room.apply(dist.retarget(call_id, None))
+        except AcdError as exc:  # the caller left meanwhile
+            log.info("transfer fallback not needed", uniqueid=uniqueid, error=str(exc))
 
     def leaving(self, waiter: Waiter) -> None:
         self._fell_back.pop(waiter.uniqueid, None)

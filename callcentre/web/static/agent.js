@@ -337,7 +337,8 @@ function onMessage(msg) {
     setState(msg.agent);
   } else if (msg.type === "call_ended" || msg.type === "screen_clear") {
     $("pop").className = "card pop ended";
-    showTransfer(false);
+    // After a blind transfer the call is over for this agent, but its transfer's outcome still comes.
+    if (!desk.transfer) showTransfer(false);
   } else if (msg.type === "transfer" && msg.transfer) {
     if (desk.call && msg.transfer.uniqueid === desk.call.uniqueid && String(msg.transfer.from_agent_id) === String(desk.me.user.id)) {
       desk.transfer = msg.transfer;
