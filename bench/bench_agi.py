@@ -125,6 +125,9 @@ async def start_server(kind: str, tmp: Path, env: dict[str, str], port: int, ext
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CALLCENTRE_")}
     stats_path = tmp / f"{kind}-{port}-stats.json"
     log_path = tmp / f"{kind}-{port}.log"
+    profile_dir = os.environ.get("BENCH_PROFILE_DIR")  # cProfile every server process (slows them down)
+    if profile_dir:
+        extra = [*(extra or []), "--profile", str(Path(profile_dir) / f"{kind}.prof")]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
             [sys.executable, "-m", "bench.server", kind, "--stats", str(stats_path), *(extra or [])],
