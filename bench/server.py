@@ -170,12 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stats", type=Path, required=True, help="where to write the loop monitor's figures at exit")
     p.add_argument("--lines", type=Path, default=None, help="echo: JSON file, script -> command lines")
     p.add_argument("--port", type=int, default=0, help="echo: the port to listen on")
+    p.add_argument("--profile", type=Path, default=None, help="run under cProfile; write its stats here at exit")
     a = p.parse_args(argv)
+    profiler = None
+    if a.profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
 
     from bench import raise_fd_limit
     from callcentre.config import load_config
     from callcentre.logging import configure_logging
-    from callcentre.runtime import limit_malloc_arenas
+    from callcentre.runtime import limit_malloc_arenas, tune_gc
 
     raise_fd_limit(16384)
     monitor = LoopMonitor()
@@ -186,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(None)  # CALLCENTRE_… variables only, as configured by the benchmark
         configure_logging(cfg.logging.level, cfg.logging.format)
         limit_malloc_arenas()  # before any thread exists, as callcentre serve does
+        tune_gc()
         asyncio.run(_serve(cfg, monitor) if a.kind == "serve" else _fastagi(cfg, monitor))
     monitor.dump(a.stats)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(a.profile))
     return 0
 
 
