@@ -128,6 +128,8 @@ async def start_server(kind: str, tmp: Path, env: dict[str, str], port: int, ext
     profile_dir = os.environ.get("BENCH_PROFILE_DIR")  # cProfile every server process (slows them down)
     if profile_dir:
         extra = [*(extra or []), "--profile", str(Path(profile_dir) / f"{kind}.prof")]
+        if os.environ.get("BENCH_PROFILE_WINDOW"):  # only while the benchmark measures (SIGUSR1..SIGUSR2)
+            extra.append("--profile-window")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
             [sys.executable, "-m", "bench.server", kind, "--stats", str(stats_path), *(extra or [])],

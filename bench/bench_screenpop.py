@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -507,7 +509,9 @@ async def _run(waiting: int, agents: int, background_rate: float, background_con
                                                  name="bench-background-callers")
                 await asyncio.sleep(2.0)  # traffic under way before the first measurement
             start = time.monotonic()
+            _profile_signal(remote, signal.SIGUSR1)
             result = await measure_ready(remote, pages, progress)
+            _profile_signal(remote, signal.SIGUSR2)
             window = (start, time.monotonic())
             result.update({"waiting": waiting, "agents": agents, "websocket_clients": len(pages),
                            "background_rate_per_s": background_rate, "background_calls_placed": dict(counts),
@@ -521,6 +525,12 @@ async def _run(waiting: int, agents: int, background_rate: float, background_con
             stats = await _stop_remote(remote)
         result["server"] = window_stats(stats, *window)
         return result
+
+
+def _profile_signal(remote: _Remote, sig: int) -> None:
+    """With BENCH_PROFILE_DIR and BENCH_PROFILE_WINDOW set, the server is profiled only while we measure."""
+    if os.environ.get("BENCH_PROFILE_DIR") and os.environ.get("BENCH_PROFILE_WINDOW"):
+        remote.server.proc.send_signal(sig)
 
 
 async def _is(remote: _Remote, page: _PageClient, state: str) -> bool:

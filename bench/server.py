@@ -170,14 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stats", type=Path, required=True, help="where to write the loop monitor's figures at exit")
     p.add_argument("--lines", type=Path, default=None, help="echo: JSON file, script -> command lines")
     p.add_argument("--port", type=int, default=0, help="echo: the port to listen on")
-    p.add_argument("--profile", type=Path, default=None, help="run under cProfile; write its stats here at exit")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="run under cProfile (from the start, or between SIGUSR1 and SIGUSR2 with "
+                        "--profile-window); write its stats here at exit")
+    p.add_argument("--profile-window", action="store_true", help="profile only between SIGUSR1 and SIGUSR2")
     a = p.parse_args(argv)
     profiler = None
     if a.profile is not None:
         import cProfile
 
         profiler = cProfile.Profile()
-        profiler.enable()
+        if a.profile_window:
+            signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+            signal.signal(signal.SIGUSR2, lambda *_: profiler.disable())
+        else:
+            profiler.enable()
 
     from bench import raise_fd_limit
     from callcentre.config import load_config
