@@ -2,7 +2,8 @@
 
 Each figure is printed beside its reference (measured in the same run) and its target. ``--quick``
 runs tiny sizes (a check that everything works; the figures mean nothing). The soak is separate:
-``python -m bench.soak --minutes 30``.
+``python -m bench.soak --minutes 30``. ``--agi-repeats 5`` runs the FastAGI levels five times (the
+target is met only if it is met in every pass).
 """
 
 from __future__ import annotations
@@ -119,6 +120,14 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     f"echo {floor['p50_ms']} / {floor['p99_ms']}",
                     f"added p99 < {agi['target_added_p99_ms']:g} ms" if at_target else "-",
                     _ok(added, agi["target_added_p99_ms"], False) if at_target else "-"))
+    top = agi.get("top_level")
+    for side, label in (("protocol", "FastAGI protocol"), ("ivr", "FastAGI real IVR (SQLite)")):
+        added = agi.get(f"{side}_added_p99_ms_at_{top}")
+        if added:
+            rows.append((f"{label}: added p99 at {top} sessions, each of {len(added)} passes (ms)",
+                         ", ".join(f"{a:g}" for a in added), "echo at the same level, same pass",
+                         f"< {agi['target_added_p99_ms']:g} ms in every pass",
+                         "yes" if agi.get(f"{side}_met") else "MISS"))
     dom = r.get("acd_domain", {})
     if "selection" in dom:
         p99 = dom["selection"]["p99_us"]
@@ -174,12 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="Run every benchmark; see BENCHMARKS.md.")
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the code runs, figures mean nothing")
     p.add_argument("--only", action="append", choices=sorted(FULL), help="run only these (repeatable)")
+    p.add_argument("--agi-repeats", type=int, default=None,
+                   help="FastAGI passes over the levels (default 1; the target is 'every run of 5': use 5)")
     p.add_argument("--output", type=Path, default=None,
                    help=f"results file (default {RESULTS}; with --quick, {QUICK_RESULTS.name})")
     a = p.parse_args(argv)
     if a.output is None:
         a.output = QUICK_RESULTS if a.quick else RESULTS
-    sizes = QUICK if a.quick else FULL
+    sizes = {k: dict(v) for k, v in (QUICK if a.quick else FULL).items()}
+    if a.agi_repeats is not None:
+        if a.agi_repeats < 1:
+            p.error("--agi-repeats must be at least 1")
+        sizes["agi"]["repeats"] = a.agi_repeats
     started = time.monotonic()
     desc = machine()
     print("machine:", json.dumps(desc))

@@ -379,6 +379,7 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
             out[f"{side}_met"] = all(a < TARGET_ADDED_P99_MS for a in added) and int(top) >= TARGET_LEVEL
     out["target_added_p99_ms"] = TARGET_ADDED_P99_MS
     out["target_level"] = TARGET_LEVEL
+    out["top_level"] = int(top)
     return out
 
 

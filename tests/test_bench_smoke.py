@@ -76,6 +76,9 @@ def test_fastagi_interleaves_ours_and_echo_per_level_in_every_pass():
                 assert level[f"{side}_added_p99_ms"] == pytest.approx(
                     level[side]["per_command_rtt"]["p99_ms"] - level[f"{side}_echo"]["per_command_rtt"]["p99_ms"], abs=1e-3)
     assert len(r["protocol_added_p99_ms_at_3"]) == 2 and r["protocol_met"] is False  # 3 sessions is not the target level
+    rows = {row[0]: row for row in bench_main.table({"agi": r})}
+    summary = rows["FastAGI protocol: added p99 at 3 sessions, each of 2 passes (ms)"]
+    assert summary[4] == "MISS" and summary[1].count(",") == 1
 
 
 def test_server_window_stats_pick_the_samples_of_their_window():
