@@ -133,6 +133,14 @@ def _memory_total() -> int | None:
     return None
 
 
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages now (``uptime``'s figures), as text; "" where unknown."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return ""
+
+
 def machine() -> dict[str, object]:
     """What the figures were measured on: they mean nothing without it."""
     versions = {}
@@ -150,4 +158,5 @@ def machine() -> dict[str, object]:
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "packages": versions,
+        "load_average": load_average(),
     }

@@ -1,26 +1,35 @@
-"""Call distribution and screen-pop through the real stack, over real sockets.
+"""Screen-pop and call distribution through the real server, over real sockets, with traffic running.
 
-The whole server (``build_app``: FastAGI, AMI link, SQLite, call distribution, web) runs against the
-PBX simulator (:class:`~callcentre.sim.pbx.SimPBX` + :class:`~callcentre.sim.ami_server.AMIServer`),
-as in tests/conftest.py. Agents are real users who log in through ``POST /api/login`` and hold an
-``/ws/agent`` websocket, like the agent page does.
+The server runs in its own process, started the way ``callcentre serve`` starts it (bench/server.py
+``serve``: FastAGI, AMI link, SQLite, call distribution, web; an event-loop lag monitor inside). This
+process plays everything else: the PBX simulator (:class:`~callcentre.sim.pbx.SimPBX` and its AMI
+server), the callers, and the agents' browser pages, each logged in through ``POST /api/login`` and
+holding ``/ws/agent``, as the agent page does.
 
-With ``waiting`` callers in the queue (music on hold, FastAGI idle) and ``agents`` agents paused, each
-agent in turn becomes ready (``ACDService.agent_action(id, "ready")``, what ``POST
-/api/agents/{id}/state`` calls) and we time:
+One agent takes a call that lasts the whole benchmark (so callers are queued), ``agents`` other agents
+log in and pause through the HTTP API, and ``waiting + agents`` callers queue. Then, while new callers
+keep arriving (``background_rate`` a second, the simulator's realistic mix: repairs and complaints
+that make tickets, self-service, callers asking for a person, hang-ups; every one an IVR session
+over FastAGI and a stream of AMI events), each paused agent in turn presses "ready" on their page
+(``POST /api/agents/{id}/state``) and we time, from the moment that request is sent:
 
-* ready -> ``EXEC Dial <agent>`` read by the simulated Asterisk on its FastAGI socket (issue 3 point 7);
-* ready -> the ``screen_pop`` websocket frame received by that agent's page client (issue 6);
-* Dial seen -> frame, to show the two are independent.
+* the first ``screen_pop`` frame at that agent's page (the basic card: what the IVR learnt);
+* the **full owner card**: the second ``screen_pop`` frame of the same offer, sent after the owner
+  directory look-up in the database (owners, last calls, open tickets);
+* ``EXEC Dial <agent>`` read by the simulated Asterisk on its FastAGI socket;
+* the HTTP response to "ready".
 
-The simulator shares the server's event loop and CPU (as in the tests), so these figures are a
-pessimistic bound on a machine where Asterisk runs elsewhere.
+The server's event-loop lag and GC pauses during the measurement are reported beside them.
+The in-process stack below (``start_stack``) is kept for bench/bench_memory.py, which splits the
+memory of server and simulator with tracemalloc in one process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -207,13 +216,22 @@ class _PageClient:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.pops: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.user_id: str | None = None
+        self.csrf = ""
 
-    async def open(self) -> None:
+    async def log_in(self) -> None:
         async with self.session.post(f"{self.url}/api/login", json={"login": self.login, "password": PASSWORD}) as r:
             if r.status != 200:
                 raise RuntimeError(f"log-in of {self.login} refused: HTTP {r.status} {await r.text()}")
+        async with self.session.get(f"{self.url}/api/me") as r:
+            me = await r.json()
+        self.user_id = str(me["user"]["id"])
+        self.csrf = str(me["csrf"])
+
+    async def open(self) -> None:
+        await self.log_in()
         self.ws = await self.session.ws_connect(f"{self.url}/ws/agent", headers={"Origin": self.url})
-        first = await self.ws.receive_json(timeout=10)
+        first = await self.ws.receive_json(timeout=30)
         if first.get("type") != "snapshot":
             raise RuntimeError(f"first websocket frame is not a snapshot: {first!r}")
         self.task = asyncio.create_task(self._read(), name=f"page-{self.login}")
@@ -227,6 +245,16 @@ class _PageClient:
             data = json.loads(msg.data)
             if data.get("type") == "screen_pop":
                 self.pops.put_nowait((now, data))
+
+    async def state(self, action: str, reason: str | None = None) -> tuple[int, float]:
+        """Press a state button: POST /api/agents/{id}/state; (HTTP status, monotonic time of the response)."""
+        body: dict[str, Any] = {"action": action}
+        if reason:
+            body["reason"] = reason
+        async with self.session.post(f"{self.url}/api/agents/{self.user_id}/state", json=body,
+                                     headers={"Origin": self.url, "X-CSRF-Token": self.csrf}) as r:
+            await r.read()
+            return r.status, time.monotonic()
 
     async def close(self) -> None:
         if self.task is not None:
@@ -249,12 +277,124 @@ async def keep_staffed(st: BenchStack, agent_id: str) -> None:
         raise RuntimeError("the staffing agent never got on a call")
 
 
-async def measure_offers(
-    st: BenchStack, agent_ids: list[str], pages: dict[str, _PageClient] | None, progress: Callable[[str], None],
-    gap: float = 0.05,
-) -> dict[str, Any]:
-    """Each paused agent becomes ready in turn; time the Dial line and the screen-pop frame."""
-    acd = st.services.acd
+# ---------------------------------------------------------------- the server in its own process
+
+@dataclass
+class _Remote:
+    """The simulator and pages in this process, the server (``python -m bench.server serve``) in another."""
+
+    tmp: Path
+    url: str
+    pbx: Any
+    ami_server: Any
+    server: Any
+    caller_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    http: aiohttp.ClientSession | None = None
+
+    def place(self, script: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(self.pbx.place_call(script))
+        self.caller_tasks.add(task)
+        task.add_done_callback(self.caller_tasks.discard)
+        return task
+
+    async def metric(self, name: str) -> float:
+        assert self.http is not None
+        async with self.http.get(self.url + "/metrics") as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return float("nan")
+
+    async def agent_state(self, page: _PageClient) -> str | None:
+        async with page.session.get(f"{self.url}/api/me") as r:
+            agent = (await r.json()).get("agent") or {}
+        return agent.get("state")
+
+
+async def _start_remote(tmp: Path, agents: int, speed: float, log_level: str) -> _Remote:
+    from bench.bench_agi import free_port, start_server
+    from callcentre.config import load_config
+    from callcentre.owners_import import import_owners
+    from callcentre.sim.ami_server import AMIServer
+    from callcentre.sim.pbx import SimPBX
+    from callcentre.sim.scripts import AgentScript
+    from callcentre.storage.db import create_engine, session_factory, upgrade
+    from callcentre.storage.users_repo import create_user
+
+    raise_fd_limit(16384)
+    agi_port, web_port = free_port(), free_port()
+    pbx = SimPBX(speed=speed, prompt_dir=REPO / "prompts", prompt_prefix="callcentre", record_dir=tmp / "rec",
+                 agi_port=agi_port)
+    for n in range(agents):
+        pbx.add_agent(AgentScript(f"PJSIP/agent{n}", answer_after=1.0, talk_seconds=1e7))
+    ami_server = AMIServer(pbx, "callcentre", AMI_SECRET)
+    ami_port = await ami_server.start()
+    env = bench_environ(tmp, ami_port, None, CALLCENTRE_AGI__PORT=str(agi_port), CALLCENTRE_WEB__PORT=str(web_port),
+                        CALLCENTRE_WEB__HOST="127.0.0.1", CALLCENTRE_LOGGING__LEVEL=log_level,
+                        CALLCENTRE_PROMPTS__LOCAL_DIR=str(REPO / "prompts"))
+    cfg = load_config(None, environ=env)
+    await upgrade(cfg.database.url, progress=None)
+    engine = create_engine(cfg.database)
+    sf = session_factory(engine)
+    await import_owners(sf, REPO / "examples" / "owners.csv", country_code="86", trunk_prefix="0")
+    gate = asyncio.Semaphore(4)  # argon2 hashing runs in threads; a few at a time
+
+    async def make(n: int) -> None:
+        async with gate:
+            await create_user(sf, f"agent{n}", f"Agent {n}", "agent", PASSWORD, interface=f"PJSIP/agent{n}",
+                              skills=["repair", "complaint", "fees"], languages=["zh", "en"])
+
+    await asyncio.gather(*(make(n) for n in range(agents)))
+    await engine.dispose()
+    server = await start_server("serve", tmp, env, agi_port)
+    remote = _Remote(tmp=tmp, url=f"http://127.0.0.1:{web_port}", pbx=pbx, ami_server=ami_server, server=server)
+    remote.http = aiohttp.ClientSession()
+    if not await wait_for(lambda: bool(ami_server.actions_named("CoreShowChannels")), 30.0, 0.05):
+        await _stop_remote(remote)
+        raise RuntimeError(f"the server did not log in to the simulated AMI; see {server.log_path}")
+    return remote
+
+
+async def _stop_remote(remote: _Remote) -> dict[str, Any]:
+    """Callers first (the simulator hangs up), then the server (SIGTERM), then the simulated AMI."""
+    tasks = list(remote.caller_tasks)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await remote.pbx.aclose()
+    stats = await asyncio.to_thread(remote.server.stop)
+    if remote.http is not None:
+        await remote.http.close()
+    await remote.ami_server.stop()
+    return stats
+
+
+async def _background(remote: _Remote, rate: float, concurrency: int, counts: dict[str, int]) -> None:
+    """New callers at ``rate`` a second (at most ``concurrency`` in progress): the simulator's mix."""
+    import random
+
+    from callcentre.sim.runner import DEFAULT_MIX, _pick, load_owners, make_caller
+
+    rng = random.Random(7)
+    owners = load_owners(REPO / "examples" / "owners.csv")
+    gate = asyncio.Semaphore(concurrency)
+    while True:
+        await gate.acquire()
+        kind = _pick(rng, DEFAULT_MIX)
+        counts[kind.value] = counts.get(kind.value, 0) + 1
+        task = remote.place(make_caller(kind, rng, owners=owners))
+        task.add_done_callback(lambda _t: gate.release())
+        await asyncio.sleep(1.0 / rate)
+
+
+async def _next_pop(page: _PageClient, timeout: float) -> tuple[float, dict[str, Any]]:  # noqa: ASYNC109
+    return await asyncio.wait_for(page.pops.get(), timeout)
+
+
+async def measure_ready(remote: _Remote, pages: list[_PageClient], progress: Callable[[str], None],
+                        gap: float = 0.05) -> dict[str, Any]:
+    """Each paused agent presses "ready" in turn; time the basic card, the full card, the Dial and the reply."""
     loop = asyncio.get_running_loop()
     dial_seen: dict[str, asyncio.Future[float]] = {}
 
@@ -269,87 +409,153 @@ async def measure_offers(
             if f"{iface}," in command and not fut.done():
                 fut.set_result(now)
 
-    unsubscribe = st.pbx.subscribe(on_event)
-    ready_to_dial: list[float] = []
-    ready_to_pop: list[float] = []
-    dial_to_pop: list[float] = []
-    missing = 0
+    unsubscribe = remote.pbx.subscribe(on_event)
+    basic: list[float] = []
+    full: list[float] = []
+    dial: list[float] = []
+    reply: list[float] = []
+    missing = {"dial": 0, "basic_card": 0, "full_card": 0}
+    with_owners = 0
     try:
-        for agent_id in agent_ids:
-            n = st.agent_ids.index(agent_id)
-            iface = st.interface(n)
+        for i, page in enumerate(pages):
+            iface = f"PJSIP/{page.login}"
             dial_seen[iface] = loop.create_future()
-            waiting = acd.dist.waiting_count()
             t0 = time.monotonic()
-            await acd.agent_action(agent_id, "ready")
+            status, t_reply = await page.state("ready")
+            if status != 200:
+                raise RuntimeError(f"ready of {page.login} refused: HTTP {status}")
+            reply.append(t_reply - t0)
+            try:
+                t_basic, first = await _next_pop(page, 10.0)
+                basic.append(t_basic - t0)
+                offer = first.get("offer_id")
+                while True:
+                    t_full, card = await _next_pop(page, 10.0)
+                    if card.get("offer_id") == offer:
+                        break
+                full.append(t_full - t0)
+                with_owners += bool(card.get("call", {}).get("owners"))
+            except TimeoutError:
+                missing["full_card" if basic and len(basic) > len(full) else "basic_card"] += 1
             try:
                 t_dial = await asyncio.wait_for(dial_seen[iface], 10.0)
+                dial.append(t_dial - t0)
             except TimeoutError:
-                missing += 1
-                continue
+                missing["dial"] += 1
             finally:
                 dial_seen.pop(iface, None)
-            ready_to_dial.append(t_dial - t0)
-            if pages is not None:
-                try:
-                    t_pop, _ = await asyncio.wait_for(pages[agent_id].pops.get(), 10.0)
-                except TimeoutError:
-                    missing += 1
-                    continue
-                ready_to_pop.append(t_pop - t0)
-                dial_to_pop.append(t_pop - t_dial)
-            if n % 50 == 49:
-                progress(f"  {n + 1}/{len(agent_ids)} agents offered a call ({waiting} waiting)")
+            if i % 50 == 49:
+                progress(f"  {i + 1}/{len(pages)} agents offered a call")
             await asyncio.sleep(gap)
     finally:
         unsubscribe()
-    out: dict[str, Any] = {"ready_to_dial_written": latency_ms(ready_to_dial), "missing": missing}
-    if pages is not None:
-        out["ready_to_screen_pop"] = latency_ms(ready_to_pop)
-        out["dial_to_screen_pop"] = latency_ms(dial_to_pop)
-    return out
+    return {
+        "ready_to_full_card": latency_ms(full),
+        "ready_to_basic_card": latency_ms(basic),
+        "ready_to_dial_written": latency_ms(dial),
+        "ready_http_reply": latency_ms(reply),
+        "full_cards_with_owners": with_owners,
+        "missing": missing,
+    }
 
 
-async def _run(waiting: int, agents: int, with_pages: bool, progress: Callable[[str], None]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="cc-bench-") as d:
+async def _run(waiting: int, agents: int, background_rate: float, background_concurrency: int, speed: float,
+               log_level: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    from bench.server import window_stats
+
+    with tempfile.TemporaryDirectory(prefix="cc-bench-pop-") as d:
         t = time.monotonic()
-        st = await start_stack(Path(d), agents=agents + 1, serve_web=with_pages)
-        progress(f"  stack up with {agents} + 1 agents in {time.monotonic() - t:.1f}s")
-        pages: dict[str, _PageClient] = {}
-        measured = st.agent_ids[:agents]
+        remote = await _start_remote(Path(d), agents + 1, speed, log_level)
+        progress(f"  server (pid {remote.server.proc.pid}) up with {agents} + 1 agents in {time.monotonic() - t:.1f}s")
+        pages: list[_PageClient] = []
+        staff: _PageClient | None = None
+        background: asyncio.Task[None] | None = None
+        counts: dict[str, int] = {}
+        window = (0.0, 0.0)
+        result: dict[str, Any] = {}
+        stats: dict[str, Any] = {}
         try:
-            acd = st.services.acd
-            for agent_id in measured:
-                await acd.agent_action(agent_id, "login")
-                await acd.agent_action(agent_id, "pause", "break")
-            await keep_staffed(st, st.agent_ids[agents])
-            if with_pages:
-                for agent_id, login in zip(measured, st.agent_logins, strict=False):
-                    page = _PageClient(st.url, login)
-                    pages[agent_id] = page
-                    await page.open()
-                progress(f"  {len(pages)} agent pages logged in with a websocket open")
-            # Every agent takes one caller: keep `waiting` callers in the queue until the last offer.
-            ok = await fill_queue(st, waiting + agents, progress)
-            if not ok:
-                raise RuntimeError(f"only {acd.dist.waiting_count()} of {waiting + agents} callers reached the queue")
-            for page in pages.values():  # drop the state frames sent so far
+            staff = _PageClient(remote.url, f"agent{agents}")
+            await staff.log_in()
+            status, _ = await staff.state("login")  # logged in is ready
+            if status != 200:
+                raise RuntimeError(f"log-in of the staffing agent refused: HTTP {status}")
+            remote.place(waiting_caller(0))
+            if not await _poll_async(lambda: _is(remote, staff, "on_call"), 30.0):
+                raise RuntimeError("the staffing agent never got on a call")
+            for n in range(agents):
+                page = _PageClient(remote.url, f"agent{n}")
+                pages.append(page)
+                await page.open()
+                for action, reason in (("login", None), ("pause", "break")):
+                    status, _ = await page.state(action, reason)
+                    if status != 200:
+                        raise RuntimeError(f"{action} of agent{n} refused: HTTP {status}")
+            progress(f"  {len(pages)} agent pages logged in over HTTP with /ws/agent open, paused")
+            target = waiting + agents + 1
+            for n in range(waiting + agents):
+                remote.place(waiting_caller(n + 1))
+                if n % 50 == 49:  # keep at most ~100 callers in the IVR at once, as a real ramp would
+                    floor = n - 100
+                    await _poll_async(lambda floor=floor: _metric_at_least(remote, "callcentre_queue_waiting", floor), 60.0)
+            if not await _poll_async(lambda: _metric_at_least(remote, "callcentre_queue_waiting", target - 1), 300.0):
+                raise RuntimeError(f"only {await remote.metric('callcentre_queue_waiting')} of {target - 1} callers queued")
+            progress(f"  queue: {int(await remote.metric('callcentre_queue_waiting'))} callers waiting")
+            for page in pages:  # drop the frames sent so far
                 while not page.pops.empty():
                     page.pops.get_nowait()
-            result = await measure_offers(st, measured, pages if with_pages else None, progress)
-            result.update({"waiting": waiting, "agents": agents, "websocket_clients": len(pages)})
-            return result
+            if background_rate > 0:
+                background = asyncio.create_task(_background(remote, background_rate, background_concurrency, counts),
+                                                 name="bench-background-callers")
+                await asyncio.sleep(2.0)  # traffic under way before the first measurement
+            start = time.monotonic()
+            _profile_signal(remote, signal.SIGUSR1)
+            result = await measure_ready(remote, pages, progress)
+            _profile_signal(remote, signal.SIGUSR2)
+            window = (start, time.monotonic())
+            result.update({"waiting": waiting, "agents": agents, "websocket_clients": len(pages),
+                           "background_rate_per_s": background_rate, "background_calls_placed": dict(counts),
+                           "measure_seconds": round(window[1] - window[0], 1)})
         finally:
-            for page in pages.values():
+            if background is not None:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
+            for page in [*pages, *([staff] if staff else [])]:
                 await page.close()
-            await stop_stack(st)
+            stats = await _stop_remote(remote)
+        result["server"] = window_stats(stats, *window)
+        return result
 
 
-def run(waiting: int = 500, agents: int = 200, with_pages: bool = True,
-        progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Both figures in one run; see the module docstring."""
+def _profile_signal(remote: _Remote, sig: int) -> None:
+    """With BENCH_PROFILE_DIR and BENCH_PROFILE_WINDOW set, the server is profiled only while we measure."""
+    if os.environ.get("BENCH_PROFILE_DIR") and os.environ.get("BENCH_PROFILE_WINDOW"):
+        remote.server.proc.send_signal(sig)
+
+
+async def _is(remote: _Remote, page: _PageClient, state: str) -> bool:
+    return await remote.agent_state(page) == state
+
+
+async def _metric_at_least(remote: _Remote, name: str, value: float) -> bool:
+    return await remote.metric(name) >= value
+
+
+async def _poll_async(predicate: Callable[[], Any], timeout: float, step: float = 0.1) -> bool:  # noqa: ASYNC109
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if await predicate():
+            return True
+        await asyncio.sleep(step)
+    return bool(await predicate())
+
+
+def run(waiting: int = 500, agents: int = 200, background_rate: float = 10.0, background_concurrency: int = 60,
+        speed: float = 50.0, log_level: str = "warning", progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """All figures in one run; see the module docstring."""
     quiet_logs()
-    return asyncio.run(_run(waiting, agents, with_pages, progress))
+    return asyncio.run(_run(waiting, agents, background_rate, background_concurrency, speed, log_level, progress))
 
 
 if __name__ == "__main__":

@@ -64,9 +64,10 @@ def serve(ctx: click.Context) -> None:
     cfg = _load(ctx)
     _setup_logging(cfg)
     from callcentre.app import serve as run_server
-    from callcentre.runtime import limit_malloc_arenas
+    from callcentre.runtime import limit_malloc_arenas, tune_gc
 
     limit_malloc_arenas()  # before any thread exists (see callcentre/runtime.py)
+    tune_gc()  # rare full collections with a thousand calls in progress (see callcentre/runtime.py)
     try:
         asyncio.run(run_server(cfg))
     except OSError as exc:

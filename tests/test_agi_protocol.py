@@ -329,3 +329,14 @@ def test_header_not_in_asterisk_order_is_read_leniently() -> None:
     env, rest = _feed_until_end(data)
     assert rest == b"agi_arg_1: late\n"
     assert env.calleridname == "x" and env.malformed_lines == 1 and env.args == ()
+
+
+def test_bare_argument_rule_is_the_same_for_every_code_point() -> None:
+    """quote_arg sends a token bare by one regex; it must agree with the rule it replaced (no white
+    space as str.isspace sees it, no quote or backslash, no control character) on every character."""
+    from callcentre.agi.protocol import _BARE
+
+    for code in range(0x110000):
+        c = chr(code)
+        plain = not (c.isspace() or c in '"\\' or code < 0x20 or code == 0x7F)
+        assert bool(_BARE.fullmatch(c)) == plain, hex(code)

@@ -348,6 +348,63 @@ async def test_an_ended_session_is_freed_without_the_garbage_collector(start, ha
         gc.enable()
 
 
+async def test_lines_that_come_with_the_header_reach_the_channel(start) -> None:
+    """Everything after the header's blank line in the same segment (a reply, a hang-up) is kept for
+    the channel and handed over when it is attached, in order."""
+    seen: list[object] = []
+
+    async def handler(ch: AGIChannel) -> None:
+        seen.append(await ch.get_variable("X"))
+        try:
+            await ch.answer()
+        except CallerHungUp:
+            seen.append("hung up")
+
+    server = await start(one(handler))
+    with capture_logs() as logs:
+        peer = await Peer.connect(server, header())
+        assert await peer.expect() == b"GET VARIABLE X\n"
+        # The reply and the hang-up arrive in one segment with nothing in between.
+        await peer.send(b"200 result=1 (first)\nHANGUP\n")
+        assert await peer.eof() == b""
+        await peer.close()
+        await until(lambda: server.active_sessions == 0)
+    assert seen[0] == "first"
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+
+
+async def test_a_hangup_sent_with_the_header_ends_the_session_quietly(start) -> None:
+    server = await start(one(_noop))
+    with capture_logs() as logs:
+        peer = await Peer.connect(server, header() + b"HANGUP\n")
+        assert await peer.eof() == b""
+        await peer.close()
+        await until(lambda: server.active_sessions == 0)
+    assert server.stats.accepted == 1 and server.stats.handler_errors == 0 and server.stats.bad_header == 0
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+
+
+async def test_a_reply_line_over_the_limit_ends_the_session(start) -> None:
+    errors: list[str] = []
+
+    async def handler(ch: AGIChannel) -> None:
+        try:
+            await ch.get_variable("X")
+        except ChannelError as exc:
+            errors.append(str(exc))
+
+    server = await start(one(handler), line_max_bytes=256)
+    with capture_logs() as logs:
+        peer = await Peer.connect(server, header())
+        assert await peer.expect() == b"GET VARIABLE X\n"
+        await peer.send(b"200 result=1 (" + b"x" * 1000)
+        assert await peer.eof() == b""
+        await peer.close()
+        await until(lambda: server.active_sessions == 0)
+    assert errors and "reply line too long" in errors[0]
+    assert any(e["event"] == "agi reply line too long; closing" for e in logs)
+
+
 async def test_hangup_between_command_and_reply(start) -> None:
     outcome: dict[str, object] = {}
 

@@ -256,6 +256,48 @@ async def test_malformed_message_and_failing_listener_do_not_kill_the_link(serve
         await link.stop()
 
 
+async def test_messages_split_anywhere_across_reads_arrive_whole_and_in_order(server: AMIReplayServer) -> None:
+    """The reader takes whatever has arrived; a message cut by TCP (inside a header, inside a UTF-8
+    character, inside the blank line that ends it) waits for its end and is delivered once."""
+    h = Harness(server)
+    link = await started(h)
+    try:
+        stream = b"".join(
+            f"Event: Newchannel\r\nUniqueid: 1.{n}\r\nCallerIDName: 张伟 {n}\r\n\r\n".encode() for n in range(40)
+        )
+        cuts = sorted({3, 17, 18, 19, 20, 21, 22, 45, 46, 47, 48, 100, 101, 250, len(stream) - 2, len(stream) - 1})
+        start = 0
+        for cut in [*cuts, len(stream)]:
+            await server.push(stream[start:cut])
+            await asyncio.sleep(0.005)  # let each piece be read on its own
+            start = cut
+        ours = lambda: [m for m in h.events if m.get("Event") == "Newchannel"]  # noqa: E731
+        await eventually(lambda: len(ours()) >= 40)
+        assert [m.get("Uniqueid") for m in ours()] == [f"1.{n}" for n in range(40)]
+        assert [m.get("CallerIDName") for m in ours()] == [f"张伟 {n}" for n in range(40)]
+        assert link.status()["malformed_messages"] == 0 and link.connected
+    finally:
+        await link.stop()
+
+
+async def test_a_message_over_the_size_limit_ends_the_session(server: AMIReplayServer) -> None:
+    from callcentre.ami.link import MESSAGE_MAX_BYTES
+
+    h = Harness(server)
+    link = await started(h)
+    try:
+        with capture_logs() as logs:
+            await server.push(b"Event: Newchannel\r\nUniqueid: 1.1\r\n\r\nEvent: Huge\r\nData: ")
+            for _ in range(MESSAGE_MAX_BYTES // 65536 + 2):
+                await server.push(b"x" * 65536)
+            await eventually(lambda: link.status()["reconnects"] >= 1 and link.connected and h.logins >= 2, within=5.0)
+        lost = [e for e in logs if e["event"] == "ami link lost"]
+        assert lost and f"over {MESSAGE_MAX_BYTES} bytes" in lost[0]["reason"]
+        assert "Newchannel" in h.event_names() and "Huge" not in h.event_names()
+    finally:
+        await link.stop()
+
+
 async def test_not_connected_raises_disconnected(server: AMIReplayServer) -> None:
     link = Harness(server).link()
     with pytest.raises(AMIDisconnected):

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ami_replay import capture_events
+from captures import from_asterisk
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from panoramisk.message import Message
 
 from callcentre.ami.protocol import (
+    AMIMessage,
     AMIValueRejected,
     encode_action,
     field,
@@ -97,3 +104,81 @@ def test_every_captured_message_parses() -> None:
             msg = parse_message(block)
             assert msg is not None
             assert (msg.get("Event") or msg.get("Response")) == (fields.get("Event") or fields.get("Response"))
+
+
+def _same_as_library(block: str) -> None:
+    """Our parse equals panoramisk's ``Message.from_line`` on the same text: whole, and header by header."""
+    ours = parse_message(block)
+    text = block.strip("\r\n")
+    theirs = Message.from_line(text) if text else None
+    if theirs is None:
+        assert ours is None, block
+        return
+    assert isinstance(ours, Message), block
+    names = {n for key in theirs for n in (key, key.lower(), key.upper())}
+    names |= {"Missing", "missing", "EVENT", "actionid", "Event", "Uniqueid", "content", "Result", "a: b", "x\r\ny"}
+    for name in sorted(names):
+        fresh = parse_message(block)
+        assert fresh.get(name, "d") == theirs.get(name, "d"), (block, name)
+        assert field(parse_message(block), name, "d") == field(theirs, name, "d"), (block, name)
+        assert (name in parse_message(block)) == (name in theirs), (block, name)
+    assert list(ours.items()) == list(theirs.items()), block
+    assert ours._store == theirs._store, block  # noqa: SLF001 - the very structure the look-ups use
+    assert ours.content == theirs.content and ours.manager is None
+
+
+def test_parse_message_equals_the_library_on_every_captured_message() -> None:
+    names = sorted(p.name for p in (Path(__file__).parent / "fixtures").glob("ami-*.txt"))
+    assert len(names) > 10
+    blocks = 0
+    for name in names:
+        for block in from_asterisk(name).decode("utf-8", "replace").split("\r\n\r\n"):
+            _same_as_library(block)
+            blocks += 1
+    assert blocks > 1000
+
+
+@pytest.mark.parametrize("block", [
+    "Response: Follows\r\nActionID: 1\r\nOutput: x\r\n--END COMMAND--",  # a body: the library's own rules
+    "Response: Fail\r\nMessage: no",
+    "Event: VarSet\r\nVariable: A\r\nVariable: B\r\nVariable: C",  # repeated: a list
+    "Event: X\r\nvariable: a\r\nVariable: b",  # one header in two cases
+    "Event: X\r\nContent: mine",  # the library's own 'content' wins
+    "event: lower-case name only",  # neither Event nor Response as the library spells them
+    "Response: Success\r\nResult: %20quoted%21 ",
+    "Event: X\r\n: empty key\r\nno separator\r\nKey:no space",
+    "Event: A\r\nEVENT: B",  # the name on two lines, in two cases
+    "Event: Hangup\r\nCause-txt: Normal\r\nUniqueid: 1.2\r\nuniqueid: 1.3",
+    "Event: VarSet\r\nValue: a: b\r\nVariable: x\rcontinued\nstill",  # lone CR and LF stay in a line
+    "Event: Newchannel\r\nCallerIDName: 张伟\r\nUniqueid: 9.9",  # not ASCII: parsed at once
+    "Event: X\r\nResult: %41\r\nContent: c",
+])
+def test_parse_message_equals_the_library_on_odd_messages(block: str) -> None:
+    _same_as_library(block)
+
+
+_LINE = st.one_of(
+    st.tuples(st.sampled_from(["Event", "Response", "ActionID", "Variable", "variable", "Result", "Content", "Uniqueid",
+                               "Channel", "content", "EVENT", ""]), st.text(max_size=12)).map(lambda kv: f"{kv[0]}: {kv[1]}"),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_LINE, max_size=8).map("\r\n".join))
+def test_parse_message_equals_the_library_on_generated_messages(block: str) -> None:
+    _same_as_library(block)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet="abEvntIDU: \r\n", max_size=10), st.lists(_LINE, max_size=8).map("\r\n".join))
+def test_parse_message_equals_the_library_on_generated_events(name: str, rest: str) -> None:
+    _same_as_library(f"Event: {name}\r\n{rest}")
+
+
+def test_parsed_messages_are_the_fast_kind() -> None:
+    msg = parse_message("Event: Newstate\r\nUniqueid: 1.2\r\nChannelStateDesc: Up")
+    assert type(msg) is AMIMessage
+    assert list(msg) == ["Event", "Uniqueid", "ChannelStateDesc", "content"]
+    assert msg.event == "Newstate" and msg.get("UNIQUEID") == "1.2" and msg.get("absent", "d") == "d"
+    assert field(msg, "channelstatedesc") == "Up" and field(msg, "Absent", "x") == "x"

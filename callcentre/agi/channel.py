@@ -1,6 +1,7 @@
 """One FastAGI connection as the domain's :class:`~callcentre.domain.ports.Channel`.
 
-A reader task owns the socket's read side. Replies are matched to commands strictly in order
+The connection (:mod:`callcentre.agi.transport`) hands every line to the channel as it arrives, in
+the event loop's own callback: no task reads the socket. Replies are matched to commands strictly in order
 (a FIFO of waiters: Asterisk answers every command it reads, even on a dead channel). The
 unsolicited ``HANGUP`` line may come at any moment, also between a command and its reply
 (agi-sip-call.txt), so it is never taken as a reply.
@@ -34,16 +35,15 @@ logged at ERROR and the connection closed, so the dialplan falls back.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import enum
 import re
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import structlog
 
 from callcentre.agi.protocol import AGIEnv, AGIProtocolError, AGIReply, ReplyAssembler, build_command
+from callcentre.agi.transport import AGIConnection, LineTooLong
 from callcentre.domain.ports import CallerHungUp, ChannelError, DigitsResult, RecordResult
 
 T = TypeVar("T")
@@ -75,6 +75,43 @@ class _Waiter:
     future: asyncio.Future[AGIReply]
 
 
+class _ReplyTimeout(Exception):
+    """Internal: a command's reply did not come within its time."""
+
+
+def _expire(future: asyncio.Future[AGIReply]) -> None:
+    if not future.done():
+        future.set_exception(_ReplyTimeout())
+
+
+class _Operation:
+    """Marks the handler as inside a channel method, for the hang-up rule (see the module docstring)."""
+
+    __slots__ = ("_channel", "_task", "_ok")
+
+    def __init__(self, channel: "AGIChannel") -> None:
+        self._channel = channel
+        self._task: asyncio.Task[Any] | None = None
+
+    def __enter__(self) -> None:
+        ch = self._channel
+        task = asyncio.current_task()
+        if task is not None and task is ch._handler_task:
+            self._task = task
+            ch._op_depth += 1
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        task = self._task
+        if task is None:
+            return
+        ch = self._channel
+        ch._op_depth -= 1
+        if ch._op_depth == 0 and ch._cancel_deferred:
+            ch._cancel_deferred = False
+            if exc_type is None:
+                task.cancel("caller hung up")
+
+
 def _check_variable(name: str) -> str:
     if not _VARIABLE.match(name):
         raise ValueError(f"not a safe channel variable name: {name!r}")
@@ -86,8 +123,7 @@ class AGIChannel:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        connection: AGIConnection,
         env: AGIEnv,
         *,
         prompt_path: str = "",
@@ -96,8 +132,7 @@ class AGIChannel:
     ) -> None:
         if prompt_path and not _PROMPT_PATH.match(prompt_path):
             raise ValueError(f"unsafe prompt path {prompt_path!r}")
-        self._reader = reader
-        self._writer = writer
+        self._conn = connection
         self.env_info = env
         self.uniqueid = env.uniqueid
         self.linkedid: str | None = env.raw.get("agi_linkedid") or None
@@ -105,20 +140,18 @@ class AGIChannel:
         self.caller_id = env.callerid
         self.caller_name = env.calleridname
         self.language = env.language
-        self.env: Mapping[str, str] = dict(env.raw)
+        self.env: Mapping[str, str] = env.raw
         self.args: Sequence[str] = env.args
         self._prompt_path = prompt_path.rstrip("/")
         self._command_timeout = command_timeout
         self._prompt_max = prompt_max_seconds
         self._state = ChannelState.OPEN
         self._closed_error: Exception | None = None
-        self._waiters: collections.deque[_Waiter] = collections.deque()
-        # Set while no reply is owed: the next command may be written (see the module docstring).
-        self._quiet = asyncio.Event()
-        self._quiet.set()
+        self._waiters: list[_Waiter] = []
+        # Resolved when no reply is owed any more (made only while one is; see the module docstring).
+        self._quiet: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
         self._assembler = ReplyAssembler()
-        self._reader_task: asyncio.Task[None] | None = None
         self._handler_task: asyncio.Task[None] | None = None
         self._shielded: set[asyncio.Task[Any]] = set()
         self._op_depth = 0
@@ -145,8 +178,10 @@ class AGIChannel:
 
         Cancelling ``run`` cancels the handler (its ``finally`` still runs) and awaits it.
         """
-        self._reader_task = asyncio.create_task(self._read_loop(), name=f"agi-reader-{self.uniqueid}")
         self._handler_task = asyncio.create_task(self._run_handler(handler), name=f"agi-handler-{self.uniqueid}")
+        # Lines reach us from now on, a hang-up already received among them (the handler is then
+        # cancelled before it starts, as it was when a reader task read the buffered line first).
+        self._conn.attach(self)
         try:
             await asyncio.wait({self._handler_task})
         finally:
@@ -176,16 +211,11 @@ class AGIChannel:
             # Commits run to their end (they have their own timeouts); nothing is cut in half.
             await asyncio.wait(set(self._shielded))
         self._close("session over", None)
-        reader = self._reader_task
-        if reader is not None:
-            reader.cancel()
-            await asyncio.wait({reader})
-            if not reader.cancelled() and reader.exception() is not None:
-                self.log.error("agi reader failed", error=repr(reader.exception()))
+        self._conn.detach()
         # A finished task keeps its exception (the CancelledError), whose traceback holds our frames,
         # which hold us: a reference cycle that kept every ended session (socket, buffers, env) alive
         # until a full garbage collection, and grew the heap under steady traffic (bench/soak.py).
-        self._reader_task = self._handler_task = None
+        self._handler_task = None
 
     def shielded(self, aw: Awaitable[T]) -> Awaitable[T]:
         """Run ``aw`` to its end even if the handler is cancelled meanwhile (a hang-up); the
@@ -210,52 +240,43 @@ class AGIChannel:
                 self.log.warning("shielded work failed during cancellation", error=str(task.exception()))
             raise
 
-    # ------------------------------------------------------------------ reader
+    # ------------------------------------------------------------------ lines (from the connection)
 
-    async def _read_loop(self) -> None:
-        reason = "connection closed by Asterisk"
-        error: Exception | None = None
+    def on_line(self, raw: bytes) -> bool:
+        """One line from Asterisk; False when it ended the connection (it is closed then)."""
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if line == "HANGUP" and not self._assembler.in_block:
+            self.log.info("agi hangup received")
+            self._on_hangup()
+            return True
         try:
-            while True:
-                try:
-                    raw = await self._reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
-                    break
-                except asyncio.LimitOverrunError:
-                    reason = "reply line too long"
-                    error = ChannelError(reason)
-                    self.log.warning("agi reply line too long; closing")
-                    break
-                except (ConnectionError, OSError) as exc:
-                    reason = f"connection error: {exc}"
-                    break
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if line == "HANGUP" and not self._assembler.in_block:
-                    self.log.info("agi hangup received")
-                    self._on_hangup()
-                    continue
-                try:
-                    reply = self._assembler.feed(line)
-                except AGIProtocolError as exc:
-                    reason = f"protocol error: {exc}"
-                    error = ChannelError(reason)
-                    self.log.warning("agi protocol error; closing", error=str(exc))
-                    break
-                if reply is not None:
-                    if not self._deliver(reply):
-                        reason = "reply with no command in flight"
-                        error = ChannelError(reason)
-                        self.log.warning("agi reply with no command in flight; closing", reply=reply.raw[:200])
-                        break
-        finally:
-            self._close(reason, error)
+            reply = self._assembler.feed(line)
+        except AGIProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            self.log.warning("agi protocol error; closing", error=str(exc))
+            self._close(reason, ChannelError(reason))
+            return False
+        if reply is not None and not self._deliver(reply):
+            reason = "reply with no command in flight"
+            self.log.warning("agi reply with no command in flight; closing", reply=reply.raw[:200])
+            self._close(reason, ChannelError(reason))
+            return False
+        return True
+
+    def on_end(self, reason: str, error: Exception | None) -> None:
+        """The connection ended: Asterisk closed it, it broke, or a line was over the limit."""
+        if isinstance(error, LineTooLong):
+            self.log.warning("agi reply line too long; closing")
+            self._close(reason, ChannelError(reason))
+        else:
+            self._close(reason, None)
 
     def _deliver(self, reply: AGIReply) -> bool:
         if not self._waiters:
             return False
-        waiter = self._waiters.popleft()
+        waiter = self._waiters.pop(0)
         if not self._waiters:
-            self._quiet.set()
+            self._set_quiet()
         if waiter.future.done():
             self.log.debug("agi late reply dropped", command=waiter.command, reply=reply.raw[:200])
         else:
@@ -294,32 +315,22 @@ class AGIChannel:
                 # Nobody may be awaiting it any more (its command was cancelled): mark it seen.
                 waiter.future.exception()
         self._waiters.clear()
-        self._quiet.set()
-        self._writer.close()
+        self._set_quiet()
+        self._conn.close()
         self.log.debug("agi connection closed", reason=reason)
         if error is None:
             self._signal_handler()
 
+    def _set_quiet(self) -> None:
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None and not quiet.done():
+            quiet.set_result(None)
+
     # ------------------------------------------------------------------ commands
 
-    @contextlib.contextmanager
-    def _operation(self) -> Iterator[None]:
+    def _operation(self) -> _Operation:
         """Mark the handler as inside a channel method, for the hang-up rule above."""
-        task = asyncio.current_task()
-        mine = task is not None and task is self._handler_task
-        if mine:
-            self._op_depth += 1
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            if mine:
-                self._op_depth -= 1
-                if self._op_depth == 0 and self._cancel_deferred:
-                    self._cancel_deferred = False
-                    if ok and task is not None:
-                        task.cancel("caller hung up")
+        return _Operation(self)
 
     def _check_usable(self, verb: str, allow_dead: bool) -> None:
         if self._state is ChannelState.CLOSED:
@@ -350,15 +361,17 @@ class AGIChannel:
                 loop = asyncio.get_running_loop()
                 waiter = _Waiter(data.decode("utf-8", "replace").rstrip("\n"), loop.create_future())
                 self._waiters.append(waiter)
-                self._quiet.clear()
                 self.log.debug("agi command", command=waiter.command)
                 timeout = None if expected_seconds is None else expected_seconds + self._command_timeout
+                # One timer per command (not a timeout context, which also cancels and uncancels the task).
+                timer = None if timeout is None else loop.call_later(timeout, _expire, waiter.future)
                 try:
-                    async with asyncio.timeout(timeout):
-                        self._writer.write(data)
-                        await self._writer.drain()
-                        reply = await waiter.future
-                except TimeoutError:
+                    self._conn.write(data)
+                    if self._conn.paused:  # the kernel's send buffer is full: rare
+                        async with asyncio.timeout(timeout):
+                            await self._conn.drain()
+                    reply = await waiter.future
+                except (_ReplyTimeout, TimeoutError):
                     self.log.error("agi reply timed out; closing the connection", command=waiter.command, timeout=timeout)
                     err = ChannelError(f"no reply to {verb} within {timeout:.1f} s")
                     self._close("reply timeout", err)
@@ -366,6 +379,9 @@ class AGIChannel:
                 except (ConnectionError, OSError) as exc:
                     self._close(f"write failed: {exc}", None)
                     raise CallerHungUp(f"{verb}: connection lost") from exc
+                finally:
+                    if timer is not None:
+                        timer.cancel()
                 self.log.debug("agi reply", command=waiter.command, reply=reply.raw[:200])
             return self._check_reply(verb, reply)
 
@@ -373,9 +389,11 @@ class AGIChannel:
         """Wait until every reply owed has arrived (or the connection ended), for at most
         ``command_timeout``; a reply that never comes closes the connection (ChannelError)."""
         owed = self._waiters[0].command
+        if self._quiet is None or self._quiet.done():
+            self._quiet = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(self._command_timeout):
-                await self._quiet.wait()
+                await asyncio.shield(self._quiet)
         except TimeoutError:
             self.log.error("agi reply timed out; closing the connection", command=owed, timeout=self._command_timeout,
                            late=True)

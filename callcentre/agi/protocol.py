@@ -16,7 +16,9 @@ Ground truth is the Asterisk 20 captures in ``tests/fixtures/agi-*.txt`` and ``r
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -167,7 +169,8 @@ class EnvAssembler:
         return False
 
     def _set(self, key: str, value: str) -> None:
-        self.raw[key.strip()] = value
+        # Interned: every session's keys are then the same 22-odd strings, not copies of them.
+        self.raw[sys.intern(key.strip())] = value
         self._current = key
 
     def _continue(self, text: str) -> None:
@@ -202,7 +205,7 @@ class EnvAssembler:
             priority=get("priority"),
             version=get("version"),
             args=args,
-            raw=dict(raw),
+            raw=raw,  # the assembler is done with it: shared, not copied
             malformed_lines=self.malformed_lines,
             decode_errors=self.decode_errors,
             control_fields=tuple(sorted(k for k, v in raw.items() if _CONTROL.search(v))),
@@ -352,6 +355,19 @@ class ReplyAssembler:
             raise AGIProtocolError(f"reply never ended after {MAX_CONTINUATION_LINES} lines: {first[:200]!r}")
 
 
+# An argument sent bare: no white space (str.isspace's, which is what \s means here), quote,
+# backslash or control character (tests/test_agi_protocol.py checks every code point).
+_BARE = re.compile(r'[^\s"\\\x00-\x1f\x7f]+')
+
+
+@functools.lru_cache(maxsize=128)
+def _check_verb(verb: str) -> int:
+    """How many words the verb is; ValueError if it is not a verb (the few verbs in use are remembered)."""
+    if not _VERB.match(verb):
+        raise ValueError(f"not an AGI command verb: {verb!r}")
+    return verb.count(" ") + 1
+
+
 def _check_value(value: str) -> None:
     for ch in _FORBIDDEN:
         if ch in value:
@@ -369,12 +385,15 @@ def quote_arg(value: object) -> str:
     >>> quote_arg('"; EXEC System rm')
     '"\\\\"; EXEC System rm"'
     """
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if type(value) is str:
+        text = value
+    elif isinstance(value, bool) or not isinstance(value, (str, int)):
         raise TypeError(f"AGI arguments are str or int, not {type(value).__name__}")
-    text = str(value)
-    _check_value(text)
-    if text and not any(c.isspace() or c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    else:
+        text = str(value)
+    if _BARE.fullmatch(text):  # a plain token (so no CR, LF or NUL either): sent as it is
         return text
+    _check_value(text)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -413,11 +432,9 @@ def build_command(verb: str, *args: object) -> bytes:
     >>> build_command("SET VARIABLE", "CC_TEST", "hello world")
     b'SET VARIABLE CC_TEST "hello world"\\n'
     """
-    if not _VERB.match(verb):
-        raise ValueError(f"not an AGI command verb: {verb!r}")
-    if len(args) + verb.count(" ") + 1 > MAX_ARGS:
+    if len(args) + _check_verb(verb) > MAX_ARGS:
         raise ValueError(f"too many AGI arguments ({len(args)})")
-    line = " ".join([verb, *(quote_arg(a) for a in args)]) + "\n"
+    line = " ".join([verb, *map(quote_arg, args)]) + "\n"
     data = line.encode("utf-8")
     if len(data) > MAX_COMMAND_BYTES:
         raise ValueError(f"AGI command is {len(data)} bytes; Asterisk reads at most {MAX_COMMAND_BYTES}")

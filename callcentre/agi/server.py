@@ -18,7 +18,8 @@ from typing import Awaitable, Callable
 import structlog
 
 from callcentre.agi.channel import AGIChannel
-from callcentre.agi.protocol import AGIEnv, EnvAssembler
+from callcentre.agi.protocol import AGIEnv
+from callcentre.agi.transport import AGIConnection, HeaderRejected
 from callcentre.config import AGIConfig
 
 Handler = Callable[[AGIChannel], Awaitable[None]]
@@ -42,10 +43,6 @@ class AGIServerStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-class _BadHeader(Exception):
-    pass
 
 
 class FastAGIServer:
@@ -75,9 +72,12 @@ class FastAGIServer:
         """Bind and listen; ``port`` then holds the real port (config port 0 picks a free one)."""
         if self._server is not None:
             raise RuntimeError("FastAGI server already started")
-        self._server = await asyncio.start_server(
-            self._on_connect, self._cfg.host, self._cfg.port, limit=self._cfg.line_max_bytes
-        )
+        cfg = self._cfg
+
+        def connection() -> AGIConnection:
+            return AGIConnection(self._on_connect, line_max_bytes=cfg.line_max_bytes, header_max_bytes=cfg.header_max_bytes)
+
+        self._server = await asyncio.get_running_loop().create_server(connection, cfg.host, cfg.port)
         self._accepting = True
         log.info("fastagi server started", host=self._cfg.host, port=self.port)
 
@@ -130,32 +130,36 @@ class FastAGIServer:
             addr = addr.ipv4_mapped
         return any(addr.version == net.version and addr in net for net in self._networks)
 
-    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
+    def _on_connect(self, conn: AGIConnection) -> bool:
+        """A new connection (in the loop's callback): refused at once, or its session task started."""
+        peername = conn.get_extra_info("peername")
         host = peername[0] if isinstance(peername, tuple) and peername else None
         if not self._accepting:
-            writer.close()
-            return
+            conn.close()
+            return False
         if not self._peer_allowed(host):
             self.stats.rejected_peer += 1
             log.warning("fastagi peer rejected: not in agi.allowed_peers", peer=host)
-            writer.close()
-            return
+            conn.close()
+            return False
         if len(self._sessions) >= self._cfg.max_sessions:
             self.stats.rejected_busy += 1
             log.warning("fastagi session refused: agi.max_sessions reached", peer=host, max_sessions=self._cfg.max_sessions)
-            writer.close()
-            return
+            conn.close()
+            return False
         self.stats.accepted += 1
-        task = asyncio.create_task(self._session(reader, writer, host), name=f"agi-session-{host}")
+        task = asyncio.get_running_loop().create_task(self._session(conn, host), name=f"agi-session-{host}")
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
+        return True
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str | None) -> None:
+    async def _session(self, conn: AGIConnection, peer: str | None) -> None:
         try:
             try:
-                env, lines = await self._read_header(reader)
-            except _BadHeader as exc:
+                # Where the header ends is the assembler's call: a blank line inside a caller's name
+                # is not the end of Asterisk's header (protocol.EnvAssembler).
+                env, lines = await conn.read_header(self._cfg.header_timeout_seconds)
+            except HeaderRejected as exc:
                 self.stats.bad_header += 1
                 log.warning("fastagi header rejected; connection closed", peer=peer, reason=str(exc))
                 return
@@ -188,8 +192,7 @@ class FastAGIServer:
                             script=env.script, uniqueid=env.uniqueid, peer=peer)
                 return
             channel = AGIChannel(
-                reader,
-                writer,
+                conn,
                 env,
                 prompt_path=self._prompt_path,
                 command_timeout=self._cfg.command_timeout_seconds,
@@ -202,46 +205,17 @@ class FastAGIServer:
             self.stats.handler_errors += 1
             log.exception("fastagi session failed", peer=peer)
         finally:
-            await _close_writer(writer)
-
-    async def _read_header(self, reader: asyncio.StreamReader) -> tuple[AGIEnv, int]:
-        """The environment and its line count. Where it ends is the assembler's call: a blank line
-        inside a caller's name is not the end of Asterisk's header (protocol.EnvAssembler)."""
-        assembler = EnvAssembler()
-        lines = 0
-        total = 0
-        try:
-            async with asyncio.timeout(self._cfg.header_timeout_seconds):
-                while True:
-                    line = await reader.readuntil(b"\n")
-                    total += len(line)
-                    if total > self._cfg.header_max_bytes:
-                        raise _BadHeader(f"header larger than agi.header_max_bytes ({self._cfg.header_max_bytes})")
-                    if assembler.feed(line):
-                        return assembler.env(), lines
-                    lines += 1
-        except TimeoutError:
-            raise _BadHeader(
-                f"no complete header within agi.header_timeout_seconds ({self._cfg.header_timeout_seconds} s)"
-            ) from None
-        except asyncio.IncompleteReadError as exc:
-            if not lines and not exc.partial:
-                raise _BadHeader("peer closed without sending a header") from None
-            raise _BadHeader(f"peer closed mid-header after {lines} lines") from None
-        except asyncio.LimitOverrunError:
-            raise _BadHeader(f"header line longer than agi.line_max_bytes ({self._cfg.line_max_bytes})") from None
-        except (ConnectionError, OSError) as exc:
-            raise _BadHeader(f"connection error while reading the header: {exc}") from None
+            await _close_writer(conn)
 
 
-async def _close_writer(writer: asyncio.StreamWriter) -> None:
+async def _close_writer(writer: AGIConnection) -> None:
     """Close politely; a peer that stopped reading gets the connection aborted."""
     writer.close()
     try:
         async with asyncio.timeout(_CLOSE_TIMEOUT_SECONDS):
             await writer.wait_closed()
     except TimeoutError:
-        writer.transport.abort()
+        writer.abort()
     except (ConnectionError, OSError):
         with contextlib.suppress(Exception):
-            writer.transport.abort()
+            writer.abort()

@@ -193,6 +193,19 @@ class AMIServer:
     def _broadcast(self, fields: Fields) -> None:
         self._send_all(fields)
 
+    async def send_raw(self, data: bytes) -> int:
+        """Write ``data`` as it is (recorded AMI bytes, for a replay) to every logged-in client and wait
+        until each has taken it (``drain``); returns how many clients it went to."""
+        clients = [c for c in self._clients if c.authenticated and not c.writer.is_closing()]
+        for c in clients:
+            self._write(c, data)
+        for c in clients:
+            try:
+                await c.writer.drain()
+            except ConnectionError:
+                pass
+        return len(clients)
+
     @staticmethod
     def _response(action: ReceivedAction, status: str, extra: Fields) -> Fields:
         out: Fields = [("Response", status)]
