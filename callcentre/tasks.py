@@ -36,21 +36,28 @@ async def run_periodically(
     *,
     wake: asyncio.Event | None = None,
     wait_first: bool = False,
+    min_gap: float = 0.0,
 ) -> None:
     """Run ``step`` for ever with ``interval`` seconds (a number, or a function asked after each step)
     between runs; returns only when cancelled.
 
     A step that raises is logged with its traceback and the loop goes on: a database hiccup must not
-    end a service loop. ``wake`` (an event) ends a wait early: it is cleared after each step, so a
-    ``set()`` during the wait runs the next step at once. ``wait_first`` waits before the first step.
+    end a service loop. ``wake`` (an event) ends a wait early: it is cleared just before each step, so a
+    ``set()`` during the wait, or during a step, runs the next step at once (a wake is never lost).
+    ``min_gap`` (seconds) is the least time between two steps however often ``wake`` is set.
+    ``wait_first`` waits before the first step.
     """
     if wait_first:
         await _wait(interval, wake)
     while True:
+        if wake is not None:
+            wake.clear()
         try:
             await step()
         except Exception:  # CancelledError is not an Exception: cancellation still ends the loop
             log.exception("periodic step failed", task=name)
+        if min_gap > 0:
+            await asyncio.sleep(min_gap)
         await _wait(interval, wake)
 
 
@@ -59,7 +66,8 @@ async def _wait(interval: float | Callable[[], float], wake: asyncio.Event | Non
     if wake is None:
         await asyncio.sleep(seconds)
         return
-    wake.clear()
+    if wake.is_set():
+        return
     try:
         await asyncio.wait_for(wake.wait(), seconds)
     except TimeoutError:

@@ -58,6 +58,9 @@ class FakeACD:
         return {"queue": [{"call_id": "c1"}], "agents": [{"agent_id": "1", "state": self.state}], "figures": {"waiting": 1},
                 "alerts": []}
 
+    def agent_entry(self, agent_id: int) -> dict[str, Any] | None:
+        return next((a for a in self.snapshot()["agents"] if a["agent_id"] == str(agent_id)), None)
+
     async def agent_action(self, agent_id: int, action: str, reason: str | None) -> None:
         self.asked.append(("action", agent_id, action, reason))
         if self.refuse is not None:

@@ -236,6 +236,35 @@ def test_the_service_snapshot_is_the_typed_one_as_json() -> None:
             "two_ring_share"} <= set(snap["agents"][0])
 
 
+async def test_one_agents_entry_is_that_agents_line_of_the_whole_snapshot_in_every_state() -> None:
+    """An agent's click reads its own line alone (not the whole picture): the same line, field for field,
+    ready, ringing a caller (with the caller shown), on the call, in wrap-up; None for an unknown agent."""
+    acd, clock, _, _ = service()
+    seen: dict[str, tuple] = {}
+
+    def line(tag: str) -> None:
+        whole = next(a for a in acd.snapshot()["agents"] if a["agent_id"] == "7")
+        seen[tag] = (acd.agent_entry("7"), whole)
+
+    line("ready")
+
+    class Rings(AgentAnswers):
+        async def exec(self, application, *args):
+            self.acd.dial_begin(self.uniqueid, "1795351990.2", "PJSIP/agent1-0000002a", self.clock.monotonic())
+            line("ringing")
+            await super().exec(application, *args)
+
+    ch = Rings()
+    ch.acd, ch.clock, ch.ring, ch.during_call = acd, clock, 1.0, lambda: line("on_call")
+    await acd.connect(ch, call_of(ch), reason="caller-asked", skill=None, emergency=False)
+    line("wrap_up")
+    for tag, (alone, whole) in seen.items():
+        assert alone == whole, tag
+    assert seen["ringing"][0]["current_caller"] == "+8613800138000"
+    assert [seen[t][0]["state"] for t in ("ready", "on_call", "wrap_up")] == ["ready", "on_call", "wrap_up"]
+    assert acd.agent_entry("404") is None and acd.agent_entry(7) == acd.agent_entry("7")
+
+
 # ------------------------------------------------------------------------------ the screen-pop card, once
 async def test_the_basic_card_is_the_full_card_without_the_database_parts() -> None:
     zhang = owner()

@@ -84,6 +84,28 @@ async def test_wake_ends_the_wait_and_wait_first_waits_before_the_first_step() -
     await cancel_and_wait(task)
 
 
+async def test_a_wake_during_a_step_is_not_lost_and_min_gap_spaces_woken_steps() -> None:
+    """The wallboard's push is nudged by agents' clicks while it may be building a picture: a nudge
+    that comes during the step runs the next step at once (not an interval later); with ``min_gap``
+    the next step still waits that long after the last."""
+    wake = asyncio.Event()
+    second = asyncio.Event()
+    at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def step() -> None:
+        at.append(loop.time())
+        if len(at) == 1:
+            wake.set()  # a change arrives while this step runs
+        else:
+            second.set()
+
+    task = asyncio.create_task(run_periodically("test-loop", step, 3600.0, wake=wake, min_gap=0.05))
+    await _until(second)  # an hour's interval: only the nudge during the first step can bring the second
+    await cancel_and_wait(task)
+    assert at[1] - at[0] >= 0.04  # asyncio may wake a sleep up to its clock resolution early
+
+
 async def test_cancellation_ends_the_loop_even_inside_a_step() -> None:
     inside = asyncio.Event()
 

@@ -71,6 +71,10 @@ class FakeACD:
             "alerts": self.alerts,
         })
 
+    def agent_entry(self, agent_id: int) -> dict[str, Any] | None:
+        entry = self.agents.get(int(agent_id))
+        return copy.deepcopy(entry) if entry is not None else None
+
     async def agent_action(self, agent_id: int, action: str, reason: str | None) -> None:
         agent = self.agents[agent_id]
         if agent["state"] not in self.LEGAL[action]:

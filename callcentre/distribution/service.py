@@ -65,7 +65,7 @@ from callcentre.domain.queue_log import QueueLogSink
 from callcentre.domain.recordings import CallRecorder
 from callcentre.domain.screen_pop import OwnerLookup, basic_card, full_card
 from callcentre.domain.waiting import CALLBACK_KEY, Waiter, WaitScript, WaitState, interrupt_digit
-from callcentre.domain.wallboard import WallboardSnapshot, wallboard_snapshot
+from callcentre.domain.wallboard import WallboardSnapshot, agent_item, wallboard_snapshot
 from callcentre.tasks import cancel_and_wait
 
 log = structlog.get_logger("callcentre.acd")
@@ -732,6 +732,20 @@ class ACDService(CallListener):
     def snapshot(self) -> dict[str, Any]:
         """The wallboard as JSON-able data (the web layer's ACDControl contract)."""
         return self.wallboard().to_dict()
+
+    def agent_entry(self, agent_id: str | int) -> dict[str, Any] | None:
+        """One agent's line of :meth:`snapshot` (None if unknown), built alone: an agent's click needs
+        its own line, not the whole queue sorted and every agent's figures."""
+        view = self.dist.agent_view(str(agent_id))
+        if view is None:
+            return None
+        caller = None
+        if view.current_call_id:
+            caller = self.dist.caller_of(view.current_call_id)
+            waiter = self.waiters.get(view.current_call_id)
+            if caller is None and waiter is not None:
+                caller = waiter.call.caller_id
+        return agent_item(view, self.dist.clock.now(), caller).to_dict()
 
     def metrics(self) -> dict[str, Any]:
         return self.dist.metrics_snapshot().to_dict()

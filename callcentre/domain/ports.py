@@ -175,6 +175,9 @@ class ACDControl(Protocol):
         abandon_rate, waiting, agents_ready.
         """
 
+    def agent_entry(self, agent_id: int) -> dict[str, Any] | None:
+        """One agent's item of :meth:`snapshot` (None when unknown), without building the whole picture."""
+
     async def agent_action(self, agent_id: int, action: str, reason: str | None) -> None:
         """Change an agent's state; raises ValueError when the change is illegal in the current state."""
 

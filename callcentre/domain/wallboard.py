@@ -12,10 +12,10 @@ from today's :class:`~callcentre.domain.acd_metrics.MetricsSnapshot`), and its t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Mapping, Sequence
 
-from callcentre.domain.acd import AcdSnapshot, AgentState
+from callcentre.domain.acd import AcdSnapshot, AgentState, AgentView
 from callcentre.domain.calls import CallInfo
 
 
@@ -105,6 +105,18 @@ class WallboardSnapshot:
         }
 
 
+def agent_item(a: AgentView, now_wall: datetime, current_caller: str | None) -> AgentItem:
+    """One agent's line of the wallboard (also what an agent's own state change returns)."""
+    return AgentItem(
+        agent_id=a.agent_id, name=a.name, state=a.state.value,
+        reason=a.pause_reason.value if a.pause_reason else None,
+        since=(now_wall - timedelta(seconds=a.seconds_in_state)).timestamp(),
+        current_call_id=a.current_call_id, current_caller=current_caller,
+        busy_elsewhere=a.busy_elsewhere, answered_today=a.answered_today, missed_today=a.missed_today,
+        offers_today=a.offers_today, two_ring_share=a.two_ring_share,
+    )
+
+
 def wallboard_snapshot(
     snap: AcdSnapshot,
     *,
@@ -142,17 +154,7 @@ def wallboard_snapshot(
         w = waiting.get(call_id)
         return w.caller_id if w else None
 
-    agents = tuple(
-        AgentItem(
-            agent_id=a.agent_id, name=a.name, state=a.state.value,
-            reason=a.pause_reason.value if a.pause_reason else None,
-            since=(now_wall - timedelta(seconds=a.seconds_in_state)).timestamp(),
-            current_call_id=a.current_call_id, current_caller=caller_of(a.current_call_id),
-            busy_elsewhere=a.busy_elsewhere, answered_today=a.answered_today, missed_today=a.missed_today,
-            offers_today=a.offers_today, two_ring_share=a.two_ring_share,
-        )
-        for a in snap.agents
-    )
+    agents = tuple(agent_item(a, now_wall, caller_of(a.current_call_id)) for a in snap.agents)
     m = snap.metrics.to_dict()
     figures = Figures(
         two_ring_share_today=m.get("call_two_ring_share"),
@@ -170,4 +172,4 @@ def wallboard_snapshot(
                              tuple(transfers))
 
 
-__all__ = ["AgentItem", "Figures", "QueueItem", "WallboardSnapshot", "wallboard_snapshot"]
+__all__ = ["AgentItem", "Figures", "QueueItem", "WallboardSnapshot", "agent_item", "wallboard_snapshot"]

@@ -24,7 +24,7 @@ import itertools
 from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Callable, Iterable
 
 import structlog
@@ -645,25 +645,37 @@ class Distributor:
             )
             for i, c in enumerate(calls)
         )
-        agents = []
-        for a in sorted(self._agents.values(), key=lambda r: r.seq):
-            st: AgentDayStats = self.metrics.agent_stats(a.agent.agent_id, today)
-            agents.append(
-                AgentView(
-                    a.agent.agent_id,
-                    a.agent.name,
-                    a.state,
-                    a.pause_reason,
-                    round(now_mono - a.since_mono, 3),
-                    a.call_id,
-                    bool(a.elsewhere),
-                    st.answered,
-                    st.missed,
-                    st.offers,
-                    st.two_ring_share,
-                )
-            )
-        return AcdSnapshot(now, queue, tuple(agents), self.metrics_snapshot())
+        agents = tuple(self._view(a, now_mono, today) for a in sorted(self._agents.values(), key=lambda r: r.seq))
+        return AcdSnapshot(now, queue, agents, self.metrics_snapshot())
+
+    def agent_view(self, agent_id: str) -> AgentView | None:
+        """One agent's line of :meth:`snapshot` (None if unknown), without building the whole picture:
+        an agent's own click needs only its line."""
+        rec = self._agents.get(agent_id)
+        if rec is None:
+            return None
+        return self._view(rec, self.clock.monotonic(), self.metrics.local_day(self.clock.now()))
+
+    def caller_of(self, call_id: str) -> str | None:
+        """The caller ID of a call in the queue or on offer (None once it is gone)."""
+        rec = self._calls.get(call_id)
+        return rec.call.caller_id if rec else None
+
+    def _view(self, a: AgentRecord, now_mono: float, today: date) -> AgentView:
+        st: AgentDayStats = self.metrics.agent_stats(a.agent.agent_id, today)
+        return AgentView(
+            a.agent.agent_id,
+            a.agent.name,
+            a.state,
+            a.pause_reason,
+            round(now_mono - a.since_mono, 3),
+            a.call_id,
+            bool(a.elsewhere),
+            st.answered,
+            st.missed,
+            st.offers,
+            st.two_ring_share,
+        )
 
     # ===== internals: lookups =====================================================================
     def _agent(self, agent_id: str) -> AgentRecord:

@@ -60,12 +60,10 @@ class AgentService:
 
     def agent_entry(self, agent_id: int) -> dict[str, Any] | None:
         """One agent's line of the snapshot, None without an ACD or when it does not know the agent."""
-        if self._acd() is None:
+        acd = self._acd()
+        if acd is None:
             return None
-        for a in self.snapshot().get("agents", []):
-            if str(a.get("agent_id")) == str(agent_id):
-                return a
-        return None
+        return acd.agent_entry(agent_id)
 
     def _running(self) -> ACDControl:
         acd = self._acd()

@@ -9,7 +9,7 @@ from aiohttp import web
 from callcentre.domain.users import AgentAction, SuperviseMode
 from callcentre.web.api.common import features, parse_int, read_json, state, user
 from callcentre.web.auth import EVERYONE, SUPERVISORS, roles
-from callcentre.web.hub import WALLBOARD, agent_topic
+from callcentre.web.hub import agent_topic
 from callcentre.web.middleware import ApiError, json_response
 
 _REASON = re.compile(r"^[a-z_]{1,32}$")
@@ -38,9 +38,9 @@ async def agent_state(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_reason", "reason must be a short lower-case word such as break or lunch")
     service = features(request).agents
     after = await service.change_state(user(request), agent_id, action, reason)
-    hub = state(request).hub
-    hub.publish(agent_topic(agent_id), {"type": "state", "agent": after, "server_time": service.server_time()})
-    hub.publish(WALLBOARD, {"type": "snapshot", **service.snapshot()})
+    web_state = state(request)
+    web_state.hub.publish(agent_topic(agent_id), {"type": "state", "agent": after, "server_time": service.server_time()})
+    web_state.nudge_wallboard()  # the live push builds the whole picture, at most every push_min_gap
     return json_response({"agent": after, "server_time": service.server_time()})
 
 
