@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from callcentre.config import Category, Config
+from callcentre.config.schema import Category, Config
 from callcentre.domain import callerid, speech
 from callcentre.domain.calls import CALLBACK_CATEGORY, CallInfo, Outcome, acknowledged, commit_shielded
 from callcentre.domain.menu import MenuAction, menu_action

@@ -25,7 +25,7 @@ from typing import Any, Protocol, Sequence
 
 import structlog
 
-from callcentre.config import ACDConfig
+from callcentre.config.schema import ACDConfig
 from callcentre.domain import speech
 from callcentre.domain.acd import (
     Announce,

@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 import structlog
 
-from callcentre.config import ACDConfig
+from callcentre.config.schema import ACDConfig
 from callcentre.domain.acd.model import (
     OFFER_TRANSITIONS,
     OPEN_OFFER,

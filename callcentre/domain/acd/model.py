@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Iterable, Union
 from zoneinfo import ZoneInfo
 
-from callcentre.config import BusinessHours
+from callcentre.config.schema import BusinessHours
 from callcentre.domain.acd_metrics import Alert, MetricsSnapshot
 from callcentre.domain.patterns import INTERFACE, TOKEN
 
