@@ -85,7 +85,9 @@ class AgentService:
                            reason: str | None) -> dict[str, Any] | None:
         """Change an agent's state (log in, ready, pause, end wrap-up, log out); returns their new line."""
         check_state_change(actor, agent_id, action)
-        if not is_active_agent(await self._users.get(agent_id)):
+        # An agent's own click: the actor was read from the database for this very request.
+        target = actor if actor.id == agent_id else await self._users.get(agent_id)
+        if not is_active_agent(target):
             raise NotAnAgent(f"no active agent {agent_id}")
         acd = self._running()
         before = self.agent_entry(agent_id)
