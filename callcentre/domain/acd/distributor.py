@@ -12,7 +12,7 @@ Who gets which call is :mod:`.selection`'s; agent transitions are :data:`~.model
 transitions :data:`~.model.OFFER_TRANSITIONS` (one log line each, with the call's uniqueid).
 
 Invariant after every public method: no waiting call that is not ringing an agent while an eligible
-agent is READY, and no agent holds two offers.
+agent *of its hotline* is READY (selection's required dimensions), and no agent holds two offers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import structlog
 
@@ -70,6 +70,7 @@ from callcentre.domain.acd.model import (
 )
 from callcentre.domain.acd.selection import AgentSelector
 from callcentre.domain.acd_metrics import AcdMetrics, AgentDayStats, Alert, AlertKind, MetricsSnapshot
+from callcentre.domain.hotlines import NightService
 from callcentre.domain.ports import Clock
 
 log = structlog.get_logger("callcentre.domain.acd")
@@ -84,11 +85,20 @@ _FINISHED_CALLS_KEPT = 10_000
 class Distributor:
     """Owns agent states, the waiting queue and open offers; every method returns decisions."""
 
-    def __init__(self, config: ACDConfig, clock: Clock, timezone: str = "Asia/Shanghai") -> None:
+    def __init__(self, config: ACDConfig, clock: Clock, timezone: str = "Asia/Shanghai",
+                 night: Mapping[str, NightService] | None = None) -> None:
+        """``night``: each hotline's business hours and on-duty phone (domain/hotlines.py); a call that
+        names no hotline, or one not listed, gets ``config.business_hours`` / ``config.on_duty_interface``."""
         self.cfg = config
         self.clock = clock
         self.timezone = timezone
         self.metrics = AcdMetrics(config.rings_target, config.ring_cycle_seconds, timezone)
+        self._night: dict[str, NightService] = dict(night or {})
+        self._default_night = NightService(config.business_hours, config.on_duty_interface)
+        # Per hotline: today's figures, the agents staffed, and the queue's order (positions, waits).
+        self.hotline_metrics: dict[str, AcdMetrics] = {}
+        self._staffed_by: dict[str, int] = {}
+        self._orders: dict[str, list[tuple[int, int]]] = {}
         # Ring times are measured on a steady timeline (wall time at start-up + monotonic seconds), so
         # a wall-clock step (NTP) between DialBegin and DialEnd cannot distort them.
         self._anchor = (clock.now(), clock.monotonic())
@@ -128,6 +138,9 @@ class Distributor:
         was_ready = rec.indexed
         if was_ready:
             self.selector.unindex_agent(rec)
+        if rec.state in STAFFED and agent.hotlines != rec.agent.hotlines:
+            self._count_staffed(rec.agent.hotlines, -1)
+            self._count_staffed(agent.hotlines, +1)
         rec.agent = agent
         self.selector.prepare_agent(rec)
         out: list[Decision] = []
@@ -287,8 +300,12 @@ class Distributor:
         self.selector.prepare_call(rec)
         self._calls[call.call_id] = rec
         insort(self._order, rec.order_key)
+        if call.hotline is not None:
+            insort(self._orders.setdefault(call.hotline, []), rec.order_key)
         self.selector.index_call(rec)
         self.metrics.call_entered(call.call_id, call.entered_at)
+        if (hm := self._hotline_metrics(call.hotline)) is not None:
+            hm.call_entered(call.call_id, call.entered_at)
         clog = log.bind(uniqueid=call.uniqueid, call_id=call.call_id)
         clog.info("caller queued", priority=call.priority_level.name.lower(), skill=call.required_skill)
         if not call.callback:
@@ -297,12 +314,14 @@ class Distributor:
         out: list[Decision] = []
         self._dispatch(out)
         if rec.offer_id is None and not call.callback:
-            if self._staffed == 0:
-                open_now = business_hours_open(self.cfg.business_hours, self.timezone, self.clock.now())
-                if not open_now and call.priority_level is PriorityLevel.EMERGENCY and self.cfg.on_duty_interface:
+            if self._staffed_for(call.hotline) == 0:
+                # Night service, per hotline: nobody staffed who may take this call.
+                night = self._night.get(call.hotline or "", self._default_night)
+                open_now = business_hours_open(night.business_hours, self.timezone, self.clock.now())
+                if not open_now and call.priority_level is PriorityLevel.EMERGENCY and night.on_duty_interface:
                     # Night service for an emergency: the on-duty phone, instead of "we are closed, leave a
                     # message" (the wait script acts on the first decision it gets; it must be this one).
-                    out.append(RingOnDuty(call.call_id, call.uniqueid, self.cfg.on_duty_interface))
+                    out.append(RingOnDuty(call.call_id, call.uniqueid, night.on_duty_interface))
                 else:
                     out.append(NoAgentAvailable(call.call_id, call.uniqueid, "no_agents" if open_now else "closed"))
             else:
@@ -349,10 +368,12 @@ class Distributor:
                 self._agent_offer_cancelled(arec, orec, out)
         waited = max(0.0, self.clock.monotonic() - rec.entered_mono)
         self._remove_call(rec)
-        if reason is WithdrawReason.ABANDONED:
-            self.metrics.call_abandoned(call_id, rec.call.entered_at, at)
-        else:
-            self.metrics.call_deflected(call_id, rec.call.entered_at)
+        hm = self._hotline_metrics(rec.call.hotline)
+        for m in (self.metrics, hm) if hm is not None else (self.metrics,):
+            if reason is WithdrawReason.ABANDONED:
+                m.call_abandoned(call_id, rec.call.entered_at, at)
+            else:
+                m.call_deflected(call_id, rec.call.entered_at)
         log.info(
             "caller left queue",
             uniqueid=rec.call.uniqueid,
@@ -511,6 +532,8 @@ class Distributor:
     def position(self, call_id: str) -> int:
         """1-based place in the queue (calls ringing an agent keep theirs)."""
         rec = self._call(call_id)
+        if rec.call.hotline is not None:  # among the callers of the same hotline
+            return bisect_left(self._orders[rec.call.hotline], rec.order_key) + 1
         return bisect_left(self._order, rec.order_key) + 1
 
     def expected_wait(self, call_id: str) -> float | None:
@@ -521,16 +544,18 @@ class Distributor:
         AHT × ((p − 1) / staffed + 0.5). Zero when an agent is ready now.
         """
         pos = self.position(call_id)
-        if self.selector.ready_count() > 0:
+        rec = self._call(call_id)
+        if self.selector.ready_count_for(rec) > 0:
             return 0.0
-        if self._staffed == 0:
+        staffed = self._staffed_for(rec.call.hotline)
+        if staffed == 0:
             return None
         aht = (
             sum(self._handle_times) / len(self._handle_times)
             if self._handle_times
             else DEFAULT_HANDLE_SECONDS
         )
-        return round(aht * ((pos - 1) / self._staffed + 0.5), 1)
+        return round(aht * ((pos - 1) / staffed + 0.5), 1)
 
     def waiting_count(self) -> int:
         return len(self._calls)
@@ -538,8 +563,26 @@ class Distributor:
     def ready_count(self) -> int:
         return self.selector.ready_count()
 
-    def staffed_count(self) -> int:
-        return self._staffed
+    def staffed_count(self, hotline: str | None = None) -> int:
+        """Agents logged in and not paused (of ``hotline``: who answer it)."""
+        return self._staffed_for(hotline)
+
+    def _staffed_for(self, hotline: str | None) -> int:
+        return self._staffed if hotline is None else self._staffed_by.get(hotline, 0)
+
+    def _count_staffed(self, hotlines: frozenset[str], delta: int) -> None:
+        for h in hotlines:
+            self._staffed_by[h] = self._staffed_by.get(h, 0) + delta
+
+    def _hotline_metrics(self, hotline: str | None) -> AcdMetrics | None:
+        """Today's figures of one hotline (the wallboard's per-hotline tiles); None for a call without one."""
+        if hotline is None:
+            return None
+        m = self.hotline_metrics.get(hotline)
+        if m is None:
+            m = self.hotline_metrics[hotline] = AcdMetrics(self.cfg.rings_target, self.cfg.ring_cycle_seconds,
+                                                           self.timezone)
+        return m
 
     def offer(self, offer_id: str) -> Offer:
         orec = self._offers.get(offer_id)
@@ -547,12 +590,15 @@ class Distributor:
             raise UnknownOffer(f"offer {offer_id} is not open")
         return orec.offer
 
-    def metrics_snapshot(self, day: datetime | None = None) -> MetricsSnapshot:
+    def metrics_snapshot(self, day: datetime | None = None, hotline: str | None = None) -> MetricsSnapshot:
+        """The day's figures (of one hotline's calls when ``hotline`` is given)."""
         now_mono = self.clock.monotonic()
-        d = self.metrics.local_day(day or self.clock.now())
-        today = self.metrics.local_day(self.clock.now())
-        waits = [now_mono - c.entered_mono for c in self._calls.values()] if d == today else []
-        return self.metrics.snapshot(d, waits)
+        metrics = self.metrics if hotline is None else (self._hotline_metrics(hotline) or self.metrics)
+        d = metrics.local_day(day or self.clock.now())
+        today = metrics.local_day(self.clock.now())
+        waits = [now_mono - c.entered_mono for c in self._calls.values()
+                 if hotline is None or c.call.hotline == hotline] if d == today else []
+        return metrics.snapshot(d, waits)
 
     def snapshot(self) -> AcdSnapshot:
         """Queue with positions and waits, agents with state and today's figures (for API/wallboard)."""
@@ -572,6 +618,7 @@ class Distributor:
                 c.call.required_skill,
                 c.call.language,
                 self._offers[c.offer_id].offer.agent_id if c.offer_id else None,
+                c.call.hotline,
             )
             for i, c in enumerate(calls)
         )
@@ -591,9 +638,12 @@ class Distributor:
                     st.missed,
                     st.offers,
                     st.two_ring_share,
+                    tuple(sorted(a.agent.hotlines)),
                 )
             )
-        return AcdSnapshot(now, queue, tuple(agents), self.metrics_snapshot())
+        by_hotline = {h: self.metrics_snapshot(hotline=h)
+                      for h in sorted({*self.hotline_metrics, *self._night, *self._staffed_by})}
+        return AcdSnapshot(now, queue, tuple(agents), self.metrics_snapshot(), by_hotline)
 
     # ===== internals: lookups =====================================================================
     def _agent(self, agent_id: str) -> AgentRecord:
@@ -642,7 +692,10 @@ class Distributor:
     def _set(
         self, rec: AgentRecord, to: AgentState, since_mono: float, pause_reason: PauseReason | None
     ) -> None:
-        self._staffed += int(to in STAFFED) - int(rec.state in STAFFED)
+        delta = int(to in STAFFED) - int(rec.state in STAFFED)
+        self._staffed += delta
+        if delta and rec.agent.hotlines:
+            self._count_staffed(rec.agent.hotlines, delta)
         rec.state = to
         rec.since_mono = since_mono
         rec.pause_reason = pause_reason
@@ -680,6 +733,7 @@ class Distributor:
             caller_display(crec.call),
             crec.call.uniqueid,
             crec.call.callback,
+            crec.call.hotline,
         )
         now_mono = self.clock.monotonic()
         now = self.clock.now()
@@ -694,6 +748,8 @@ class Distributor:
         self._go(arec, "offer_ringing", AgentState.RINGING, f"offer {offer_id}")
         self._schedule(deadline, TimerKind.RING, offer_id, orec.version)
         self.metrics.offer_made(offer_id, arec.agent.agent_id, now)
+        if (hm := self._hotline_metrics(crec.call.hotline)) is not None:
+            hm.offer_made(offer_id, arec.agent.agent_id, now)
         log.info(
             "offer made",
             uniqueid=crec.call.uniqueid,
@@ -759,6 +815,9 @@ class Distributor:
         )
         if alert:
             out.append(alert)
+        if (hm := self._hotline_metrics(offer.hotline)) is not None:  # its alerts are the centre's, above
+            hm.offer_closed(offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, self._steady_of(None), False,
+                            offer.call_id)
         crec = self._calls.get(offer.call_id)
         if crec is not None:
             crec.offer_id = None
@@ -834,6 +893,10 @@ class Distributor:
         alert = self.metrics.call_answered(crec.call.call_id, crec.call.entered_at, self._steady(crec, at), offer.agent_id)
         if alert:
             out.append(alert)
+        if (hm := self._hotline_metrics(crec.call.hotline)) is not None:
+            hm.offer_closed(offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, self._steady_of(at), True,
+                            offer.call_id)
+            hm.call_answered(crec.call.call_id, crec.call.entered_at, self._steady(crec, at), offer.agent_id)
         crec.offer_id = None
         self._remove_call(crec)
         self._remember_finished(crec.call.call_id, None)
@@ -887,6 +950,7 @@ class Distributor:
                 caller_display(crec.call),
                 crec.call.uniqueid,
                 crec.call.callback,
+                crec.call.hotline,
             ),
             OfferState.ANSWERED,
             at,
@@ -901,6 +965,8 @@ class Distributor:
                  transition="late_answer", from_state=state.value, to_state=OfferState.ANSWERED.value,
                  reason="answered after we gave up on it")
         self.metrics.call_answered(call_id, crec.call.entered_at, self._steady(crec, at), agent_id)
+        if (hm := self._hotline_metrics(crec.call.hotline)) is not None:
+            hm.call_answered(call_id, crec.call.entered_at, self._steady(crec, at), agent_id)
         self._go(arec, "late_answer", AgentState.ON_CALL, f"late answer {offer_id}")
         arec.offer_id = offer_id
         arec.call_id = call_id
@@ -917,9 +983,13 @@ class Distributor:
         self.selector.unindex_call(crec)
         del self._calls[crec.call.call_id]
         key = crec.order_key
-        i = bisect_left(self._order, key)
-        if i < len(self._order) and self._order[i] == key:
-            del self._order[i]
+        orders = [self._order]
+        if crec.call.hotline is not None and crec.call.hotline in self._orders:
+            orders.append(self._orders[crec.call.hotline])
+        for order in orders:
+            i = bisect_left(order, key)
+            if i < len(order) and order[i] == key:
+                del order[i]
 
     # ===== internals: dispatch =====================================================================
     def _dispatch(self, out: list[Decision], freed: AgentRecord | None = None) -> None:
@@ -932,13 +1002,12 @@ class Distributor:
             crec = sel.pick_call_for(freed)
             if crec is not None:
                 self._make_offer(crec, freed, out)
+        # With hotlines a call may wait while an agent idles: the agent answers another hotline only.
         while sel.ready_count() and sel.unoffered_count():
-            crec = sel.head_call()
-            arec = sel.pick_agent_for(crec) if crec is not None else None
-            if crec is None or arec is None:  # pragma: no cover - counts and heaps disagree
-                log.error("dispatch found no pair", ready=sel.ready_count(), waiting=sel.unoffered_count())
+            pair = sel.next_pair()
+            if pair is None:
                 return
-            self._make_offer(crec, arec, out)
+            self._make_offer(*pair, out)
 
     def _schedule(self, due: float, kind: TimerKind, ref: str, version: int) -> None:
         heapq.heappush(self._timers, (due, next(self._timer_seq), kind, ref, version))

@@ -10,7 +10,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Union
+from typing import Iterable, Mapping, Union
 from zoneinfo import ZoneInfo
 
 from callcentre.config import BusinessHours
@@ -145,6 +145,9 @@ class Agent:
     languages: frozenset[str] = frozenset()
     vip_capable: bool = False
     senior: bool = False
+    # The hotlines whose calls this agent takes (domain/hotlines.py); a call of a hotline goes only to
+    # its agents. Empty: only calls that name no hotline.
+    hotlines: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.agent_id or len(self.agent_id) > 64 or any(c in self.agent_id for c in "\r\n"):
@@ -154,7 +157,7 @@ class Agent:
                 f"agent {self.agent_id}: interface {self.interface!r} must look like Local/8001@agents,"
                 " SIP/8001 or PJSIP/8001 (no spaces, '&', ',' or '|')"
             )
-        for kind, values in (("skill", self.skills), ("language", self.languages)):
+        for kind, values in (("skill", self.skills), ("language", self.languages), ("hotline", self.hotlines)):
             for v in values:
                 if not TOKEN.match(v):
                     raise ValueError(f"agent {self.agent_id}: {kind} {v!r} must be a lower-case token")
@@ -176,13 +179,15 @@ class WaitingCall:
     caller_name: str = ""
     unit: str = ""
     callback: bool = False
+    # The hotline the caller dialled: only that hotline's agents are offered the call (None: any agent).
+    hotline: str | None = None
 
     def __post_init__(self) -> None:
         if not self.call_id or any(c in self.call_id for c in "\r\n"):
             raise ValueError("call_id must be non-empty without line breaks")
         if self.entered_at.tzinfo is None:
             raise ValueError("entered_at must be timezone-aware")
-        for kind, v in (("language", self.language), ("skill", self.required_skill)):
+        for kind, v in (("language", self.language), ("skill", self.required_skill), ("hotline", self.hotline)):
             if v is not None and not TOKEN.match(v):
                 raise ValueError(f"call {self.call_id}: {kind} {v!r} must be a lower-case token")
 
@@ -199,6 +204,7 @@ class Offer:
     caller_display: str
     uniqueid: str = ""
     callback: bool = False
+    hotline: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +311,7 @@ class QueueEntry:
     required_skill: str | None
     language: str | None
     ringing_agent_id: str | None
+    hotline: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +327,7 @@ class AgentView:
     missed_today: int
     offers_today: int
     two_ring_share: float | None
+    hotlines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +336,8 @@ class AcdSnapshot:
     queue: tuple[QueueEntry, ...]
     agents: tuple[AgentView, ...]
     metrics: MetricsSnapshot
+    # Today's figures per hotline (calls that name one).
+    by_hotline: Mapping[str, MetricsSnapshot] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------
