@@ -32,10 +32,7 @@ _LANGS = ("zh", "en")
 def dialled_number(value: str | None) -> str | None:
     """The DID argument as the dialplan passes it (``FILTER(0-9)`` of ``${EXTEN}``), checked again here:
     anything but an optional ``+`` and 1-32 digits is no number (the caller then gets the default hotline)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not _DID_ARG.match(value):
+    if value is None or not _DID_ARG.match(value):
         return None
     return value.lstrip("+")
 
