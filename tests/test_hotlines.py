@@ -282,8 +282,9 @@ def test_night_service_per_hotline_while_another_is_open() -> None:
     d.add_agent(agent("river1", "riverside"))
     d.login("river1")
     out = d.enqueue(call("l1", "lakeside", PriorityLevel.EMERGENCY))
-    assert NoAgentAvailable("l1", "l1", "closed") in out and RingOnDuty("l1", "l1", "PJSIP/lakeside-duty") in out
+    assert out == [RingOnDuty("l1", "l1", "PJSIP/lakeside-duty")]  # Lakeside's duty phone, not the shared one
     assert offers_in(out) == []  # the riverside agent idles: not lakeside's
+    assert d.enqueue(call("l2", "lakeside")) == [NoAgentAvailable("l2", "l2", "closed")]
     out = d.enqueue(call("r1", "riverside"))
     assert [o.agent_id for o in offers_in(out)] == ["river1"]  # riverside is open (the shared hours: always)
     out = d.enqueue(call("r2", "riverside", PriorityLevel.EMERGENCY))
