@@ -2,17 +2,17 @@
 
 The rules, deterministic and in this order (this module is their one place):
 
-1. **Priority** of the waiting call (:class:`~.model.PriorityLevel`: EMERGENCY > REPEAT > VIP > NORMAL),
-   first come, first served within a level. A call keeps its place while it rings an agent, after a
-   missed offer and when it becomes a call-back request.
 0. **Required dimensions** (:data:`REQUIRED`: the hotline): a call that names a hotline is offered only
    to that hotline's agents, whatever else is true. Everything below happens within them: "any ready
    agent" is any ready agent *of the call's hotline*, and a call whose hotline has nobody ready waits
    while other hotlines' agents idle (the others' callers behind it are served meanwhile).
+1. **Priority** of the waiting call (:class:`~.model.PriorityLevel`: EMERGENCY > REPEAT > VIP > NORMAL),
+   first come, first served within a level. A call keeps its place while it rings an agent, after a
+   missed offer and when it becomes a call-back request.
 2. **Match dimensions** (:data:`DIMENSIONS`, most important first: the caller's language, then the
    IVR skill). A call looks for an agent in tiers, first non-empty wins: every dimension matched,
    then dropping the least important first (language and skill; language only; skill only), then
-   **any ready agent** (a caller never waits while an agent idles). A call without a requirement on
+   **any ready agent** (of its hotline: a caller never waits while such an agent idles). A call without a requirement on
    a dimension matches every agent on it. Language ranks above skill: an agent who speaks the
    caller's language can at least take the request down.
 3. Within the tier, the caller's **previous agent** if READY (``prefer_previous_agent``).
