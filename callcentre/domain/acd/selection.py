@@ -193,6 +193,7 @@ class AgentSelector:
         self._soft_any = (ANY,) * len(dimensions)
         # A call's values of the required dimensions (NONE: it names none) -> where its agents sit.
         self._partitions: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._unoffered: dict[object, int] = {int(lvl): 0 for lvl in PriorityLevel}  # by level
         self._levels_desc = tuple(int(lvl) for lvl in sorted(PriorityLevel, reverse=True))
         self._prefs_by_level: dict[PriorityLevel, tuple[str, ...]] = {
             lvl: tuple(p.name for p in preferences if lvl in p.levels) for lvl in PriorityLevel
@@ -288,6 +289,7 @@ class AgentSelector:
         crec.indexed = True
         crec.token += 1
         self._call_index.add(crec.keys, (crec.seq, crec.call.call_id, crec.token))
+        self._unoffered[crec.keys[0][0]] += 1
 
     def unindex_call(self, crec: CallRecord) -> None:
         """Only a call waiting without an offer is indexed."""
@@ -296,9 +298,11 @@ class AgentSelector:
         crec.indexed = False
         crec.token += 1
         self._call_index.remove(crec.keys)
+        self._unoffered[crec.keys[0][0]] -= 1
 
     def _waiting_at(self, lv: int) -> int:
-        return sum(self._call_index.count((lv, *part, *self._soft_any)) for part in self._partitions)
+        """Calls of this level waiting unoffered, whatever their hotline (kept, not summed per hotline)."""
+        return self._unoffered[lv]
 
     def unoffered_count(self) -> int:
         return sum(self._waiting_at(lv) for lv in self._levels_desc)
