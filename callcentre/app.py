@@ -118,6 +118,7 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     engine = storage_db.create_engine(cfg.database)
     sessions = storage_db.session_factory(engine)
     hotlines = Hotlines.from_config(cfg)
+    _warn_missing_hotline_prompts(cfg, hotlines)
     tickets = SqlTicketStore(sessions, clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix),
                              default_hotline=hotlines.default.id)
     ticket_service = TicketService(sessions, cfg, clock, webhook_urls=tuple(cfg.webhooks.urls))
@@ -160,6 +161,21 @@ def build_services(cfg: Config, clock: Clock) -> Services:
         distribution=distribution, roster=roster, ivr=ivr, running=running, queue_log=queue_log,
         recordings=recordings, recorder=recorder,
     )
+
+
+def _warn_missing_hotline_prompts(cfg: Config, hotlines: Hotlines) -> None:
+    """A hotline's own recordings that are not in prompts.local_dir: a warning (Asterisk, perhaps on
+    another host, is what plays them; a missing one is silence where the estate's name should be)."""
+    if hotlines.implicit:
+        return
+    for h in hotlines:
+        for name in sorted(h.prompts.own):
+            for lang in ("zh", "en"):
+                path = cfg.prompts.local_dir / h.prompts.path(name, lang)
+                if not path.with_suffix(".wav").is_file():
+                    log.warning("hotline prompt missing", hotline=h.id, prompt=f"{h.prompts.path(name, lang)}",
+                                looked_in=str(cfg.prompts.local_dir),
+                                fix="python tools/make_prompts.py (the greeting), or record it")
 
 
 def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
