@@ -5,7 +5,7 @@ Rows made before hotlines belong to the default hotline: the id the server passe
 ``default`` (the implicit hotline of a configuration without ``hotlines:``).
 
 Revision ID: 0006
-Revises: 0004 (the lead re-chains it after the recording helper's 0005)
+Revises: 0005 (written on 0004; re-chained after the recording migration 0005 landed on main)
 Create Date: 2026-12-06
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
