@@ -163,19 +163,22 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     )
 
 
-def _warn_missing_hotline_prompts(cfg: Config, hotlines: Hotlines) -> None:
-    """A hotline's own recordings that are not in prompts.local_dir: a warning (Asterisk, perhaps on
-    another host, is what plays them; a missing one is silence where the estate's name should be)."""
+def _warn_missing_hotline_prompts(cfg: Config, hotlines: Hotlines) -> list[str]:
+    """A hotline's own recordings that are not in prompts.local_dir: a warning each, and the list
+    (Asterisk, perhaps on another host, plays them; a missing one is silence where the estate's name
+    should be)."""
+    missing: list[str] = []
     if hotlines.implicit:
-        return
+        return missing
     for h in hotlines:
         for name in sorted(h.prompts.own):
             for lang in ("zh", "en"):
-                path = cfg.prompts.local_dir / h.prompts.path(name, lang)
-                if not path.with_suffix(".wav").is_file():
-                    log.warning("hotline prompt missing", hotline=h.id, prompt=f"{h.prompts.path(name, lang)}",
-                                looked_in=str(cfg.prompts.local_dir),
+                prompt = h.prompts.path(name, lang)
+                if not (cfg.prompts.local_dir / f"{prompt}.wav").is_file():
+                    missing.append(prompt)
+                    log.warning("hotline prompt missing", hotline=h.id, prompt=prompt, looked_in=str(cfg.prompts.local_dir),
                                 fix="python tools/make_prompts.py (the greeting), or record it")
+    return missing
 
 
 def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
