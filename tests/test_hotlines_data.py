@@ -31,7 +31,7 @@ from callcentre.storage.models import CallRow, TicketRow
 from callcentre.storage.repo import SqlTicketStore
 from callcentre.storage.users_repo import create_user
 from callcentre.web import setup_web
-from conftest import on_postgres, test_database_url
+from tests.conftest import on_postgres, test_database_url
 from test_dialplan_failover import FIRST, Interpreter, Server
 from test_dialplans import EXTENSIONS, read_dialplan
 from test_hotlines import TWO
