@@ -30,6 +30,7 @@ from callcentre.config import Config
 from callcentre.config.loader import environ as config_environ
 from callcentre.distribution import ACDService, AgentRoster
 from callcentre.distribution.recording import MixMonitorRecorder
+from callcentre.distribution.transfers import TransferHistoryWriter
 from callcentre.domain.hotlines import Hotlines, default_hotline_id
 from callcentre.domain.ivr import HotlineRouter
 from callcentre.domain.ports import Clock, SystemClock
@@ -145,7 +146,7 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     queue_log = _queue_log_writer(cfg)
     recordings = RecordingService(cfg, RecordingsRepo(sessions), clock, notifier.publish)
     distribution, roster, recorder = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami,
-                                                         escalation, recordings, queue_log, hotlines)
+                                                         escalation, recordings, ticket_service, queue_log, hotlines)
     # One IVR per hotline; each call to the one of the number it dialled (the dialplan's AGI argument).
     ivr = HotlineRouter(cfg, directory, tickets, clock, distribution, hotlines=hotlines)
     return Services(
@@ -184,7 +185,8 @@ def _warn_missing_hotline_prompts(cfg: Config, hotlines: Hotlines) -> list[str]:
 def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
                         sessions: async_sessionmaker[AsyncSession], desk: DeskRepo, notifier: WallboardNotifier,
                         ami: AMILink | None, escalation: EscalationLoop, recordings: RecordingService,
-                        queue_log: QueueLogWriter | None = None, hotlines: Hotlines | None = None,
+                        ticket_service: TicketService, queue_log: QueueLogWriter | None = None,
+                        hotlines: Hotlines | None = None,
                         ) -> tuple[ACDService | None, AgentRoster | None, MixMonitorRecorder | None]:
     """Our own call distribution, the roster that feeds it its agents, and the recorder of its calls; none
     when acd.enabled is false (the recorder also none unless recording.enabled)."""
@@ -201,6 +203,7 @@ def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, user
         last_call_at=tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
         owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue, queue_log=queue_log, recorder=recorder,
         hotlines=hotlines,
+        transfer_history=TransferHistoryWriter(tickets, ticket_service),
     )
     return acd, roster, recorder
 
@@ -251,7 +254,8 @@ def _webhook_sender(cfg: Config, sessions: async_sessionmaker[AsyncSession], clo
 
 
 def _agi_router(running: Running, ivr: HotlineRouter, survey: SurveyScript) -> Router:
-    """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back."""
+    """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back, and a
+    transferred caller (``transfer``) and the first agent's consultation leg (``consult``)."""
 
     async def callback(channel) -> None:
         try:
@@ -260,7 +264,15 @@ def _agi_router(running: Running, ivr: HotlineRouter, survey: SurveyScript) -> R
         finally:
             await channel.set_result("done")
 
-    routes = {"hotline": ivr.run, "survey": survey.run, "callback": callback}
+    async def transfer(channel) -> None:
+        if running.acd is not None:  # without it CC_RESULT stays unset: the dialplan's fallback queue
+            await running.acd.transfers.caller_script(channel, take_message=ivr.take_message)
+
+    async def consult(channel) -> None:
+        if running.acd is not None:
+            await running.acd.transfers.consult_script(channel)
+
+    routes = {"hotline": ivr.run, "survey": survey.run, "callback": callback, "transfer": transfer, "consult": consult}
 
     def router(env):
         if running.draining and env.script == "hotline":

@@ -18,8 +18,10 @@ from callcentre.domain.acd import (
     Distributor,
     MakeOffer,
     NoAgentAvailable,
+    OnlyFor,
     PriorityLevel,
     RingOnDuty,
+    TargetUnavailable,
     WaitingCall,
     offers_in,
 )
@@ -362,6 +364,67 @@ async def test_the_adapter_queues_the_caller_on_its_hotline_and_the_screen_pop_n
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await acd.stop()
+
+
+def transferred(call_id: str, hotline: str | None, only: OnlyFor) -> WaitingCall:
+    return WaitingCall(call_id, call_id, PHONE, None, "zh", None, PriorityLevel.NORMAL, T0, hotline=hotline, only=only,
+                       offer_prefix="x1-", target_wait_seconds=60)
+
+
+def test_a_transfer_to_a_skill_group_stays_on_the_calls_hotline_unless_nobody_of_it_there_is_staffed() -> None:
+    """docs/transfers.md: a skill group is kept to the call's hotline; widened to the whole group only when
+    none of that hotline's agents of it is staffed; a named agent may be on any hotline; the call keeps
+    its hotline throughout (offers, queue)."""
+    d, clock = dist()
+    for a in (agent("river1", "riverside", skills=("fees",)), agent("lake1", "lakeside", skills=("fees",)),
+              agent("lake2", "lakeside", skills=())):
+        d.add_agent(a)
+    d.login("river1")  # ready longest: first in the group's order if hotlines did not count
+    clock.advance(1)
+    d.login("lake1")
+    out = d.enqueue(transferred("t1", "lakeside", OnlyFor(skill="fees", hotline="lakeside")))
+    [o] = offers_in(out)
+    assert (o.agent_id, o.hotline, o.offer_id) == ("lake1", "lakeside", "t1#x1-1")
+    # lake1 lets it ring out: everyone of the group on the hotline missed it; not widened (a no-answer)
+    out = d.on_ring_timeout(o.offer_id)
+    assert [x.reason for x in out if isinstance(x, TargetUnavailable)] == ["missed"]
+    assert offers_in(out) == [] and d.agent_state("river1").value == "ready"
+
+    # nobody of the group staffed on the call's hotline: the whole group (river1)
+    d, clock = dist()
+    for a in (agent("river1", "riverside", skills=("fees",)), agent("lake1", "lakeside", skills=("fees",)),
+              agent("lake2", "lakeside", skills=())):
+        d.add_agent(a)
+    d.login("river1")
+    d.login("lake2")  # staffed on lakeside, but not of the group
+    out = d.enqueue(transferred("t2", "lakeside", OnlyFor(skill="fees", hotline="lakeside")))
+    [o] = offers_in(out)
+    assert (o.agent_id, o.hotline) == ("river1", "lakeside") and not any(isinstance(x, TargetUnavailable) for x in out)
+    [q] = d.snapshot().queue
+    assert (q.hotline, q.target) == ("lakeside", "skill:fees")  # widened, and still a lakeside call
+
+    # the group's lakeside agent is staffed but busy: the call waits for them while river1 idles
+    d, clock = dist()
+    for a in (agent("river1", "riverside", skills=("fees",)), agent("lake1", "lakeside", skills=("fees",))):
+        d.add_agent(a)
+    d.login("lake1")
+    [busy] = offers_in(d.enqueue(call("l0", "lakeside")))
+    d.on_answered(busy.offer_id)
+    d.login("river1")
+    out = d.enqueue(transferred("t3", "lakeside", OnlyFor(skill="fees", hotline="lakeside")))
+    assert offers_in(out) == [] and not any(isinstance(x, TargetUnavailable) for x in out)
+    [q] = d.snapshot().queue
+    assert (q.hotline, q.target) == ("lakeside", "skill:fees@lakeside")
+
+    # a named agent is an explicit choice: another hotline's agent gets it
+    [o] = offers_in(d.enqueue(transferred("t4", "lakeside", OnlyFor(agent_id="river1"))))
+    assert (o.call_id, o.agent_id, o.hotline) == ("t4", "river1", "lakeside")
+
+    # the fallback to the queue: the caller waits among lakeside's callers, for lakeside's agents only
+    d.on_ring_timeout(o.offer_id)
+    d.retarget("t4", None)
+    assert d.agent_state("river1").value == "ready" and d.position("t4") == 1
+    assert {q.call_id: (q.hotline, q.target) for q in d.snapshot().queue}["t4"] == ("lakeside", None)
 
 
 def test_the_make_offer_carries_its_hotline() -> None:

@@ -553,6 +553,11 @@ class HotlineIVR:
             return await self._take_message(ch, call, reason)
         return outcome
 
+    async def take_message(self, ch: Channel, call: CallInfo, reason: str) -> Outcome:
+        """A voice message that becomes a call-back ticket, for a caller no person could take (a transfer
+        whose target did not answer, with ``transfers.no_answer: message``)."""
+        return await self._take_message(ch, call, reason)
+
     async def _take_message(self, ch: Channel, call: CallInfo, reason: str) -> Outcome:
         """Nobody can answer now (no agent, night, maximum wait): a voice message becomes a ticket."""
         call.path.append("message")
@@ -663,6 +668,12 @@ class HotlineRouter:
 
     async def run(self, ch: Channel) -> Outcome:
         return await self.ivr_for(ch).run(ch)
+
+    async def take_message(self, ch: Channel, call: CallInfo, reason: str) -> Outcome:
+        """A voice message for a caller no person could take (a transfer not answered), by the IVR of the
+        call's own hotline (its prompts, its tickets)."""
+        ivr = self.ivrs.get(call.hotline_id or "") or self.ivrs[self.hotlines.default.id]
+        return await ivr.take_message(ch, call, reason)
 
     async def drain(self) -> None:
         for ivr in self.ivrs.values():

@@ -49,6 +49,7 @@ class QueueItem:
     owner_name: str | None
     unit: str | None  # "building-unit"
     hotline: str | None = None  # the hotline's id (domain/hotlines.py)
+    transfer_target: str | None = None  # a transferred call waiting for its target ("agent:7", "skill:fees")
 
     def to_dict(self) -> dict[str, Any]:
         return _without_empty(_plain(self), "hotline")
@@ -104,6 +105,7 @@ class WallboardSnapshot:
     alerts: tuple[Mapping[str, Any], ...]  # recent alerts, for a wallboard that (re)connects
     overdue: tuple[Mapping[str, Any], ...]  # open tickets past their promise
     hotlines: tuple[Mapping[str, Any], ...] = ()  # every hotline: {id, name: {zh, en}} (the page's filter)
+    transfers: tuple[Mapping[str, Any], ...] = ()  # transfers in progress, then the last few that ended
 
     def to_dict(self) -> dict[str, Any]:
         return _without_empty({
@@ -114,6 +116,7 @@ class WallboardSnapshot:
             "alerts": list(self.alerts),
             "overdue": list(self.overdue),
             "hotlines": [dict(h) for h in self.hotlines],
+            "transfers": list(self.transfers),
         }, "hotlines")
 
 
@@ -126,6 +129,7 @@ def wallboard_snapshot(
     overdue: Sequence[Mapping[str, Any]],
     target_wait_seconds: float,
     hotlines: Sequence[Mapping[str, Any]] = (),
+    transfers: Sequence[Mapping[str, Any]] = (),
 ) -> WallboardSnapshot:
     """``waiting``: callers in the queue by call id (what the IVR learnt); ``callbacks``: call-back
     requests whose caller has hung up; both name the owner on the queue's rows."""
@@ -143,6 +147,7 @@ def wallboard_snapshot(
             owner_name=owner.owner_name if owner else None,
             unit=f"{owner.building}-{owner.unit}" if owner else None,
             hotline=q.hotline or (call.hotline_id if call else None),
+            transfer_target=q.target,
         ))
     callers = {q.call_id: q.caller for q in queue}
 
@@ -180,7 +185,7 @@ def wallboard_snapshot(
         by_hotline=_per_hotline(snap, queue, agents, [h["id"] for h in hotlines]) if len(hotlines) > 1 else {},
     )
     return WallboardSnapshot(now_wall.isoformat(), tuple(queue), agents, figures, tuple(alerts), tuple(overdue),
-                             tuple(hotlines))
+                             tuple(hotlines), tuple(transfers))
 
 
 def _per_hotline(snap: AcdSnapshot, queue: Sequence[QueueItem], agents: Sequence[AgentItem],
