@@ -420,6 +420,15 @@ class HotlineConfig(_Section):
     # Who answers: agents with one of these skills (group tags) or these logins; neither: every agent.
     agent_groups: list[str] = []
     agents: list[str] = []
+    # The queue_log's queuename column for this hotline's calls when there are several (default: its id).
+    queue_log_name: str | None = None
+
+    @field_validator("queue_log_name")
+    @classmethod
+    def _queue_log_name(cls, v: str | None) -> str | None:
+        if v is not None and not _QUEUE_NAME.match(v):
+            raise ValueError("must be 1-80 characters: letters, digits and _ . @ + - (no '|', spaces or line breaks)")
+        return v
 
     @field_validator("id")
     @classmethod
@@ -880,7 +889,20 @@ class Config(_Section):
                 f"queue_log.queue_name {self.queue_log.queue_name!r} is the dialplan's fallback queue "
                 "(acd.fallback_queue): give our calls a name of their own so reports can tell the two apart"
             )
+        for hotline, name in self.queue_log_names().items():
+            if name == self.acd.fallback_queue:
+                raise ValueError(
+                    f"hotline {hotline!r}: its queue_log name {name!r} is the dialplan's fallback queue "
+                    "(acd.fallback_queue): set hotlines[].queue_log_name to a name of its own"
+                )
         return self
+
+    def queue_log_names(self) -> dict[str, str]:
+        """The queue_log's queue name of each hotline's calls: with several hotlines its ``queue_log_name``,
+        else its id; with one (or none configured) none here: every line is ``queue_log.queue_name``'s."""
+        if len(self.hotlines) < 2:
+            return {}
+        return {h.id: h.queue_log_name or h.id for h in self.hotlines}
 
     @model_validator(mode="after")
     def _grace_covers_a_recording(self) -> "Config":

@@ -142,7 +142,7 @@ class ACDService(CallListener):
         qlc = cfg.queue_log
         self.queue_log = QueueLogEmitter(  # facts -> app_queue's queue_log lines (distribution/queue_log.py)
             queue_log, clock, queue=qlc.queue_name, agents=self.dist.agent, positions=self.dist.position,
-            agent_field=qlc.agent_field, caller_name=qlc.log_caller_name,
+            agent_field=qlc.agent_field, caller_name=qlc.log_caller_name, hotline_queues=cfg.queue_log_names(),
         )
         self.transfers = Transfers(self, history=transfer_history,
                                    queue_log=transfer_queue_log or TransferLines(self.queue_log, cfg.transfers.context))
@@ -426,7 +426,8 @@ class ACDService(CallListener):
         assert waiter.queued_as is not None
         decisions = self.dist.enqueue(waiter.queued_as)
         self.queue_log.entered(waiter.uniqueid, caller_number=waiter.call.caller_id_raw,
-                               caller_name=waiter.call.caller_name)
+                               caller_name=waiter.call.caller_name,
+                               queue=self.queue_log.queue_for(waiter.queued_as.hotline))
         self._apply(decisions)
 
     def take_offer(self, waiter: Waiter, offer: Offer) -> bool:
