@@ -31,7 +31,8 @@ from callcentre.config.loader import environ as config_environ
 from callcentre.distribution import ACDService, AgentRoster
 from callcentre.distribution.recording import MixMonitorRecorder
 from callcentre.distribution.transfers import TransferHistoryWriter
-from callcentre.domain.ivr import HotlineIVR
+from callcentre.domain.hotlines import Hotlines, default_hotline_id
+from callcentre.domain.ivr import HotlineRouter
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.queue_log_writer import QueueLogWriter
 from callcentre.service.alerts import WallboardNotifier
@@ -93,7 +94,7 @@ class Services:
     agi: FastAGIServer
     distribution: ACDService | None  # None when acd.enabled is false: callers go to the dialplan's queue
     roster: AgentRoster | None
-    ivr: HotlineIVR
+    ivr: HotlineRouter  # one HotlineIVR per hotline
     running: Running
     queue_log: QueueLogWriter | None = None  # the queue_log file (config queue_log:), None when off
     recordings: RecordingService | None = None  # the rows, retention, the disk, what the pages may play
@@ -117,7 +118,10 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     """Every part, in dependency order; nothing is started and nothing connects."""
     engine = storage_db.create_engine(cfg.database)
     sessions = storage_db.session_factory(engine)
-    tickets = SqlTicketStore(sessions, clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix))
+    hotlines = Hotlines.from_config(cfg)
+    _warn_missing_hotline_prompts(cfg, hotlines)
+    tickets = SqlTicketStore(sessions, clock, cfg.centre.timezone, dict(cfg.tickets.number_prefix),
+                             default_hotline=hotlines.default.id)
     ticket_service = TicketService(sessions, cfg, clock, webhook_urls=tuple(cfg.webhooks.urls))
     users = UsersRepo(sessions, clock)
     desk = desk_repo(sessions, cfg, clock)
@@ -142,8 +146,9 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     queue_log = _queue_log_writer(cfg)
     recordings = RecordingService(cfg, RecordingsRepo(sessions), clock, notifier.publish)
     distribution, roster, recorder = _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami,
-                                                         escalation, recordings, ticket_service, queue_log)
-    ivr = HotlineIVR(cfg, directory, tickets, clock, distribution)
+                                                         escalation, recordings, ticket_service, queue_log, hotlines)
+    # One IVR per hotline; each call to the one of the number it dialled (the dialplan's AGI argument).
+    ivr = HotlineRouter(cfg, directory, tickets, clock, distribution, hotlines=hotlines)
     return Services(
         cfg=cfg, clock=clock, engine=engine, session_factory=sessions, directory=directory, tickets=tickets,
         ticket_service=ticket_service, users=users, desk=desk,
@@ -159,10 +164,29 @@ def build_services(cfg: Config, clock: Clock) -> Services:
     )
 
 
+def _warn_missing_hotline_prompts(cfg: Config, hotlines: Hotlines) -> list[str]:
+    """A hotline's own recordings that are not in prompts.local_dir: a warning each, and the list
+    (Asterisk, perhaps on another host, plays them; a missing one is silence where the estate's name
+    should be)."""
+    missing: list[str] = []
+    if hotlines.implicit:
+        return missing
+    for h in hotlines:
+        for name in sorted(h.prompts.own):
+            for lang in ("zh", "en"):
+                prompt = h.prompts.path(name, lang)
+                if not (cfg.prompts.local_dir / f"{prompt}.wav").is_file():
+                    missing.append(prompt)
+                    log.warning("hotline prompt missing", hotline=h.id, prompt=prompt, looked_in=str(cfg.prompts.local_dir),
+                                fix="python tools/make_prompts.py (the greeting), or record it")
+    return missing
+
+
 def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
                         sessions: async_sessionmaker[AsyncSession], desk: DeskRepo, notifier: WallboardNotifier,
                         ami: AMILink | None, escalation: EscalationLoop, recordings: RecordingService,
                         ticket_service: TicketService, queue_log: QueueLogWriter | None = None,
+                        hotlines: Hotlines | None = None,
                         ) -> tuple[ACDService | None, AgentRoster | None, MixMonitorRecorder | None]:
     """Our own call distribution, the roster that feeds it its agents, and the recorder of its calls; none
     when acd.enabled is false (the recorder also none unless recording.enabled)."""
@@ -178,6 +202,7 @@ def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, user
         cfg, clock, tickets, publish=notifier.publish, persist_history=roster.record_states,
         last_call_at=tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
         owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue, queue_log=queue_log, recorder=recorder,
+        hotlines=hotlines,
         transfer_history=TransferHistoryWriter(tickets, ticket_service),
     )
     return acd, roster, recorder
@@ -228,7 +253,7 @@ def _webhook_sender(cfg: Config, sessions: async_sessionmaker[AsyncSession], clo
     return WebhookSender(sessions, settings, clock)
 
 
-def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript) -> Router:
+def _agi_router(running: Running, ivr: HotlineRouter, survey: SurveyScript) -> Router:
     """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back, and a
     transferred caller (``transfer``) and the first agent's consultation leg (``consult``)."""
 
@@ -283,7 +308,8 @@ def build_app(cfg: Config, *, clock: Clock | None = None, migrate: bool = True, 
 async def _database(app: web.Application, *, migrate: bool) -> AsyncIterator[None]:
     services = app[SERVICES]
     if migrate:
-        await storage_db.upgrade(services.cfg.database.url, progress=lambda msg: log.info("migration", step=msg))
+        await storage_db.upgrade(services.cfg.database.url, progress=lambda msg: log.info("migration", step=msg),
+                                 default_hotline=default_hotline_id(services.cfg))
     yield
     await services.engine.dispose()
 

@@ -103,7 +103,7 @@ def db_upgrade(ctx: click.Context) -> None:
     from callcentre.storage.db import upgrade
 
     try:
-        asyncio.run(upgrade(cfg.database.url, progress=lambda m: click.echo(m, err=True)))
+        asyncio.run(upgrade(cfg.database.url, progress=lambda m: click.echo(m, err=True), default_hotline=_default_hotline(cfg)))
     except Exception as exc:  # report any driver error plainly
         click.echo(f"error: migration failed: {exc}", err=True)
         sys.exit(1)
@@ -129,7 +129,7 @@ def owners_import(ctx: click.Context, csv_file: Path) -> None:
     from callcentre.storage.db import create_engine, session_factory, upgrade
 
     async def run() -> object:
-        await upgrade(cfg.database.url, progress=lambda m: None)
+        await upgrade(cfg.database.url, progress=lambda m: None, default_hotline=_default_hotline(cfg))
         engine = create_engine(cfg.database)
         try:
             return await import_owners(
@@ -212,6 +212,13 @@ def simulate(ami_listen: str, agi_target: str, calls: int, concurrency: int, spe
         sys.exit(130)
 
 
+def _default_hotline(cfg) -> str:
+    """The hotline rows older than hotlines belong to (migration 0006)."""
+    from callcentre.domain.hotlines import default_hotline_id
+
+    return default_hotline_id(cfg)
+
+
 @main.group()
 def user() -> None:
     """Agents, supervisors and administrators who log in to the web pages."""
@@ -243,7 +250,7 @@ def user_add(ctx, login, name, role, interface, skills, languages, senior, super
     password = _password("Password", password_stdin)
 
     async def run():
-        await upgrade(cfg.database.url, progress=None)
+        await upgrade(cfg.database.url, progress=None, default_hotline=_default_hotline(cfg))
         engine = create_engine(cfg.database)
         try:
             return await create_user(
@@ -294,11 +301,24 @@ def report() -> None:
     """Service reports: daily reconciliation and monthly statistics."""
 
 
+def _hotline_option(cfg, hotline: str | None) -> str | None:
+    """--hotline: the id of a configured hotline (a clear error otherwise)."""
+    if hotline is None:
+        return None
+    from callcentre.domain.hotlines import Hotlines
+
+    known = Hotlines.from_config(cfg)
+    if hotline not in known:
+        raise click.BadParameter(f"no hotline {hotline!r} (configured: {', '.join(known.ids)})", param_hint="--hotline")
+    return hotline
+
+
 @report.command("daily")
 @click.option("--date", "day", help="The local date (YYYY-MM-DD); default today.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the CSV here.")
+@click.option("--hotline", help="Only this hotline's tickets and calls (its id in config.yaml); default: all.")
 @click.pass_context
-def report_daily(ctx, day, csv_path) -> None:
+def report_daily(ctx, day, csv_path, hotline) -> None:
     """当日盘点: the day's intake, what is not acknowledged or dispatched, what is past its promise,
     and every call that chose repair or complaint without a ticket."""
     from datetime import date as date_cls
@@ -313,11 +333,12 @@ def report_daily(ctx, day, csv_path) -> None:
         d = date_cls.fromisoformat(day) if day else SystemClock().now().astimezone(ZoneInfo(cfg.centre.timezone)).date()
     except ValueError:
         raise click.BadParameter(f"{day!r} is not YYYY-MM-DD", param_hint="--date") from None
+    hotline = _hotline_option(cfg, hotline)
 
     async def run():
         engine = create_engine(cfg.database)
         try:
-            return await daily_report(session_factory(engine), cfg, d)
+            return await daily_report(session_factory(engine), cfg, d, hotline=hotline)
         finally:
             await engine.dispose()
 
@@ -331,8 +352,9 @@ def report_daily(ctx, day, csv_path) -> None:
 @report.command("monthly")
 @click.option("--month", required=True, help="YYYY-MM")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True)
+@click.option("--hotline", help="Only this hotline's tickets and calls (its id in config.yaml); default: all.")
 @click.pass_context
-def report_monthly(ctx, month, out_dir) -> None:
+def report_monthly(ctx, month, out_dir, hotline) -> None:
     """Monthly statistics by category, department, building and agent, as CSV and SVG charts."""
     import re
 
@@ -343,11 +365,12 @@ def report_monthly(ctx, month, out_dir) -> None:
     m = re.fullmatch(r"(\d{4})-(\d{2})", month)
     if not m or not 1 <= int(m[2]) <= 12:
         raise click.BadParameter(f"{month!r} is not YYYY-MM", param_hint="--month")
+    hotline = _hotline_option(cfg, hotline)
 
     async def run():
         engine = create_engine(cfg.database)
         try:
-            return await monthly_report(session_factory(engine), cfg, int(m[1]), int(m[2]), out_dir)
+            return await monthly_report(session_factory(engine), cfg, int(m[1]), int(m[2]), out_dir, hotline=hotline)
         finally:
             await engine.dispose()
 

@@ -658,3 +658,40 @@ async def test_night_service_leaves_the_queue_for_the_on_duty_phone_exitempty(du
     assert ("exec", "Dial", "PJSIP/duty", "30") in ch.ops
     assert lines.events(ch.uniqueid) == ["ENTERQUEUE", "EXITEMPTY"]
     assert lines.of(E.EXITEMPTY)[0].data == ("1", "1", "0")
+
+
+async def test_with_several_hotlines_each_hotlines_calls_and_members_are_under_its_own_queue_name() -> None:
+    """docs/queue-log.md: several hotlines: a call's lines under its hotline's queue_log_name (default: the
+    hotline's id), an agent's member lines under each hotline they answer; bad names refused when loaded."""
+    from callcentre.domain.hotlines import Hotlines
+
+    hotlines = [
+        {"id": "riverside", "name": {"en": "Riverside"}, "dids": ["4008001001"], "default": True,
+         "agent_groups": ["riverside"], "queue_log_name": "river-hotline"},
+        {"id": "lakeside", "name": {"en": "Lakeside"}, "dids": ["4008002002"], "agent_groups": ["lakeside"]},
+    ]
+    cfg = Config.model_validate({"acd": {"satisfaction_survey": False, "wrapup_seconds": 0},
+                                 "queue_log": {"enabled": True, "queue_name": Q}, "hotlines": hotlines})
+    assert cfg.queue_log_names() == {"riverside": "river-hotline", "lakeside": "lakeside"}
+    clock, lines = FakeClock(), Lines()
+    hl = Hotlines.from_config(cfg)
+    acd = ACDService(cfg, clock, FakeTicketStore(), queue_log=lines, hotlines=hl)
+    acd.load_agents([Agent("1", "Agent One", "a1", "PJSIP/agent1", frozenset({"riverside"})),
+                     Agent("2", "Agent Two", "a2", "PJSIP/agent2", frozenset({"riverside", "lakeside"}))], {}, set())
+    w = World(acd, clock, lines)
+    w.phones = {"PJSIP/agent2": Phone(1, talk=3, ends="agent")}
+    await acd.start()
+    await acd.agent_action("1", "login")
+    await acd.agent_action("2", "login")
+    ch, call = caller(w, 1)
+    call.hotline = hl.get("lakeside")
+    assert await run_call(w, ch, call) is Outcome.DONE  # agent 1 (riverside only) is never rung
+    await acd.stop()
+    assert [(e.agent, e.queue) for e in lines.of(E.ADDMEMBER)] == [
+        ("a1", "river-hotline"), ("a2", "lakeside"), ("a2", "river-hotline")]
+    assert {(e.event.value, e.queue) for e in lines.entries if e.callid == ch.uniqueid} == {
+        ("ENTERQUEUE", "lakeside"), ("CONNECT", "lakeside"), ("COMPLETEAGENT", "lakeside")}
+    with pytest.raises(ValueError, match="fallback queue"):
+        Config.model_validate({"hotlines": [{**hotlines[0], "queue_log_name": "hotline-fallback"}, hotlines[1]]})
+    with pytest.raises(ValueError, match="queue_log_name"):
+        Config.model_validate({"hotlines": [{**hotlines[0], "queue_log_name": "river|line"}, hotlines[1]]})

@@ -429,3 +429,52 @@ async def test_a_token_the_server_does_not_know_leaves_the_caller_to_the_dialpla
     consult = Phone(uniqueid="1.1", channel_name="PJSIP/agent7-0001", args=["99"]).setup(acd, clock)
     await acd.transfers.consult_script(consult)
     assert "CC_RESULT" not in consult.variables and not consult.ops
+
+
+# ------------------------------------------------------------------------------------------------ hotlines
+async def test_a_lakeside_call_transferred_to_a_skill_group_keeps_its_hotline_and_goes_to_lakesides_agents() -> None:
+    """Several hotlines (docs/transfers.md): a skill group stays among the call's hotline's agents; the
+    transferred call keeps its hotline (the queue, the new agent's screen-pop, the wallboard's row)."""
+    from callcentre.domain.hotlines import Hotlines
+
+    clock, ami, published = FakeClock(), FakeAMI(), []
+    cfg = Config.model_validate({
+        "acd": {"satisfaction_survey": False, "wrapup_seconds": 30},
+        "hotlines": [
+            {"id": "riverside", "name": {"zh": "江畔花园", "en": "Riverside Gardens"}, "dids": ["4008001001"],
+             "default": True, "agent_groups": ["riverside"]},
+            {"id": "lakeside", "name": {"zh": "湖畔雅苑", "en": "Lakeside Court"}, "dids": ["4008002002"],
+             "agent_groups": ["lakeside"]},
+        ],
+    })
+    hotlines = Hotlines.from_config(cfg)
+    acd = ACDService(cfg, clock, FakeTicketStore(), publish=lambda t, p: published.append((t, dict(p))),
+                     ami=lambda: ami, hotlines=hotlines)
+    tags = {"7": {"lakeside"}, "8": {"fees", "riverside"}, "9": {"fees", "lakeside"}}
+    acd.load_agents([Agent(n, f"Agent {n}", f"a{n}", f"PJSIP/agent{n}", skills=frozenset(s)) for n, s in tags.items()],
+                    {}, {"7"})
+    await login(acd, "8")  # ready before agent 9: the group's first if the hotline did not count
+    clock.advance(5)
+    ch = caller(acd, clock, {"PJSIP/agent7": "hold"})
+    call = CallInfo(uniqueid=UID, channel=ch.channel_name, caller_id_raw="13800138000", caller_id="+8613800138000",
+                    caller_name="Zhang San", language="zh", path=["4"], hotline=hotlines.get("lakeside"))
+    task = asyncio.create_task(acd.connect(ch, call, reason="caller-asked", skill=None, emergency=False))
+    await until(lambda: asyncio.sleep(0, acd.dist.agent_state("7") is AgentState.ON_CALL), 5, "agent 7 answered")
+    ami.on_redirect = lambda action: ch.release.set()
+    await login(acd, "9")
+    await acd.transfer(UID, "blind", {"skill": "fees"}, actor_agent_id="7", actor_login="a7", supervisor=False)
+    await asyncio.wait_for(task, 5)
+    second = caller(acd, clock, {"PJSIP/agent9": "hold"}, args=[redirect(ami)["Exten"]])
+    script = asyncio.create_task(acd.transfers.caller_script(second))
+    await until(lambda: asyncio.sleep(0, acd.dist.agent_state("9") is AgentState.ON_CALL), 5, "agent 9 answered")
+    assert [op[2] for op in second.ops if op[:2] == ("exec", "Dial")] == ["PJSIP/agent9"]  # never agent 8
+    [pop] = [p for topic, p in published if topic == "agent:9" and p["type"] == "screen_pop"]
+    assert pop["call"]["hotline"]["id"] == "lakeside" and pop["call"]["transfer"]["target"] == "skill:fees"
+    assert acd.transfers.snapshot()[0]["hotline"] == "lakeside"
+    assert acd.wallboard().to_dict()["transfers"][0]["hotline"] == "lakeside"
+    second.release.set()
+    await asyncio.wait_for(script, 5)
+    by = acd.dist.snapshot().by_hotline
+    # one lakeside call (entered once, answered once), the transfer's offer among lakeside's offers
+    assert (by["lakeside"].calls_entered, by["lakeside"].calls_answered, by["lakeside"].offers_answered) == (1, 1, 2)
+    await acd.stop()

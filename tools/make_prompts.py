@@ -10,6 +10,12 @@ itself, and only files whose source or content changed are rendered again.
     python tools/make_prompts.py --only NAME  # just this prompt (both languages, or zh/NAME)
     python tools/make_prompts.py --check      # exit 1 listing missing/stale/orphan files
 
+Several hotlines (config ``hotlines:``): each hotline's own prompts go to
+prompts/<its prompt dir, default hotlines/<id>>/<lang>/<name>.wav: the greeting with the hotline's name
+("您好，<name>物业客户服务中心为您服务。"; ``greeting:`` overrides the text) and any ``prompts.texts``. They
+are read from --config and from the two-estate example (examples/two-estates.yaml), whose WAVs are
+committed. ``--only hotlines/<id>`` renders one hotline's; ``--only NAME`` only the shared NAME.
+
 --check needs neither espeak-ng nor sox, so CI can run it anywhere.
 """
 
@@ -37,6 +43,10 @@ PROMPTS_DIR = ROOT / "prompts"
 CATALOGUE = PROMPTS_DIR / "catalogue.yaml"
 MANIFEST = PROMPTS_DIR / "manifest.json"
 CONFIG = ROOT / "config.yaml"
+# Configurations whose hotlines' own prompts are rendered and committed besides --config's.
+HOTLINE_EXAMPLES = (ROOT / "examples" / "two-estates.yaml",)
+HOTLINE_GREETING = {"zh": "您好，{name}物业客户服务中心为您服务。", "en": "Hello, this is the {name} property service centre, at your service."}
+HOTLINE_DIR_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+){0,3}$")
 
 LANGS = ("zh", "en")
 DEFAULT_CENTRE = {"zh": "物业客户服务中心", "en": "Property Service Centre"}
@@ -70,14 +80,15 @@ class Job:
     text: str
     voice: str
     speed: int
+    dir: str = ""  # a hotline's own prompts: hotlines/<id>
 
     @property
     def key(self) -> str:
-        return f"{self.lang}/{self.name}"
+        return f"{self.dir}/{self.lang}/{self.name}" if self.dir else f"{self.lang}/{self.name}"
 
     @property
     def path(self) -> Path:
-        return PROMPTS_DIR / self.lang / f"{self.name}.wav"
+        return PROMPTS_DIR / self.dir / self.lang / f"{self.name}.wav"
 
     @property
     def source_hash(self) -> str:
@@ -168,6 +179,80 @@ def load_jobs(catalogue: Path, centre: dict[str, str]) -> list[Job]:
     return jobs
 
 
+def _voices() -> dict[str, dict]:
+    data = yaml.safe_load(CATALOGUE.read_text(encoding="utf-8"))
+    return data["voices"]
+
+
+def hotline_jobs(configs: list[Path]) -> list[Job]:
+    """Each hotline's own prompts in these configurations: the greeting with its name, and ``prompts.texts``.
+
+    The same hotline in two files must say the same; a hotline prompt with no text (one a person
+    recorded) is not rendered, and is not an orphan either (see orphans()).
+    """
+    voices = _voices()
+    jobs: dict[str, Job] = {}
+    errors: list[str] = []
+    for path in configs:
+        if not path.exists():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise CatalogueError(f"{path}: not valid YAML: {exc}") from exc
+        hotlines = data.get("hotlines") if isinstance(data, dict) else None
+        if not hotlines:
+            continue
+        if not isinstance(hotlines, list):
+            raise CatalogueError(f"{path}: hotlines must be a list")
+        for i, h in enumerate(hotlines):
+            where = f"{path.name}: hotlines[{i}]"
+            if not isinstance(h, dict) or not isinstance(h.get("id"), str) or not NAME_RE.match(h["id"]):
+                errors.append(f"{where}: needs an id (lower-case letters, digits, '-' and '_')")
+                continue
+            prompts = h.get("prompts") or {}
+            folder = prompts.get("dir") or f"hotlines/{h['id']}"
+            if not HOTLINE_DIR_RE.match(folder):
+                errors.append(f"{where}.prompts.dir: {folder!r} is not a relative folder")
+                continue
+            own = prompts.get("own", ["greeting"])
+            texts = dict(prompts.get("texts") or {})
+            names = h.get("name") or {}
+            if "greeting" in own and "greeting" not in texts:
+                greeting = dict(h.get("greeting") or {})
+                for lang in LANGS:
+                    if lang not in greeting:
+                        name = names.get(lang)
+                        if not name or (lang == "zh" and not CJK_RE.search(name)):
+                            errors.append(f"{where}: the {lang} greeting needs name.{lang}"
+                                          f"{' in Chinese' if lang == 'zh' else ''} (or greeting.{lang})")
+                            continue
+                        greeting[lang] = HOTLINE_GREETING[lang].format(name=name.strip())
+                texts["greeting"] = greeting
+            for pname, entry in texts.items():
+                if not isinstance(pname, str) or not NAME_RE.match(pname):
+                    errors.append(f"{where}.prompts.texts: {pname!r} is not a prompt name")
+                    continue
+                for lang in LANGS:
+                    text = (entry or {}).get(lang) if isinstance(entry, dict) else None
+                    if not isinstance(text, str) or not text.strip():
+                        errors.append(f"{where}: no {lang} text for {pname}")
+                        continue
+                    text = text.strip()
+                    if lang == "zh" and re.search(r"[A-Za-z0-9]", text):
+                        errors.append(f"{where}: {pname}.zh: the pinyin voice misreads ASCII letters/digits: {text!r}")
+                        continue
+                    job = Job(lang, pname, text, voices[lang]["voice"], voices[lang]["speed"], folder)
+                    other = jobs.get(job.key)
+                    if other is not None and other.text != job.text:
+                        errors.append(f"{where}: {job.key} differs from the same hotline's in another file")
+                        continue
+                    jobs[job.key] = job
+    if errors:
+        raise CatalogueError("hotline prompt problems:\n  " + "\n  ".join(errors))
+    return list(jobs.values())
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -227,12 +312,16 @@ def problem(job: Job, manifest: dict[str, dict[str, str]]) -> str | None:
 
 
 def orphans(jobs: list[Job]) -> list[Path]:
+    """Files in the shared language folders that no prompt makes, and rendered hotline prompts (in the
+    manifest) that no configuration asks for any more; a hotline recording a person made is kept."""
     wanted = {job.path for job in jobs}
     found: list[Path] = []
     for lang in LANGS:
         d = PROMPTS_DIR / lang
         if d.is_dir():
             found += [p for p in sorted(d.iterdir()) if p.is_file() and p not in wanted]
+    rendered = {PROMPTS_DIR / f"{key}.wav" for key in load_manifest() if key.count("/") > 1}
+    found += sorted(p for p in rendered if p.exists() and p not in wanted)
     return found
 
 
@@ -284,12 +373,14 @@ def build(jobs: list[Job], only: list[str], force: bool, workers: int) -> int:
             return 2
     manifest = load_manifest()
     if only:
-        known = {job.name for job in jobs} | {job.key for job in jobs}
+        # NAME is a shared prompt (both languages); a hotline's own are hotlines/<id> or their full key.
+        known = {job.name for job in jobs if not job.dir} | {job.key for job in jobs} | {job.dir for job in jobs if job.dir}
         unknown = [o for o in only if o not in known]
         if unknown:
             print(f"error: not in the catalogue: {', '.join(unknown)}", file=sys.stderr)
             return 2
-        selected = [job for job in jobs if job.name in only or job.key in only]
+        selected = [job for job in jobs if (not job.dir and job.name in only) or job.key in only or
+                    (job.dir and job.dir in only)]
     else:
         selected = jobs
     todo = [job for job in selected if force or problem(job, manifest)]
@@ -346,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         jobs = load_jobs(CATALOGUE, centre_names(args.config))
+        jobs += hotline_jobs([args.config, *HOTLINE_EXAMPLES])
     except CatalogueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from datetime import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from callcentre.domain.menu import MenuAction
 from callcentre.domain.patterns import INTERFACE, TOKEN
@@ -349,6 +349,196 @@ class ACDConfig(_Section):
         return self.rings_target * self.ring_cycle_seconds
 
 
+# --- several hotlines (issue 12): one server, one config, many estates -----------------------------
+
+_HOTLINE_ID = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}\Z")
+_DID = re.compile(r"^\+?[0-9][0-9 \-]{0,39}\Z")
+_PROMPT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}\Z")
+_PROMPT_DIR = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+){0,3}\Z")
+_LOGIN = re.compile(r"^[A-Za-z0-9_\-]{1,32}\Z")
+_DIAL_STRING = re.compile(r"^(Local|SIP|PJSIP|IAX2|DAHDI)/[A-Za-z0-9_\-+.@#*]{1,100}\Z")
+HotlineLanguage = Literal["zh", "en"]
+
+
+def did_digits(value: str) -> str:
+    """A DID as the dialplan hands it over: its digits only (``+86 400-800-1001`` -> ``864008001001``)."""
+    return "".join(ch for ch in value if ch.isdigit())
+
+
+class HotlinePrompts(_Section):
+    """A hotline's own recordings: only the prompts that differ; every other prompt is the shared one."""
+
+    # Under prompts.local_dir and prompts.asterisk_path; default hotlines/<id> (files <dir>/<lang>/<name>.wav).
+    dir: str | None = None
+    # The prompt names this hotline has its own recording of (the greeting, with its name, at least).
+    own: list[str] = ["greeting"]
+    # Texts tools/make_prompts.py renders for own prompts other than the greeting (whose text is `greeting`).
+    texts: dict[str, dict[HotlineLanguage, str]] = {}
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str | None) -> str | None:
+        if v is not None and not _PROMPT_DIR.match(v):
+            raise ValueError("a relative folder of letters, digits, '_' and '-' (e.g. hotlines/riverside)")
+        return v
+
+    @field_validator("own")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not _PROMPT_NAME.match(n)]
+        if bad:
+            raise ValueError(f"prompt names are lower-case letters, digits, '_' and '-': {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _texts_for_own(self) -> "HotlinePrompts":
+        stray = sorted(set(self.texts) - set(self.own))
+        if stray:
+            raise ValueError(f"texts: {stray} are not in own (a text is only rendered for an own prompt)")
+        return self
+
+
+class HotlineConfig(_Section):
+    """One estate's hotline: its numbers, its name in the greeting, its menu and prompts, its hours and
+    night service, and the agents who answer it. Everything left out is the top-level setting."""
+
+    id: str
+    # Display names (the wallboard, the screen-pop, the reports; the greeting's text is made from them).
+    name: dict[HotlineLanguage, str]
+    # The numbers callers dial (as the trunk delivers them; compared by their digits).
+    dids: list[str] = []
+    # The hotline of calls on a number no hotline lists (at most one; without one, the first hotline).
+    default: bool = False
+    # The greeting's text per language for tools/make_prompts.py (default: made from the name).
+    greeting: dict[HotlineLanguage, str] = {}
+    prompts: HotlinePrompts = HotlinePrompts()
+    # What differs from the top-level ivr: (menu, categories, language ...); a null removes a menu digit.
+    ivr: dict[str, Any] = {}
+    # Default: acd.business_hours / acd.on_duty_interface.
+    business_hours: BusinessHours | None = None
+    on_duty_interface: str | None = None
+    # Who answers: agents with one of these skills (group tags) or these logins; neither: every agent.
+    agent_groups: list[str] = []
+    agents: list[str] = []
+    # The queue_log's queuename column for this hotline's calls when there are several (default: its id).
+    queue_log_name: str | None = None
+
+    @field_validator("queue_log_name")
+    @classmethod
+    def _queue_log_name(cls, v: str | None) -> str | None:
+        if v is not None and not _QUEUE_NAME.match(v):
+            raise ValueError("must be 1-80 characters: letters, digits and _ . @ + - (no '|', spaces or line breaks)")
+        return v
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _HOTLINE_ID.match(v):
+            raise ValueError("1-32 lower-case letters, digits, '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: dict[str, str]) -> dict[str, str]:
+        v = {lang: text.strip() for lang, text in v.items() if text and text.strip()}
+        if not v:
+            raise ValueError("needs a display name in zh or en (both are best)")
+        if any(len(text) > 64 or any(ch in text for ch in "\r\n\"<>") for text in v.values()):
+            raise ValueError("at most 64 characters, no line breaks, quotes or angle brackets")
+        return v
+
+    @field_validator("dids")
+    @classmethod
+    def _dids(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for did in v:
+            if not isinstance(did, str) or not _DID.match(did) or not 1 <= len(did_digits(did)) <= 32:
+                raise ValueError(f"{did!r} is not a number (digits, an optional leading '+', spaces or '-')")
+            digits = did_digits(did)
+            if digits in out:
+                raise ValueError(f"{did!r} is listed twice")
+            out.append(digits)
+        return out
+
+    @field_validator("agent_groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        bad = [g for g in v if not re.fullmatch(r"[a-z0-9_\-]{1,32}", g)]
+        if bad:
+            raise ValueError(f"group tags are agent skills (lower-case letters, digits, '_' and '-'): {bad}")
+        return v
+
+    @field_validator("agents")
+    @classmethod
+    def _logins(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if not _LOGIN.match(a)]
+        if bad:
+            raise ValueError(f"agent logins are 1-32 letters, digits, '_' or '-': {bad}")
+        return v
+
+    @field_validator("on_duty_interface")
+    @classmethod
+    def _on_duty(cls, v: str | None) -> str | None:
+        if v is not None and not _DIAL_STRING.match(v):
+            raise ValueError("must look like PJSIP/duty-phone, SIP/duty or Local/8000@duty")
+        return v
+
+    @property
+    def prompt_dir(self) -> str:
+        return self.prompts.dir or f"hotlines/{self.id}"
+
+
+def _merge_over(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, dicts merged key by key; a None removes the key (a menu digit)."""
+    out = dict(base)
+    for k, v in over.items():
+        k = str(k)  # YAML reads an unquoted menu digit 1 as a number
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge_over(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def hotline_ivr(base: IVRConfig, overrides: dict[str, Any]) -> IVRConfig:
+    """A hotline's IVR: the top-level ``ivr:`` with what the hotline overrides (raises ValueError)."""
+    if not overrides:
+        return base
+    try:
+        return IVRConfig.model_validate(_merge_over(base.model_dump(), overrides))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'ivr'}: "
+            f"{'unknown key (check the spelling)' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
+        raise ValueError(problems) from None
+
+
+def check_hotlines(hotlines: list[HotlineConfig], ivr: IVRConfig | None) -> None:
+    """What no one hotline can check alone: ids and DIDs unique, one default at most, each merged IVR valid."""
+    seen: dict[str, str] = {}
+    claimed: dict[str, str] = {}
+    for i, h in enumerate(hotlines):
+        if h.id in seen:
+            raise ValueError(f"hotlines[{i}].id: {h.id!r} is used twice")
+        seen[h.id] = h.id
+        for did in h.dids:
+            if did in claimed:
+                raise ValueError(f"hotlines[{i}].dids: {did} is claimed by both {claimed[did]!r} and {h.id!r}")
+            claimed[did] = h.id
+        if ivr is not None:
+            try:
+                hotline_ivr(ivr, h.ivr)
+            except ValueError as exc:
+                raise ValueError(f"hotlines[{i}] ({h.id}).ivr: {exc}") from None
+    defaults = [h.id for h in hotlines if h.default]
+    if len(defaults) > 1:
+        raise ValueError(f"hotlines: only one may be the default for unknown numbers (now: {', '.join(defaults)})")
+
+
 # --- the service loop: departments, call-backs, repeats, reconciliation --------------------------
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -680,9 +870,17 @@ class Config(_Section):
     recording: RecordingConfig = RecordingConfig()
     logging: LoggingConfig = LoggingConfig()
     queue_log: QueueLogConfig = QueueLogConfig()
+    # Several hotlines (estates) in one server; none: one hotline made of the top-level keys.
+    hotlines: list[HotlineConfig] = []
     transfers: TransfersConfig = TransfersConfig()
     # The environment the configuration was loaded from (secrets are read from it).
     _environ: dict[str, str] | None = PrivateAttr(default=None)
+
+    @field_validator("hotlines")
+    @classmethod
+    def _hotlines(cls, v: list[HotlineConfig], info: ValidationInfo) -> list[HotlineConfig]:
+        check_hotlines(v, info.data.get("ivr"))
+        return v
 
     @model_validator(mode="after")
     def _queue_log_apart_from_the_fallback_queue(self) -> "Config":
@@ -691,7 +889,20 @@ class Config(_Section):
                 f"queue_log.queue_name {self.queue_log.queue_name!r} is the dialplan's fallback queue "
                 "(acd.fallback_queue): give our calls a name of their own so reports can tell the two apart"
             )
+        for hotline, name in self.queue_log_names().items():
+            if name == self.acd.fallback_queue:
+                raise ValueError(
+                    f"hotline {hotline!r}: its queue_log name {name!r} is the dialplan's fallback queue "
+                    "(acd.fallback_queue): set hotlines[].queue_log_name to a name of its own"
+                )
         return self
+
+    def queue_log_names(self) -> dict[str, str]:
+        """The queue_log's queue name of each hotline's calls: with several hotlines its ``queue_log_name``,
+        else its id; with one (or none configured) none here: every line is ``queue_log.queue_name``'s."""
+        if len(self.hotlines) < 2:
+            return {}
+        return {h.id: h.queue_log_name or h.id for h in self.hotlines}
 
     @model_validator(mode="after")
     def _grace_covers_a_recording(self) -> "Config":

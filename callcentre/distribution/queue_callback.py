@@ -170,7 +170,7 @@ class QueueCallback:
             return
         interface = self.cfg.centre.outbound_template.format(number=req.number)
         try:
-            await ch.play([f"{req.call.language}/please-wait"])
+            await ch.play([req.call.prompt("please-wait")])
             await ch.exec("Dial", interface, "40")
             status = await ch.get_variable("DIALSTATUS")
             if status == "ANSWER":

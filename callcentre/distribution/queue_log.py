@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import structlog
 
@@ -167,10 +167,13 @@ class QueueLogEmitter:
         agent_field: AgentField = "login",
         caller_name: bool = False,
         complete_grace_seconds: float = 2.0,
+        hotline_queues: Mapping[str, str] | None = None,
     ) -> None:
         self._sink = sink
         self.clock = clock
         self.queue = queue
+        # Several hotlines: hotline id -> its queue name (Config.queue_log_names); empty: one queue for all.
+        self.hotline_queues = dict(hotline_queues or {})
         self._agents = agents
         self._positions = positions
         self.agent_field: AgentField = agent_field
@@ -199,6 +202,18 @@ class QueueLogEmitter:
         if self._agents is None:
             return agent_id
         return str(getattr(self._agents(agent_id), self.agent_field))
+
+    def queue_for(self, hotline: str | None) -> str:
+        """The queue name of a call of this hotline (``queue`` for a call of none, or with one hotline)."""
+        return self.hotline_queues.get(hotline, self.queue) if hotline else self.queue
+
+    def _member_queues(self, agent_id: str) -> list[str]:
+        """The queues an agent is a member of, as app_queue writes one member line per queue: each
+        hotline the agent answers (several hotlines), else the one queue."""
+        if not self.hotline_queues or self._agents is None:
+            return [self.queue]
+        hotlines = getattr(self._agents(agent_id), "hotlines", ())
+        return sorted({self.hotline_queues[h] for h in hotlines if h in self.hotline_queues}) or [self.queue]
 
     def _position_now(self, call: _Call) -> int:
         """The caller's position now (app_queue writes the position when leaving); the original one when
@@ -230,9 +245,10 @@ class QueueLogEmitter:
                 continue
             name = self._agent(view.agent_id)
             paused = view.state is AgentState.PAUSED
-            self._write(ql.add_member(now, self.queue, name, paused=paused))
-            if paused:
-                self._write(ql.pause(now, self.queue, name, reason=pause_reason_text(view.pause_reason)))
+            for queue in self._member_queues(view.agent_id):
+                self._write(ql.add_member(now, queue, name, paused=paused))
+                if paused:
+                    self._write(ql.pause(now, queue, name, reason=pause_reason_text(view.pause_reason)))
 
     @_fact
     def agents_changed(self, changes: Sequence[StateChange]) -> None:
@@ -240,19 +256,24 @@ class QueueLogEmitter:
         if not self._started:
             return
         for c in changes:
+            queues = self._member_queues(c.agent_id)
             if c.event == "login":
                 name = self._agent(c.agent_id)
                 paused = c.to_state is AgentState.PAUSED
-                self._write(ql.add_member(c.at, self.queue, name, paused=paused))
-                if paused:
-                    self._write(ql.pause(c.at, self.queue, name, reason=pause_reason_text(c.reason)))
+                for queue in queues:
+                    self._write(ql.add_member(c.at, queue, name, paused=paused))
+                    if paused:
+                        self._write(ql.pause(c.at, queue, name, reason=pause_reason_text(c.reason)))
             elif c.event == "logout":
-                self._write(ql.remove_member(c.at, self.queue, self._agent(c.agent_id)))
+                for queue in queues:
+                    self._write(ql.remove_member(c.at, queue, self._agent(c.agent_id)))
             elif c.to_state is AgentState.PAUSED:
                 reason = AUTO_PAUSE if c.event == "offer_missed" else pause_reason_text(c.reason)
-                self._write(ql.pause(c.at, self.queue, self._agent(c.agent_id), reason=reason))
+                for queue in queues:
+                    self._write(ql.pause(c.at, queue, self._agent(c.agent_id), reason=reason))
             elif c.from_state is AgentState.PAUSED:
-                self._write(ql.unpause(c.at, self.queue, self._agent(c.agent_id)))
+                for queue in queues:
+                    self._write(ql.unpause(c.at, queue, self._agent(c.agent_id)))
 
     @_fact
     def tick(self) -> None:

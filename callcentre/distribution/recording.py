@@ -89,7 +89,7 @@ class MixMonitorRecorder:
     async def announce(self, ch: Channel, call: CallInfo) -> None:
         if not self.rc.announcement.to_caller:
             return
-        await ch.play([f"{call.language}/{ANNOUNCEMENT}"])
+        await ch.play([call.prompt(ANNOUNCEMENT)])  # the hotline's own recording of it, else the shared one
         call.path.append("rec-notice")
 
     async def start(self, waiter: Waiter, offer: Offer) -> ActiveRecording:

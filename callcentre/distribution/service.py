@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -58,6 +59,7 @@ from callcentre.domain.acd import (
 )
 from callcentre.domain.acd_metrics import within_rings
 from callcentre.domain.calls import CallInfo, Outcome
+from callcentre.domain.hotlines import Hotlines
 from callcentre.domain.model import Ticket
 from callcentre.domain.patterns import CHANNEL_NAME, is_token
 from callcentre.domain.ports import Channel, Clock, StorageUnavailable, TicketStore
@@ -94,6 +96,7 @@ class ACDService(CallListener):
         overdue: Callable[[], list[dict[str, Any]]] | None = None,
         queue_log: QueueLogSink | None = None,
         recorder: CallRecorder | None = None,
+        hotlines: Hotlines | None = None,
         transfer_history: TransferHistory | None = None,
         transfer_queue_log: TransferQueueLog | None = None,
     ) -> None:
@@ -107,7 +110,12 @@ class ACDService(CallListener):
         self.cfg = cfg
         self.clock = clock
         self.tickets = tickets
-        self.dist = Distributor(cfg.acd, clock, timezone=cfg.centre.timezone)
+        # Several hotlines: each agent answers some (group tags), each hotline has its night service.
+        # Without `hotlines:` in the configuration nothing is partitioned: as before hotlines existed.
+        self.hotlines = hotlines or Hotlines.from_config(cfg)
+        self._by_hotline = not self.hotlines.implicit
+        self.dist = Distributor(cfg.acd, clock, timezone=cfg.centre.timezone,
+                                night=self.hotlines.night_services() if self._by_hotline else None)
         self.publish: Publish = publish or (lambda topic, payload: None)
         self.persist_history = persist_history
         self.last_call_at = last_call_at
@@ -134,7 +142,7 @@ class ACDService(CallListener):
         qlc = cfg.queue_log
         self.queue_log = QueueLogEmitter(  # facts -> app_queue's queue_log lines (distribution/queue_log.py)
             queue_log, clock, queue=qlc.queue_name, agents=self.dist.agent, positions=self.dist.position,
-            agent_field=qlc.agent_field, caller_name=qlc.log_caller_name,
+            agent_field=qlc.agent_field, caller_name=qlc.log_caller_name, hotline_queues=cfg.queue_log_names(),
         )
         self.transfers = Transfers(self, history=transfer_history,
                                    queue_log=transfer_queue_log or TransferLines(self.queue_log, cfg.transfers.context))
@@ -156,6 +164,7 @@ class ACDService(CallListener):
         still busy on a live call.
         """
         for agent in agents:
+            agent = self._answering(agent)
             self.dist.add_agent(agent)
             self._agent_by_interface[agent.interface] = agent.agent_id
             last = last_states.get(agent.agent_id)
@@ -182,6 +191,7 @@ class ACDService(CallListener):
     def sync_agents(self, agents: list[Agent]) -> None:
         """Add agents created since start-up and apply changed phones, skills or languages."""
         for agent in agents:
+            agent = self._answering(agent)
             try:
                 current = self.dist.agent(agent.agent_id)
             except AcdError:
@@ -194,6 +204,13 @@ class ACDService(CallListener):
                 self._agent_by_interface[agent.interface] = agent.agent_id
                 self._apply(self.dist.update_agent(agent))
                 log.info("agent updated", agent=agent.agent_id, login=agent.login)
+
+    def _answering(self, agent: Agent) -> Agent:
+        """The agent with the hotlines they answer (their login and skills against each hotline's agent
+        groups), unless the caller already said."""
+        if agent.hotlines or not self._by_hotline:
+            return agent
+        return replace(agent, hotlines=self.hotlines.for_agent(agent.login, agent.skills))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -390,12 +407,18 @@ class ACDService(CallListener):
             previous_agent_id=self._previous_agent.get(key) if key and self.cfg.acd.prefer_previous_agent else None,
             caller_name=(owner.owner_name if owner else call.caller_name) or "",
             unit=f"{owner.building}-{owner.unit}" if owner else "",
+            # offered to its hotline's agents only
+            hotline=self.call_hotline(call),
         )
         waiter = Waiter(ch=ch, call=call, entered_mono=self.clock.monotonic(), queued_as=wc)
         self.waiters[wc.call_id] = waiter
         waiter.log.info("caller waiting for an agent", level=level.name, skill=wc.required_skill, reason=reason,
-                        agents_ready=self.dist.ready_count())
+                        agents_ready=self.dist.ready_count(), hotline=wc.hotline)
         return await WaitScript(waiter, self, self.cfg.acd, self.clock, self.tickets, self.recorder).run()
+
+    def call_hotline(self, call: CallInfo) -> str | None:
+        """The hotline a call is distributed within (None: any agent; so always with one hotline)."""
+        return call.hotline_id if self._by_hotline and is_token(call.hotline_id) else None
 
     # ------------------------------------------------------------------ WaitingRoom (the wait script's port)
 
@@ -403,7 +426,8 @@ class ACDService(CallListener):
         assert waiter.queued_as is not None
         decisions = self.dist.enqueue(waiter.queued_as)
         self.queue_log.entered(waiter.uniqueid, caller_number=waiter.call.caller_id_raw,
-                               caller_name=waiter.call.caller_name)
+                               caller_name=waiter.call.caller_name,
+                               queue=self.queue_log.queue_for(waiter.queued_as.hotline))
         self._apply(decisions)
 
     def take_offer(self, waiter: Waiter, offer: Offer) -> bool:
@@ -726,6 +750,7 @@ class ACDService(CallListener):
             alerts=list(self.alerts),
             overdue=self._overdue(),
             target_wait_seconds=self.cfg.acd.ring_timeout_seconds,
+            hotlines=self.hotlines.cards(),
             transfers=self.transfers.snapshot(),
         )
 

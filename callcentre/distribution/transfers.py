@@ -114,6 +114,9 @@ class TransferRoom(Protocol):
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None: ...
 
+    def call_hotline(self, call: CallInfo) -> str | None:
+        """The hotline the call is distributed within (None: any agent)."""
+
 
 class TransferHistory(Protocol):
     """Where a finished transfer is kept: a history row on each ticket of the call and a step of the
@@ -269,11 +272,14 @@ class Transfers:
         dist = self._room.dist
         return [dist.agent(v.agent_id) for v in dist.snapshot().agents]
 
-    def _only_for(self, target: TransferTarget) -> OnlyFor | None:
+    def _only_for(self, target: TransferTarget, hotline: str | None = None) -> OnlyFor | None:
+        """Who may take the transferred call. A named agent or a department is the transferring agent's
+        explicit choice and may cross hotlines; a skill group stays among the call's ``hotline``'s agents
+        (the distributor widens it to the whole group when none of them is staffed: docs/transfers.md)."""
         if target.kind is TargetKind.AGENT:
             return OnlyFor(agent_id=target.code)
         if target.kind is TargetKind.SKILL:
-            return OnlyFor(skill=target.code)
+            return OnlyFor(skill=target.code, hotline=hotline)
         dept = self._departments().get(target.code)
         if dept is not None and not dept.transfer_interfaces and dept.transfer_skill:
             return OnlyFor(skill=dept.transfer_skill)
@@ -328,7 +334,7 @@ class Transfers:
                      from_agent_name=from_name, token=self._new_token(), created_at=self._now(), by=actor_login,
                      caller_channel=conn.call.channel, agent_channel=leg[0] if leg else None,
                      consult_token=self._new_token() if leg else None, first_offer_id=conn.offer_id,
-                     consult_uniqueid=leg[1] if leg else None)
+                     consult_uniqueid=leg[1] if leg else None, hotline=conn.call.hotline_id)
         h = _Handover(t, conn.call, conn.level, self._room.clock.monotonic() + tc.arrive_seconds)
         self._open[uniqueid] = h
         self._tokens[t.token] = h
@@ -683,8 +689,9 @@ class Transfers:
             priority_level=h.level, entered_at=self._now(), previous_agent_id=None,
             caller_name=(owner.owner_name if owner else call.caller_name) or "",
             unit=f"{owner.building}-{owner.unit}" if owner else "",
-            only=self._only_for(t.target) if to_target else only,
+            only=self._only_for(t.target, self._room.call_hotline(call)) if to_target else only,
             offer_prefix=prefix, target_wait_seconds=self.cfg.transfers.target_wait_seconds,
+            hotline=self._room.call_hotline(call),  # the call keeps its hotline (queue fallback, figures)
         )
 
     async def _blind(self, ch: Channel, h: _Handover) -> Outcome:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from callcentre.domain.hotlines import SHARED_PROMPTS, Hotline
 from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind
 from callcentre.domain.ports import StorageUnavailable, TicketStore
 
@@ -45,6 +46,18 @@ class CallInfo:
     recording: str | None = None  # the file of the recording in progress or last made
     # This call's logger (bound with uniqueid, channel, caller): never shared between calls.
     log: Any = field(default=None, repr=False)
+    # The hotline the caller dialled (domain/hotlines.py); None only for calls made up in tests.
+    hotline: Hotline | None = field(default=None, repr=False)
+
+    @property
+    def hotline_id(self) -> str | None:
+        return self.hotline.id if self.hotline is not None else None
+
+    def prompt(self, name: str) -> str:
+        """A prompt for the Channel port: ``name`` in the caller's language (``lang/name`` keeps its
+        language), from the hotline's own recordings where it has one, else the shared set."""
+        prompts = self.hotline.prompts if self.hotline is not None else SHARED_PROMPTS
+        return prompts.resolve(name, self.language)
 
     @property
     def ivr_path(self) -> str:
@@ -76,6 +89,7 @@ class CallInfo:
             ivr_path=self.ivr_path,
             channel=self.channel,
             source=source,
+            hotline=self.hotline_id,
         )
 
 

@@ -30,6 +30,7 @@ import structlog
 from callcentre.config.schema import Category, Config
 from callcentre.domain import callerid, speech
 from callcentre.domain.calls import CALLBACK_CATEGORY, CallInfo, Outcome, acknowledged, commit_shielded
+from callcentre.domain.hotlines import Hotline, Hotlines
 from callcentre.domain.menu import MenuAction, menu_action
 from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind, TicketStatus
 from callcentre.domain.ports import (
@@ -81,9 +82,12 @@ class HotlineIVR:
         tickets: TicketStore,
         clock: Clock,
         connector: AgentConnector | None = None,
+        hotline: Hotline | None = None,
     ) -> None:
         self.cfg = cfg
-        self.ivr = cfg.ivr
+        # One IVR per hotline (HotlineRouter picks it by the number dialled): its menu, prompts and name.
+        self.hotline = hotline or Hotlines.from_config(cfg).default
+        self.ivr = self.hotline.ivr
         self.directory = directory
         self.tickets = tickets
         self.clock = clock
@@ -110,9 +114,10 @@ class HotlineIVR:
             ),
             caller_name=callerid.safe_display_name(ch.caller_name or ""),
             language=self.ivr.default_language,
+            hotline=self.hotline,
         )
         log = structlog.get_logger("callcentre.ivr").bind(
-            uniqueid=ch.uniqueid, channel=ch.channel_name, caller=call.caller_id or "withheld"
+            uniqueid=ch.uniqueid, channel=ch.channel_name, caller=call.caller_id or "withheld", hotline=self.hotline.id
         )
         call.log = log
         outcome: Outcome | None = None
@@ -158,6 +163,7 @@ class HotlineIVR:
                 "caller_id": call.caller_id,
                 "owner_id": call.owner.owner_id if call.owner else None,
                 "started_at": self.clock.now(),
+                "hotline": call.hotline_id,
             },
         )
         langs = {m.language for m in call.matches if m.language}
@@ -203,8 +209,9 @@ class HotlineIVR:
     # ------------------------------------------------------------------ prompts
 
     def _p(self, call: CallInfo, names: Sequence[str]) -> list[str]:
-        """Prefix the caller's language; a name that already names its language is kept."""
-        return [n if "/" in n else f"{call.language}/{n}" for n in names]
+        """Prefix the caller's language (a name that already names its language keeps it), from the
+        hotline's own recordings where it has one (domain/hotlines.py)."""
+        return [call.prompt(n) for n in names]
 
     async def _say(self, ch: Channel, call: CallInfo, names: Sequence[str]) -> None:
         await ch.play(self._p(call, names))
@@ -624,12 +631,56 @@ def required_prompts(cfg: Config) -> set[str]:
         "call-recorded",
     }
     names |= {f"status-{s.value}" for s in TicketStatus}
-    names |= {menu_action(a).prompt for a in cfg.ivr.menu.values()}
     names |= {_press(d) for d in "0123456789*#"}
-    for cats in (cfg.ivr.repair_categories, cfg.ivr.complaint_categories, cfg.ivr.emergency_categories):
-        names |= {c.prompt for c in cats.values()}
+    for ivr in {id(h.ivr): h.ivr for h in Hotlines.from_config(cfg)}.values():  # every hotline's menu
+        names |= {menu_action(a).prompt for a in ivr.menu.values()}
+        for cats in (ivr.repair_categories, ivr.complaint_categories, ivr.emergency_categories):
+            names |= {c.prompt for c in cats.values()}
     names |= set(speech.ALL_PROMPTS)
     return names
 
 
-__all__ = ["HotlineIVR", "AgentConnector", "DialplanQueueConnector", "CallInfo", "Outcome", "required_prompts", "RESULT_VARIABLE"]
+class HotlineRouter:
+    """Several hotlines in one server: one :class:`HotlineIVR` per hotline, and each call to the IVR of the
+    number the caller dialled (the ``hotline`` script's argument, the DID; domain/hotlines.py). With one
+    hotline (no ``hotlines:`` in the configuration) every call goes to it, as before."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        directory: Directory,
+        tickets: TicketStore,
+        clock: Clock,
+        connector: AgentConnector | None = None,
+        hotlines: Hotlines | None = None,
+    ) -> None:
+        self.hotlines = hotlines or Hotlines.from_config(cfg)
+        self.ivrs = {h.id: HotlineIVR(cfg, directory, tickets, clock, connector, hotline=h) for h in self.hotlines}
+
+    def ivr_for(self, ch: Channel) -> HotlineIVR:
+        did = ch.args[0] if ch.args else None
+        hotline, listed = self.hotlines.for_did(did)
+        if did and not listed and not self.hotlines.implicit:
+            structlog.get_logger("callcentre.ivr").warning(
+                "number not listed by any hotline; the default hotline answers", uniqueid=ch.uniqueid,
+                did=did if len(did) <= 40 else did[:40] + "...", hotline=hotline.id)
+        return self.ivrs[hotline.id]
+
+    async def run(self, ch: Channel) -> Outcome:
+        return await self.ivr_for(ch).run(ch)
+
+    async def take_message(self, ch: Channel, call: CallInfo, reason: str) -> Outcome:
+        """A voice message for a caller no person could take (a transfer not answered), by the IVR of the
+        call's own hotline (its prompts, its tickets)."""
+        ivr = self.ivrs.get(call.hotline_id or "") or self.ivrs[self.hotlines.default.id]
+        return await ivr.take_message(ch, call, reason)
+
+    async def drain(self) -> None:
+        for ivr in self.ivrs.values():
+            await ivr.drain()
+
+
+__all__ = [
+    "HotlineIVR", "HotlineRouter", "AgentConnector", "DialplanQueueConnector", "CallInfo", "Outcome", "required_prompts",
+    "RESULT_VARIABLE",
+]

@@ -70,6 +70,8 @@ class TicketDraft:
     description: str | None = None
     # Why a ticket is made: "ivr", "agent", "fallback", "voicemail"…
     source: str = "ivr"
+    # The hotline the call came in on (domain/hotlines.py); None: the configuration's default hotline.
+    hotline: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +94,4 @@ class Ticket:
     promised_by: datetime | None
     description: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    hotline: str | None = None

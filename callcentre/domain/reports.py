@@ -41,6 +41,7 @@ class TicketRow:
     satisfaction: int | None = None  # 1–5 from the call-back survey
     call_uniqueid: str | None = None
     call_linkedid: str | None = None
+    hotline: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class CallRow:
     linkedid: str | None = None
     agent: str | None = None  # who answered, if an agent did
     within_target: bool | None = None  # answered within the ring target (two rings); None if no agent
+    hotline: str | None = None  # the hotline the call came in on: its menu reads the IVR path
 
 
 def chosen_action(ivr_path: str, menu: Mapping[str, str]) -> str | None:
@@ -118,6 +120,7 @@ def daily_reconciliation(
     calls: Iterable[CallRow],
     menu: Mapping[str, str],
     now: datetime,
+    menus: Mapping[str, Mapping[str, str]] | None = None,
 ) -> DailyReconciliation:
     """Reconcile one local day: its intake, what still waits, and calls that chose a ticket-making
     branch but have no ticket.
@@ -125,6 +128,7 @@ def daily_reconciliation(
     ``tickets`` should hold the day's tickets and every ticket still open (older ones can still wait);
     the intake counts only the day's, the waiting lists cover all open ones given. A ticket belongs to
     a call when its ``call_uniqueid`` or ``call_linkedid`` is the call's uniqueid or linkedid.
+    ``menus``: each hotline's menu (digit -> action), for a call of that hotline; others use ``menu``.
     """
     zone = ZoneInfo(tz)
     tickets = list(tickets)
@@ -137,7 +141,7 @@ def daily_reconciliation(
     for call in sorted(calls, key=lambda c: (c.started_at, c.uniqueid)):
         if _local_date(call.started_at, zone) != day:
             continue
-        action = chosen_action(call.ivr_path, menu)
+        action = chosen_action(call.ivr_path, (menus or {}).get(call.hotline or "", menu))
         if action not in TICKET_ACTIONS:
             continue
         if call.uniqueid in ids or (call.linkedid and call.linkedid in ids):

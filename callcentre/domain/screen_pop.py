@@ -34,6 +34,7 @@ def basic_card(call: CallInfo) -> dict[str, Any]:
         "caller_id_raw": safe_display_name(call.caller_id_raw or "", 64),
         "caller_name": safe_display_name(call.caller_name or "", 64),
         "language": call.language,
+        "hotline": call.hotline.card() if call.hotline is not None else None,  # which estate's number they dialled
         "ivr_path": list(call.path),
         "ivr_tickets": list(call.tickets),
         "identified": {"owner_id": owner.owner_id, "unit_id": owner.unit_id, "building": owner.building,

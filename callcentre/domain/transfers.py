@@ -177,6 +177,7 @@ class Transfer:
     consult_uniqueid: str | None = None  # attended: the first agent's leg running the consult script
     outcome: str = ""  # why it ended (for the history): not_staffed, missed, timeout, cancelled ...
     history: list[tuple[str, str, datetime]] = field(default_factory=list)  # (event, state, when)
+    hotline: str | None = None  # the hotline the caller dialled: the call keeps it (domain/hotlines.py)
 
     def __post_init__(self) -> None:
         self.log = log.bind(uniqueid=self.uniqueid, transfer=self.seq, kind=self.kind.value,
@@ -219,6 +220,7 @@ class Transfer:
             "to_agent_name": self.to_agent_name,
             "created_at": self.created_at.isoformat(),
             "outcome": self.outcome or None,
+            "hotline": self.hotline,
         }
 
     def history_entry(self) -> dict[str, Any]:

@@ -281,7 +281,7 @@ class WaitScript:
                 return Outcome.MESSAGE
 
     async def _say(self, names: Sequence[str], escape: str = "") -> str | None:
-        return await self.w.ch.play([f"{self.w.call.language}/{n}" for n in names], escape)
+        return await self.w.ch.play([self.w.call.prompt(n) for n in names], escape)  # the hotline's own, else shared
 
     async def _dial(self, interface: str, ring_seconds: int, options: str = "") -> str | None:
         """EXEC Dial: Asterisk stops ringing after ``ring_seconds``; returns DIALSTATUS."""
@@ -383,7 +383,7 @@ class WaitScript:
             return Outcome.DONE
         if not self.acd.satisfaction_survey:
             return Outcome.DONE
-        result = await ch.get_digits([f"{w.call.language}/rate-service"], 5000, 1)
+        result = await ch.get_digits([w.call.prompt("rate-service")], 5000, 1)
         rating = result.digits[:1]
         if rating in ("1", "2", "3", "4", "5"):
             await self._say(["thanks-rating", "goodbye"])

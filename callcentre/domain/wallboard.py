@@ -11,7 +11,7 @@ from today's :class:`~callcentre.domain.acd_metrics.MetricsSnapshot`), and its t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +21,15 @@ from callcentre.domain.calls import CallInfo
 
 def _plain(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _without_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The hotline keys only where the snapshot knows hotlines (the server always does; a snapshot made
+    without them, in a test or a tool, keeps the shape it had before hotlines)."""
+    for key in keys:
+        if data.get(key) in (None, (), [], {}):
+            data.pop(key, None)
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +48,11 @@ class QueueItem:
     ringing_agent_id: str | None
     owner_name: str | None
     unit: str | None  # "building-unit"
+    hotline: str | None = None  # the hotline's id (domain/hotlines.py)
     transfer_target: str | None = None  # a transferred call waiting for its target ("agent:7", "skill:fees")
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return _without_empty(_plain(self), "hotline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +69,10 @@ class AgentItem:
     missed_today: int
     offers_today: int
     two_ring_share: float | None
+    hotlines: tuple[str, ...] = ()  # the hotlines the agent answers
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return _without_empty({**_plain(self), "hotlines": list(self.hotlines)}, "hotlines")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +89,11 @@ class Figures:
     agents_ready: int
     target_wait_seconds: float
     today: dict[str, Any]
+    # The same figures per hotline: {hotline id: {waiting, agents_ready, agents_staffed, two_ring_share_today, ...}}
+    by_hotline: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return _without_empty(_plain(self), "by_hotline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,18 +104,20 @@ class WallboardSnapshot:
     figures: Figures
     alerts: tuple[Mapping[str, Any], ...]  # recent alerts, for a wallboard that (re)connects
     overdue: tuple[Mapping[str, Any], ...]  # open tickets past their promise
+    hotlines: tuple[Mapping[str, Any], ...] = ()  # every hotline: {id, name: {zh, en}} (the page's filter)
     transfers: tuple[Mapping[str, Any], ...] = ()  # transfers in progress, then the last few that ended
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return _without_empty({
             "at": self.at,
             "queue": [q.to_dict() for q in self.queue],
             "agents": [a.to_dict() for a in self.agents],
             "figures": self.figures.to_dict(),
             "alerts": list(self.alerts),
             "overdue": list(self.overdue),
+            "hotlines": [dict(h) for h in self.hotlines],
             "transfers": list(self.transfers),
-        }
+        }, "hotlines")
 
 
 def agent_item(a: AgentView, now_wall: datetime, current_caller: str | None) -> AgentItem:
@@ -113,7 +128,7 @@ def agent_item(a: AgentView, now_wall: datetime, current_caller: str | None) -> 
         since=(now_wall - timedelta(seconds=a.seconds_in_state)).timestamp(),
         current_call_id=a.current_call_id, current_caller=current_caller,
         busy_elsewhere=a.busy_elsewhere, answered_today=a.answered_today, missed_today=a.missed_today,
-        offers_today=a.offers_today, two_ring_share=a.two_ring_share,
+        offers_today=a.offers_today, two_ring_share=a.two_ring_share, hotlines=a.hotlines,
     )
 
 
@@ -125,6 +140,7 @@ def wallboard_snapshot(
     alerts: Sequence[Mapping[str, Any]],
     overdue: Sequence[Mapping[str, Any]],
     target_wait_seconds: float,
+    hotlines: Sequence[Mapping[str, Any]] = (),
     transfers: Sequence[Mapping[str, Any]] = (),
 ) -> WallboardSnapshot:
     """``waiting``: callers in the queue by call id (what the IVR learnt); ``callbacks``: call-back
@@ -142,6 +158,7 @@ def wallboard_snapshot(
             ringing_agent_id=q.ringing_agent_id,
             owner_name=owner.owner_name if owner else None,
             unit=f"{owner.building}-{owner.unit}" if owner else None,
+            hotline=q.hotline or (call.hotline_id if call else None),
             transfer_target=q.target,
         ))
     callers = {q.call_id: q.caller for q in queue}
@@ -167,9 +184,33 @@ def wallboard_snapshot(
         agents_ready=sum(1 for a in agents if a.state == AgentState.READY.value),
         target_wait_seconds=target_wait_seconds,
         today=m,
+        by_hotline=_per_hotline(snap, queue, agents, [h["id"] for h in hotlines]) if len(hotlines) > 1 else {},
     )
     return WallboardSnapshot(now_wall.isoformat(), tuple(queue), agents, figures, tuple(alerts), tuple(overdue),
-                             tuple(transfers))
+                             tuple(hotlines), tuple(transfers))
+
+
+def _per_hotline(snap: AcdSnapshot, queue: Sequence[QueueItem], agents: Sequence[AgentItem],
+                 ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The headline figures of each hotline: its callers, the agents who answer it, its day so far (with
+    one hotline these are the centre's figures, and none are given)."""
+    out: dict[str, dict[str, Any]] = {}
+    for h in dict.fromkeys([*ids, *snap.by_hotline]):
+        mine = [q for q in queue if q.hotline == h]
+        staff = [a for a in agents if h in a.hotlines]
+        m = snap.by_hotline[h].to_dict() if h in snap.by_hotline else {}
+        out[h] = {
+            "waiting": len(mine),
+            "longest_wait": max((q.wait_seconds for q in mine), default=None),
+            "agents_ready": sum(1 for a in staff if a.state == AgentState.READY.value),
+            "agents_staffed": sum(1 for a in staff if a.state not in (AgentState.LOGGED_OUT.value, AgentState.PAUSED.value)),
+            "two_ring_share_today": m.get("call_two_ring_share"),
+            "avg_wait": m.get("avg_speed_of_answer"),
+            "abandon_rate": m.get("abandon_rate"),
+            "answered_today": m.get("calls_answered"),
+            "abandoned_today": m.get("calls_abandoned"),
+        }
+    return out
 
 
 __all__ = ["AgentItem", "Figures", "QueueItem", "WallboardSnapshot", "agent_item", "wallboard_snapshot"]

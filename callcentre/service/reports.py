@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcentre.config import Config
 from callcentre.domain import reports
+from callcentre.domain.errors import Invalid
+from callcentre.domain.hotlines import Hotlines
 from callcentre.domain.model import TicketKind, TicketStatus
 from callcentre.domain.ports import Clock, today_local
 from callcentre.storage.models import CallRow, TicketRow, Unit
@@ -44,14 +46,17 @@ def month_bounds(year: int, month: int, tz: str) -> tuple[datetime, datetime]:
 
 
 async def load_rows(
-    sessions: async_sessionmaker[AsyncSession], start: datetime, end: datetime, *, include_open: bool
+    sessions: async_sessionmaker[AsyncSession], start: datetime, end: datetime, *, include_open: bool,
+    hotline: str | None = None,
 ) -> tuple[list[reports.TicketRow], list[reports.CallRow]]:
     """The tickets created in [start, end) (and, with ``include_open``, every ticket still open) and
-    the calls started in it, as the domain's report rows."""
+    the calls started in it, as the domain's report rows; ``hotline``: only that hotline's."""
     in_range = (TicketRow.created_at >= start) & (TicketRow.created_at < end)
     where = in_range
     if include_open:
         where = or_(in_range, TicketRow.status.in_([s.value for s in TicketStatus if s.is_open]))
+    if hotline is not None:
+        where = and_(where, TicketRow.hotline == hotline)
     q = (
         select(TicketRow, TicketServiceState, Unit.building)
         .outerjoin(TicketServiceState, TicketServiceState.ticket_id == TicketRow.id)
@@ -60,6 +65,8 @@ async def load_rows(
         .order_by(TicketRow.created_at, TicketRow.id)
     )
     cq = select(CallRow).where(CallRow.started_at >= start, CallRow.started_at < end).order_by(CallRow.started_at)
+    if hotline is not None:
+        cq = cq.where(CallRow.hotline == hotline)
     async with sessions() as s:
         rows = (await s.execute(q)).all()
         calls = (await s.execute(cq)).scalars().all()
@@ -74,23 +81,25 @@ async def load_rows(
             first_contact=svc.first_contact if svc else None,
             repeat=bool(svc.repeat) if svc else False,
             satisfaction=svc.satisfaction if svc else None,
-            call_uniqueid=t.call_uniqueid, call_linkedid=t.call_linkedid,
+            call_uniqueid=t.call_uniqueid, call_linkedid=t.call_linkedid, hotline=t.hotline,
         )
         for t, svc, building in rows
     ]
     # Who answered and whether within the ring target: recorded by call distribution on the answer.
     call_rows = [
         reports.CallRow(uniqueid=c.uniqueid, started_at=c.started_at, caller_id=c.caller_id, ivr_path=c.ivr_path or "",
-                        linkedid=c.linkedid, agent=c.answered_by, within_target=c.within_target)
+                        linkedid=c.linkedid, agent=c.answered_by, within_target=c.within_target, hotline=c.hotline)
         for c in calls
         if c.started_at is not None
     ]
     return tickets, call_rows
 
 
-def render_daily(recon: reports.DailyReconciliation) -> str:
-    """A plain-text table a supervisor can read in a terminal."""
-    lines = [f"Daily reconciliation {recon.day.isoformat()}  ({'clean' if recon.clean else 'needs attention'})", ""]
+def render_daily(recon: reports.DailyReconciliation, hotline: str | None = None) -> str:
+    """A plain-text table a supervisor can read in a terminal (``hotline``: the one it was made for)."""
+    scope = f" hotline {hotline}" if hotline else ""
+    lines = [f"Daily reconciliation {recon.day.isoformat()}{scope}  ({'clean' if recon.clean else 'needs attention'})",
+             ""]
     lines.append(f"  {'intake':<28}{recon.intake:>6}")
     for title, counts in (("by kind", recon.by_kind), ("by category", recon.by_category), ("by status", recon.by_status)):
         lines.append(f"  {title}")
@@ -171,10 +180,16 @@ class MonthRows:
     tz: str
     tickets: list[reports.TicketRow]
     calls: list[reports.CallRow]
+    hotline: str | None = None  # only this hotline's tickets and calls (None: every hotline)
 
     @property
     def tag(self) -> str:
         return f"{self.year:04d}-{self.month:02d}"
+
+    @property
+    def file_tag(self) -> str:
+        """What names the month's files: ``2026-11``, or ``2026-11-riverside`` for one hotline."""
+        return self.tag if self.hotline is None else f"{self.tag}-{self.hotline}"
 
     def statistics(self, group: reports.GroupBy) -> list[reports.MonthlyRow]:
         return reports.monthly_statistics(self.year, self.month, self.tz, self.tickets, self.calls, group)
@@ -185,7 +200,7 @@ def monthly_chart(month: MonthRows, group: reports.GroupBy, rows: Sequence[repor
     """The month's chart for one grouping: tickets, resolved and promises kept per group."""
     groups = [r for r in rows if r.group != "(total)"]
     return chart_svg(
-        f"{month.tag} by {group}",
+        f"{month.tag}{f' ({month.hotline})' if month.hotline else ''} by {group}",
         [r.group for r in groups],
         {
             "tickets": [r.tickets for r in groups],
@@ -203,34 +218,51 @@ class ReportService:
         self._sessions = sessions
         self._cfg = cfg
         self._clock = clock
+        self._hotlines = Hotlines.from_config(cfg)
 
     @property
     def timezone(self) -> str:
         return self._cfg.centre.timezone
 
+    def hotlines(self) -> list[dict[str, Any]]:
+        """Every hotline ({id, name}): what a report may be filtered by."""
+        return self._hotlines.cards()
+
+    def check_hotline(self, hotline: str | None) -> str | None:
+        """``hotline`` if it is configured (None stays None: every hotline); Invalid otherwise."""
+        if hotline is not None and hotline not in self._hotlines:
+            raise Invalid(f"no hotline {hotline!r} (configured: {', '.join(self._hotlines.ids)})", code="unknown_hotline")
+        return hotline
+
     def today(self) -> date:
         """The centre's local date now."""
         return today_local(self._clock, self.timezone)
 
-    async def daily(self, day: date) -> reports.DailyReconciliation:
-        """One local day's reconciliation; open tickets from earlier days are included."""
+    async def daily(self, day: date, hotline: str | None = None) -> reports.DailyReconciliation:
+        """One local day's reconciliation (of one hotline's tickets and calls, or all); open tickets from
+        earlier days are included. Each call's IVR path is read with its own hotline's menu."""
         start, end = day_bounds(day, self.timezone)
-        tickets, calls = await load_rows(self._sessions, start, end, include_open=True)
-        return reports.daily_reconciliation(day, self.timezone, tickets, calls, dict(self._cfg.ivr.menu), self._clock.now())
+        tickets, calls = await load_rows(self._sessions, start, end, include_open=True,
+                                         hotline=self.check_hotline(hotline))
+        menus = {h.id: dict(h.ivr.menu) for h in self._hotlines}
+        return reports.daily_reconciliation(day, self.timezone, tickets, calls, dict(self._hotlines.default.ivr.menu),
+                                            self._clock.now(), menus)
 
-    async def month(self, year: int, month: int) -> MonthRows:
+    async def month(self, year: int, month: int, hotline: str | None = None) -> MonthRows:
         start, end = month_bounds(year, month, self.timezone)
-        tickets, calls = await load_rows(self._sessions, start, end, include_open=False)
-        return MonthRows(year, month, self.timezone, tickets, calls)
+        tickets, calls = await load_rows(self._sessions, start, end, include_open=False,
+                                         hotline=self.check_hotline(hotline))
+        return MonthRows(year, month, self.timezone, tickets, calls, hotline)
 
-    async def monthly(self, year: int, month: int) -> Mapping[reports.GroupBy, list[reports.MonthlyRow]]:
+    async def monthly(self, year: int, month: int, hotline: str | None = None
+                      ) -> Mapping[reports.GroupBy, list[reports.MonthlyRow]]:
         """The month's statistics under every grouping (one load)."""
-        rows = await self.month(year, month)
+        rows = await self.month(year, month, hotline)
         return {group: rows.statistics(group) for group in GROUPINGS}
 
     @staticmethod
-    def render_daily(recon: reports.DailyReconciliation) -> str:
-        return render_daily(recon)
+    def render_daily(recon: reports.DailyReconciliation, hotline: str | None = None) -> str:
+        return render_daily(recon, hotline)
 
     @staticmethod
     def chart(month: MonthRows, group: reports.GroupBy, rows: Sequence[reports.MonthlyRow]) -> bytes:

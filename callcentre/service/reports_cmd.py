@@ -29,11 +29,12 @@ log = structlog.get_logger(__name__)
 
 
 async def daily_report(
-    session_factory: async_sessionmaker[AsyncSession], cfg: Config, day: date, clock: Clock | None = None
+    session_factory: async_sessionmaker[AsyncSession], cfg: Config, day: date, clock: Clock | None = None,
+    *, hotline: str | None = None,
 ) -> tuple[str, str]:
-    """(text table, CSV) of one local day's reconciliation."""
-    recon = await ReportService(session_factory, cfg, clock or SystemClock()).daily(day)
-    return render_daily(recon), reports.to_csv(recon.rows())
+    """(text table, CSV) of one local day's reconciliation (``hotline``: of that hotline only)."""
+    recon = await ReportService(session_factory, cfg, clock or SystemClock()).daily(day, hotline)
+    return render_daily(recon, hotline), reports.to_csv(recon.rows())
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -54,23 +55,26 @@ async def monthly_report(
     month: int,
     out_dir: Path | str,
     use_pygal: bool = True,
+    *,
+    hotline: str | None = None,
 ) -> list[Path]:
-    """Write, per grouping, ``monthly-YYYY-MM-<group>.csv`` and ``.svg``; return their paths."""
+    """Write, per grouping, ``monthly-YYYY-MM-<group>.csv`` and ``.svg`` (``monthly-YYYY-MM-<hotline>-<group>``
+    for one hotline); return their paths."""
     if not 1 <= month <= 12:
         raise ValueError(f"month must be 1 to 12 (got {month})")
     out = Path(out_dir)
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
-    rows = await ReportService(session_factory, cfg, SystemClock()).month(year, month)
+    rows = await ReportService(session_factory, cfg, SystemClock()).month(year, month, hotline)
     paths: list[Path] = []
     for group in GROUPINGS:
         stats = rows.statistics(group)
-        stem = f"monthly-{rows.tag}-{group}"
+        stem = f"monthly-{rows.file_tag}-{group}"
         csv_path = out / f"{stem}.csv"
         await asyncio.to_thread(_write_atomic, csv_path, reports.to_csv(stats).encode("utf-8"))
         svg_path = out / f"{stem}.svg"
         await asyncio.to_thread(_write_atomic, svg_path, monthly_chart(rows, group, stats, use_pygal=use_pygal))
         paths += [csv_path, svg_path]
-    log.info("monthly report written", year=year, month=month, files=len(paths))
+    log.info("monthly report written", year=year, month=month, hotline=hotline, files=len(paths))
     return paths
 
 

@@ -144,10 +144,13 @@ def _current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-async def upgrade(url: str, progress: Callable[[str], object] | None = print) -> str | None:
+async def upgrade(url: str, progress: Callable[[str], object] | None = print, *,
+                  default_hotline: str | None = None) -> str | None:
     """Apply every pending migration (to head); safe to run again. Returns the revision reached.
 
     Runs inside the caller's event loop: Alembic is given a connection instead of opening its own.
+    ``default_hotline``: the hotline rows older than hotlines belong to (migration 0006; default
+    ``default``, the implicit hotline of a configuration without ``hotlines:``).
     """
     say = progress or (lambda _msg: None)
     engine = create_engine(DatabaseConfig(url=url))
@@ -156,6 +159,8 @@ async def upgrade(url: str, progress: Callable[[str], object] | None = print) ->
     def _run(conn: Connection) -> tuple[str | None, str | None]:
         before = _current_revision(conn)
         alembic_cfg.attributes["connection"] = conn
+        if default_hotline:
+            alembic_cfg.attributes["default_hotline"] = default_hotline
         command.upgrade(alembic_cfg, "head")
         return before, _current_revision(conn)
 

@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from callcentre.domain.hotlines import DEFAULT_HOTLINE_ID
 from callcentre.domain.callerid import safe_display_name
 from callcentre.domain.errors import Conflict, NotFound, TicketNotFound
 from callcentre.domain.model import Priority, TicketDraft, TicketStatus
@@ -46,12 +47,14 @@ class DeskRepo:
         tz: str = "Asia/Shanghai",
         prefixes: Mapping[str, str] | None = None,
         repeat_caller_hours: float = 24.0,
+        default_hotline: str = DEFAULT_HOTLINE_ID,
     ) -> None:
         self._sessions = session_factory
         self._writes = writes_for(session_factory)
         self._clock = clock or SystemClock()
         self._repeat = timedelta(hours=repeat_caller_hours)
-        self.tickets = SqlTicketStore(session_factory, self._clock, tz, prefixes)
+        self.tickets = SqlTicketStore(session_factory, self._clock, tz, prefixes, default_hotline=default_hotline)
+        self.default_hotline = default_hotline
 
     # ------------------------------------------------------------------ rendering
 
@@ -74,6 +77,7 @@ class DeskRepo:
             "unit_id": t.unit_id,
             "ivr_path": t.ivr_path,
             "source": t.source,
+            "hotline": t.hotline,
         }
 
     @staticmethod
@@ -85,6 +89,7 @@ class DeskRepo:
             "ended_at": _iso(c.ended_at),
             "outcome": c.outcome,
             "ivr_path": c.ivr_path,
+            "hotline": c.hotline,
         }
 
     # ------------------------------------------------------------------ owner cards
@@ -282,19 +287,30 @@ class DeskRepo:
 
     # ------------------------------------------------------------------ tickets
 
-    async def tickets_for(self, *, owner_id: int | None = None, phone: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def tickets_for(self, *, owner_id: int | None = None, phone: str | None = None, limit: int = 50,
+                          hotline: str | None = None) -> list[dict[str, Any]]:
+        """An owner's or a number's tickets, newest first; ``hotline``: only that hotline's (without an owner
+        or a number: that hotline's newest tickets)."""
         conds = []
         if owner_id is not None:
             conds.append(TicketRow.owner_id == owner_id)
         if phone:
             conds.append(TicketRow.caller_id == phone)
-        if not conds:
+        if not conds and hotline is None:
             return []
-        q = select(TicketRow).where(or_(*conds)).order_by(TicketRow.created_at.desc(), TicketRow.id.desc()).limit(limit)
+        where = [or_(*conds)] if conds else []
+        if hotline is not None:
+            where.append(TicketRow.hotline == hotline)
+        q = select(TicketRow).where(*where).order_by(TicketRow.created_at.desc(), TicketRow.id.desc()).limit(limit)
         async with storage_errors("read tickets"), self._sessions() as s:
             rows = (await s.execute(q)).scalars().all()
         now = self._clock.now()
         return [self._ticket(t, now) for t in rows]
+
+    async def call_hotline(self, uniqueid: str) -> str | None:
+        """The hotline a call came in on (None: no such call recorded)."""
+        async with storage_errors("read a call"), self._sessions() as s:
+            return (await s.execute(select(CallRow.hotline).where(CallRow.uniqueid == uniqueid))).scalar_one_or_none()
 
     async def get_ticket(self, number: str) -> dict[str, Any]:
         async with storage_errors("read a ticket"), self._sessions() as s:

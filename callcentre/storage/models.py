@@ -29,6 +29,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from callcentre.domain.hotlines import DEFAULT_HOTLINE_ID
+
 # Named constraints so migrations can alter them on both dialects (SQLite batch mode needs names).
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -153,6 +155,7 @@ class TicketRow(Base):
         Index("ix_tickets_owner_created", "owner_id", "created_at"),
         Index("ix_tickets_caller_created", "caller_id", "created_at"),
         Index("ix_tickets_status", "status"),
+        Index("ix_tickets_hotline_created", "hotline", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -177,6 +180,8 @@ class TicketRow(Base):
     promised_by: Mapped[datetime | None] = mapped_column(UtcDateTime)
     acknowledged_to_caller: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The hotline (estate) the call came in on (domain/hotlines.py); rows from before hotlines: the default.
+    hotline: Mapped[str] = mapped_column(String(32), default=DEFAULT_HOTLINE_ID)
 
 
 class TicketCounter(Base):
@@ -193,7 +198,7 @@ class CallRow(Base):
     """One call as seen by us, for the daily cross-check against Asterisk's CDRs."""
 
     __tablename__ = "calls"
-    __table_args__ = (Index("ix_calls_started_at", "started_at"),)
+    __table_args__ = (Index("ix_calls_started_at", "started_at"), Index("ix_calls_hotline_started", "hotline", "started_at"))
 
     uniqueid: Mapped[str] = mapped_column(String(64), primary_key=True)
     linkedid: Mapped[str | None] = mapped_column(String(64))
@@ -208,3 +213,5 @@ class CallRow(Base):
     answered_by: Mapped[str | None] = mapped_column(String(64))
     answer_seconds: Mapped[float | None] = mapped_column(Float)
     within_target: Mapped[bool | None] = mapped_column(Boolean)
+    # The hotline (estate) the call came in on; rows from before hotlines: the default.
+    hotline: Mapped[str] = mapped_column(String(32), default=DEFAULT_HOTLINE_ID)

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from callcentre.domain.hotlines import DEFAULT_HOTLINE_ID
 from callcentre.domain.ticket_number import TicketNumber
 from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind, TicketStatus
 from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock, today_local
@@ -36,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 # Fields of the calls row that record_call_event may set from its data.
 _CALL_FIELDS = ("linkedid", "caller_id_raw", "caller_id", "owner_id", "started_at", "ended_at", "ivr_path", "outcome",
-                "answered_by", "answer_seconds", "within_target")
+                "answered_by", "answer_seconds", "within_target", "hotline")
 _IVR_PATH_MAX = 256
 
 
@@ -171,6 +172,7 @@ def _to_ticket(row: Any) -> Ticket:
         created_at=row.created_at,
         promised_by=row.promised_by,
         description=row.description,
+        hotline=row.hotline,
         extra={
             "source": row.source,
             "acknowledged_to_caller": row.acknowledged_to_caller,
@@ -205,12 +207,15 @@ class SqlTicketStore:
         clock: Clock | None = None,
         tz: str = "Asia/Shanghai",
         prefixes: Mapping[str, str] | None = None,
+        default_hotline: str = DEFAULT_HOTLINE_ID,
     ) -> None:
+        """``default_hotline``: the hotline of a ticket or call that names none (domain/hotlines.py)."""
         self._sessions = sessions
         self._writes = writes_for(sessions)
         self._clock = clock or SystemClock()
         self._tz = tz
         self._prefixes = dict(prefixes or {})
+        self._default_hotline = default_hotline
 
     def _prefix(self, kind: TicketKind) -> str:
         return self._prefixes.get(kind.value, kind.value[:1].upper())
@@ -254,6 +259,7 @@ class SqlTicketStore:
             promised_by=promised_by,
             acknowledged_to_caller=False,
             updated_at=now,
+            hotline=draft.hotline or self._default_hotline,
         )
 
         def insert(tx: WriteTx) -> tuple[int, str] | Any:
@@ -350,7 +356,7 @@ class SqlTicketStore:
             "started_at": started_at or self._clock.now(),
         }
         set_ = {k: v for k, v in values.items() if v is not None}  # never empty: started_at is set
-        row = {"uniqueid": uniqueid, "ivr_path": "", **values}
+        row = {"uniqueid": uniqueid, "ivr_path": "", "hotline": self._default_hotline, **values}
 
         def write(tx: WriteTx) -> None:
             tx.conn.execute(upsert(tx.conn, CallRow, row, ["uniqueid"], set_))
@@ -371,9 +377,9 @@ class SqlTicketStore:
         for key in ("ended_at", "started_at"):
             if key in values and not isinstance(values[key], datetime):
                 values.pop(key)
-        for key in ("ivr_path", "outcome", "linkedid", "caller_id_raw", "caller_id"):
+        for key in ("ivr_path", "outcome", "linkedid", "caller_id_raw", "caller_id", "hotline"):
             if key in values:
-                values[key] = str(values[key])[: 32 if key == "outcome" else 128]
+                values[key] = str(values[key])[: 32 if key in ("outcome", "hotline") else 128]
         step = data.get("ivr_step")
         set_: dict[str, Any] = dict(values)
         insert_values: dict[str, Any] = {"uniqueid": uniqueid, "ivr_path": "", **values}
@@ -384,6 +390,7 @@ class SqlTicketStore:
             set_["ivr_path"] = func.substr(appended, 1, _IVR_PATH_MAX)
         if "started_at" not in insert_values:
             insert_values["started_at"] = self._clock.now()
+        insert_values.setdefault("hotline", self._default_hotline)  # a later "started" event sets the real one
         if not set_:
             return
 

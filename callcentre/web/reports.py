@@ -73,6 +73,19 @@ def parse_month(value: str | None, default: date) -> tuple[int, int]:
     return year, month
 
 
+_HOTLINE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
+
+
+def _hotline(request: web.Request) -> str | None:
+    """``?hotline=<id>``: one hotline's figures (the service refuses an id that is not configured)."""
+    value = request.query.get("hotline")
+    if value is None or value == "":
+        return None
+    if not _HOTLINE.fullmatch(value):
+        raise ApiError(400, "unknown_hotline", "hotline must be the id of a configured hotline")
+    return value
+
+
 def _grouping(request: web.Request) -> reports.GroupBy:
     name = request.match_info["grouping"]
     if name not in GROUPINGS:
@@ -94,14 +107,17 @@ def _attachment(body: str | bytes, content_type: str, filename: str) -> web.Resp
 async def _daily(request: web.Request) -> tuple[date, reports.DailyReconciliation]:
     service = _reports(request)
     day = parse_day(request.query.get("date"), service.today())
-    return day, await service.daily(day)
+    return day, await service.daily(day, _hotline(request))
 
 
 @roles(*SUPERVISORS)
 async def daily(request: web.Request) -> web.Response:
     day, recon = await _daily(request)
+    hotline = _hotline(request)
     return json_response({
         "date": day.isoformat(),
+        "hotline": hotline,
+        "hotlines": _reports(request).hotlines(),
         "clean": recon.clean,
         "intake": recon.intake,
         "by_kind": recon.by_kind,
@@ -114,7 +130,7 @@ async def daily(request: web.Request) -> web.Response:
             {"uniqueid": m.uniqueid, "started_at": m.started_at.isoformat(), "caller_id": m.caller_id, "action": m.action}
             for m in recon.calls_without_ticket
         ],
-        "text": _reports(request).render_daily(recon),
+        "text": _reports(request).render_daily(recon, hotline),
         "csv": reports.to_csv(recon.rows()),
     })
 
@@ -122,7 +138,9 @@ async def daily(request: web.Request) -> web.Response:
 @roles(*SUPERVISORS)
 async def daily_csv(request: web.Request) -> web.Response:
     day, recon = await _daily(request)
-    return _attachment(BOM + reports.to_csv(recon.rows()), "text/csv; charset=utf-8", f"daily-{day.isoformat()}.csv")
+    hotline = _hotline(request)
+    name = f"daily-{day.isoformat()}{f'-{hotline}' if hotline else ''}.csv"  # validated id: safe in the header
+    return _attachment(BOM + reports.to_csv(recon.rows()), "text/csv; charset=utf-8", name)
 
 
 # --------------------------------------------------------------------------------- monthly
@@ -131,7 +149,7 @@ async def daily_csv(request: web.Request) -> web.Response:
 async def _month(request: web.Request) -> MonthRows:
     service = _reports(request)
     year, month = parse_month(request.query.get("month"), service.today())
-    return await service.month(year, month)
+    return await service.month(year, month, _hotline(request))
 
 
 async def _rows(request: web.Request) -> tuple[MonthRows, reports.GroupBy, list[reports.MonthlyRow]]:
@@ -143,15 +161,17 @@ async def _rows(request: web.Request) -> tuple[MonthRows, reports.GroupBy, list[
 @roles(*SUPERVISORS)
 async def monthly(request: web.Request) -> web.Response:
     month = await _month(request)
+    also = f"&hotline={month.hotline}" if month.hotline else ""  # a validated, configured id
     groupings = []
     for group in GROUPINGS:
         groupings.append({
             "grouping": group,
             "rows": [asdict(r) for r in month.statistics(group)],
-            "svg": f"/api/reports/monthly/{group}.svg?month={month.tag}",
-            "csv": f"/api/reports/monthly/{group}.csv?month={month.tag}",
+            "svg": f"/api/reports/monthly/{group}.svg?month={month.tag}{also}",
+            "csv": f"/api/reports/monthly/{group}.csv?month={month.tag}{also}",
         })
-    return json_response({"month": month.tag, "groupings": groupings})
+    return json_response({"month": month.tag, "hotline": month.hotline, "hotlines": _reports(request).hotlines(),
+                          "groupings": groupings})
 
 
 @roles(*SUPERVISORS)
@@ -167,7 +187,7 @@ async def monthly_svg(request: web.Request) -> web.Response:
 @roles(*SUPERVISORS)
 async def monthly_csv(request: web.Request) -> web.Response:
     month, group, rows = await _rows(request)
-    return _attachment(BOM + reports.to_csv(rows), "text/csv; charset=utf-8", f"monthly-{month.tag}-{group}.csv")
+    return _attachment(BOM + reports.to_csv(rows), "text/csv; charset=utf-8", f"monthly-{month.file_tag}-{group}.csv")
 
 
 # ------------------------------------------------------------------------------------ page

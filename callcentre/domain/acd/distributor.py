@@ -12,9 +12,11 @@ Who gets which call is :mod:`.selection`'s; agent transitions are :data:`~.model
 transitions :data:`~.model.OFFER_TRANSITIONS` (one log line each, with the call's uniqueid).
 
 Invariant after every public method: no waiting call that is not ringing an agent while an eligible
-agent is READY, and no agent holds two offers. A transferred call (``WaitingCall.only``) is the one
-exception: it waits for its own target only, and when nobody of the target is left to try it is given
-up on (:class:`~.model.TargetUnavailable`, once per target) for the adapter to retarget or withdraw.
+agent *of its hotline* is READY (selection's required dimensions), and no agent holds two offers. A
+transferred call (``WaitingCall.only``) is the one exception: it waits for its own target only, and when
+nobody of the target is left to try it is given up on (:class:`~.model.TargetUnavailable`, once per
+target) for the adapter to retarget or withdraw. A skill group kept to the call's hotline
+(``OnlyFor.hotline``) is first widened to the whole group when none of that hotline's agents of it is staffed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 from dataclasses import replace
 from datetime import date, datetime, timedelta
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import structlog
 
@@ -74,6 +76,7 @@ from callcentre.domain.acd.model import (
 )
 from callcentre.domain.acd.selection import AgentSelector
 from callcentre.domain.acd_metrics import AcdMetrics, AgentDayStats, Alert, AlertKind, MetricsSnapshot
+from callcentre.domain.hotlines import NightService
 from callcentre.domain.ports import Clock
 
 log = structlog.get_logger("callcentre.domain.acd")
@@ -88,11 +91,20 @@ _FINISHED_CALLS_KEPT = 10_000
 class Distributor:
     """Owns agent states, the waiting queue and open offers; every method returns decisions."""
 
-    def __init__(self, config: ACDConfig, clock: Clock, timezone: str = "Asia/Shanghai") -> None:
+    def __init__(self, config: ACDConfig, clock: Clock, timezone: str = "Asia/Shanghai",
+                 night: Mapping[str, NightService] | None = None) -> None:
+        """``night``: each hotline's business hours and on-duty phone (domain/hotlines.py); a call that
+        names no hotline, or one not listed, gets ``config.business_hours`` / ``config.on_duty_interface``."""
         self.cfg = config
         self.clock = clock
         self.timezone = timezone
         self.metrics = AcdMetrics(config.rings_target, config.ring_cycle_seconds, timezone)
+        self._night: dict[str, NightService] = dict(night or {})
+        self._default_night = NightService(config.business_hours, config.on_duty_interface)
+        # Per hotline: today's figures, the agents staffed, and the queue's order (positions, waits).
+        self.hotline_metrics: dict[str, AcdMetrics] = {}
+        self._staffed_by: dict[str, int] = {}
+        self._orders: dict[str, list[tuple[int, int]]] = {}
         # Ring times are measured on a steady timeline (wall time at start-up + monotonic seconds), so
         # a wall-clock step (NTP) between DialBegin and DialEnd cannot distort them.
         self._anchor = (clock.now(), clock.monotonic())
@@ -132,6 +144,9 @@ class Distributor:
         was_ready = rec.indexed
         if was_ready:
             self.selector.unindex_agent(rec)
+        if rec.state in STAFFED and agent.hotlines != rec.agent.hotlines:
+            self._count_staffed(rec.agent.hotlines, -1)
+            self._count_staffed(agent.hotlines, +1)
         rec.agent = agent
         self.selector.prepare_agent(rec)
         out: list[Decision] = []
@@ -298,10 +313,12 @@ class Distributor:
         self.selector.prepare_call(rec)
         self._calls[call.call_id] = rec
         if call.only is None:
-            insort(self._order, rec.order_key)
+            self._order_add(rec)
         self.selector.index_call(rec)
         if rec.counted:
             self.metrics.call_entered(call.call_id, call.entered_at)
+            if (hm := self._hotline_metrics(call.hotline)) is not None:
+                hm.call_entered(call.call_id, call.entered_at)
         clog = log.bind(uniqueid=call.uniqueid, call_id=call.call_id)
         clog.info("caller queued", priority=call.priority_level.name.lower(), skill=call.required_skill,
                   target=call.only.describe() if call.only else None)
@@ -314,12 +331,14 @@ class Distributor:
         out: list[Decision] = []
         self._dispatch(out)
         if call.only is None and rec.offer_id is None and not call.callback:
-            if self._staffed == 0:
-                open_now = business_hours_open(self.cfg.business_hours, self.timezone, self.clock.now())
-                if not open_now and call.priority_level is PriorityLevel.EMERGENCY and self.cfg.on_duty_interface:
+            if self._staffed_for(call.hotline) == 0:
+                # Night service, per hotline: nobody staffed who may take this call.
+                night = self._night.get(call.hotline or "", self._default_night)
+                open_now = business_hours_open(night.business_hours, self.timezone, self.clock.now())
+                if not open_now and call.priority_level is PriorityLevel.EMERGENCY and night.on_duty_interface:
                     # Night service for an emergency: the on-duty phone, instead of "we are closed, leave a
                     # message" (the wait script acts on the first decision it gets; it must be this one).
-                    out.append(RingOnDuty(call.call_id, call.uniqueid, self.cfg.on_duty_interface))
+                    out.append(RingOnDuty(call.call_id, call.uniqueid, night.on_duty_interface))
                 else:
                     out.append(NoAgentAvailable(call.call_id, call.uniqueid, "no_agents" if open_now else "closed"))
             else:
@@ -357,16 +376,14 @@ class Distributor:
         self.selector.unindex_call(rec)
         was_queued = rec.call.only is None
         if was_queued:
-            i = bisect_left(self._order, rec.order_key)
-            if i < len(self._order) and self._order[i] == rec.order_key:
-                del self._order[i]
+            self._order_remove(rec)
         rec.call = replace(rec.call, only=only, target_wait_seconds=wait_seconds if only is not None else None)
         rec.target_given_up = False
         rec.wait_version += 1
         self.selector.prepare_call(rec)
         now_mono = self.clock.monotonic()
         if only is None:
-            insort(self._order, rec.order_key)
+            self._order_add(rec)
             self._schedule(now_mono + self.cfg.max_wait_seconds, TimerKind.MAXWAIT, call_id, rec.wait_version)
             self._schedule(now_mono + self.cfg.announce_every_seconds, TimerKind.ANNOUNCE, call_id, 0)
         else:
@@ -408,12 +425,13 @@ class Distributor:
                 self._agent_offer_cancelled(arec, orec, out)
         waited = max(0.0, self.clock.monotonic() - rec.entered_mono)
         self._remove_call(rec)
-        if not rec.counted:
-            pass  # a transferred call: counted as a call when it first entered
-        elif reason is WithdrawReason.ABANDONED:
-            self.metrics.call_abandoned(call_id, rec.call.entered_at, at)
-        else:
-            self.metrics.call_deflected(call_id, rec.call.entered_at)
+        hm = self._hotline_metrics(rec.call.hotline)
+        for m in ((self.metrics, hm) if hm is not None else (self.metrics,)) if rec.counted else ():
+            # (a transferred call is not: it was counted as a call when it first entered)
+            if reason is WithdrawReason.ABANDONED:
+                m.call_abandoned(call_id, rec.call.entered_at, at)
+            else:
+                m.call_deflected(call_id, rec.call.entered_at)
         log.info(
             "caller left queue",
             uniqueid=rec.call.uniqueid,
@@ -580,6 +598,8 @@ class Distributor:
     def position(self, call_id: str) -> int:
         """1-based place in the queue (calls ringing an agent keep theirs)."""
         rec = self._call(call_id)
+        if rec.call.hotline is not None:  # among the callers of the same hotline
+            return bisect_left(self._orders.get(rec.call.hotline, ()), rec.order_key) + 1
         return bisect_left(self._order, rec.order_key) + 1
 
     def expected_wait(self, call_id: str) -> float | None:
@@ -590,16 +610,18 @@ class Distributor:
         AHT × ((p − 1) / staffed + 0.5). Zero when an agent is ready now.
         """
         pos = self.position(call_id)
-        if self.selector.ready_count() > 0:
+        rec = self._call(call_id)
+        if self.selector.ready_count_for(rec) > 0:
             return 0.0
-        if self._staffed == 0:
+        staffed = self._staffed_for(rec.call.hotline)
+        if staffed == 0:
             return None
         aht = (
             sum(self._handle_times) / len(self._handle_times)
             if self._handle_times
             else DEFAULT_HANDLE_SECONDS
         )
-        return round(aht * ((pos - 1) / self._staffed + 0.5), 1)
+        return round(aht * ((pos - 1) / staffed + 0.5), 1)
 
     def waiting_count(self) -> int:
         return len(self._calls)
@@ -607,8 +629,26 @@ class Distributor:
     def ready_count(self) -> int:
         return self.selector.ready_count()
 
-    def staffed_count(self) -> int:
-        return self._staffed
+    def staffed_count(self, hotline: str | None = None) -> int:
+        """Agents logged in and not paused (of ``hotline``: who answer it)."""
+        return self._staffed_for(hotline)
+
+    def _staffed_for(self, hotline: str | None) -> int:
+        return self._staffed if hotline is None else self._staffed_by.get(hotline, 0)
+
+    def _count_staffed(self, hotlines: frozenset[str], delta: int) -> None:
+        for h in hotlines:
+            self._staffed_by[h] = self._staffed_by.get(h, 0) + delta
+
+    def _hotline_metrics(self, hotline: str | None) -> AcdMetrics | None:
+        """Today's figures of one hotline (the wallboard's per-hotline tiles); None for a call without one."""
+        if hotline is None:
+            return None
+        m = self.hotline_metrics.get(hotline)
+        if m is None:
+            m = self.hotline_metrics[hotline] = AcdMetrics(self.cfg.rings_target, self.cfg.ring_cycle_seconds,
+                                                           self.timezone)
+        return m
 
     def offer(self, offer_id: str) -> Offer:
         orec = self._offers.get(offer_id)
@@ -616,12 +656,15 @@ class Distributor:
             raise UnknownOffer(f"offer {offer_id} is not open")
         return orec.offer
 
-    def metrics_snapshot(self, day: datetime | None = None) -> MetricsSnapshot:
+    def metrics_snapshot(self, day: datetime | None = None, hotline: str | None = None) -> MetricsSnapshot:
+        """The day's figures (of one hotline's calls when ``hotline`` is given)."""
         now_mono = self.clock.monotonic()
-        d = self.metrics.local_day(day or self.clock.now())
-        today = self.metrics.local_day(self.clock.now())
-        waits = [now_mono - c.entered_mono for c in self._calls.values()] if d == today else []
-        return self.metrics.snapshot(d, waits)
+        metrics = self.metrics if hotline is None else (self._hotline_metrics(hotline) or self.metrics)
+        d = metrics.local_day(day or self.clock.now())
+        today = metrics.local_day(self.clock.now())
+        waits = [now_mono - c.entered_mono for c in self._calls.values()
+                 if hotline is None or c.call.hotline == hotline] if d == today else []
+        return metrics.snapshot(d, waits)
 
     def snapshot(self) -> AcdSnapshot:
         """Queue with positions and waits, agents with state and today's figures (for API/wallboard)."""
@@ -641,12 +684,15 @@ class Distributor:
                 c.call.required_skill,
                 c.call.language,
                 self._offers[c.offer_id].offer.agent_id if c.offer_id else None,
+                c.call.hotline,
                 c.call.only.describe() if c.call.only else None,
             )
             for i, c in enumerate(calls)
         )
         agents = tuple(self._view(a, now_mono, today) for a in sorted(self._agents.values(), key=lambda r: r.seq))
-        return AcdSnapshot(now, queue, agents, self.metrics_snapshot())
+        by_hotline = {h: self.metrics_snapshot(hotline=h)
+                      for h in sorted({*self.hotline_metrics, *self._night, *self._staffed_by})}
+        return AcdSnapshot(now, queue, agents, self.metrics_snapshot(), by_hotline)
 
     def agent_view(self, agent_id: str) -> AgentView | None:
         """One agent's line of :meth:`snapshot` (None if unknown), without building the whole picture:
@@ -675,6 +721,7 @@ class Distributor:
             st.missed,
             st.offers,
             st.two_ring_share,
+            tuple(sorted(a.agent.hotlines)),
         )
 
     # ===== internals: lookups =====================================================================
@@ -724,7 +771,10 @@ class Distributor:
     def _set(
         self, rec: AgentRecord, to: AgentState, since_mono: float, pause_reason: PauseReason | None
     ) -> None:
-        self._staffed += int(to in STAFFED) - int(rec.state in STAFFED)
+        delta = int(to in STAFFED) - int(rec.state in STAFFED)
+        self._staffed += delta
+        if delta and rec.agent.hotlines:
+            self._count_staffed(rec.agent.hotlines, delta)
         rec.state = to
         rec.since_mono = since_mono
         rec.pause_reason = pause_reason
@@ -762,6 +812,7 @@ class Distributor:
             caller_display(crec.call),
             crec.call.uniqueid,
             crec.call.callback,
+            crec.call.hotline,
         )
         now_mono = self.clock.monotonic()
         now = self.clock.now()
@@ -776,6 +827,8 @@ class Distributor:
         self._go(arec, "offer_ringing", AgentState.RINGING, f"offer {offer_id}")
         self._schedule(deadline, TimerKind.RING, offer_id, orec.version)
         self.metrics.offer_made(offer_id, arec.agent.agent_id, now)
+        if (hm := self._hotline_metrics(crec.call.hotline)) is not None:
+            hm.offer_made(offer_id, arec.agent.agent_id, now)
         log.info(
             "offer made",
             uniqueid=crec.call.uniqueid,
@@ -841,6 +894,9 @@ class Distributor:
         )
         if alert:
             out.append(alert)
+        if (hm := self._hotline_metrics(offer.hotline)) is not None:  # its alerts are the centre's, above
+            hm.offer_closed(offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, self._steady_of(None), False,
+                            offer.call_id)
         crec = self._calls.get(offer.call_id)
         if crec is not None:
             crec.offer_id = None
@@ -917,6 +973,11 @@ class Distributor:
             alert = self.metrics.call_answered(crec.call.call_id, crec.call.entered_at, self._steady(crec, at), offer.agent_id)
             if alert:
                 out.append(alert)
+        if (hm := self._hotline_metrics(crec.call.hotline)) is not None:
+            hm.offer_closed(offer.offer_id, offer.agent_id, orec.made_at, orec.ring_start, self._steady_of(at), True,
+                            offer.call_id)
+            if crec.counted:
+                hm.call_answered(crec.call.call_id, crec.call.entered_at, self._steady(crec, at), offer.agent_id)
         crec.offer_id = None
         self._remove_call(crec)
         self._remember_finished(crec.call.call_id, None)
@@ -970,6 +1031,7 @@ class Distributor:
                 caller_display(crec.call),
                 crec.call.uniqueid,
                 crec.call.callback,
+                crec.call.hotline,
             ),
             OfferState.ANSWERED,
             at,
@@ -985,6 +1047,8 @@ class Distributor:
                  reason="answered after we gave up on it")
         if crec.counted:
             self.metrics.call_answered(call_id, crec.call.entered_at, self._steady(crec, at), agent_id)
+            if (hm := self._hotline_metrics(crec.call.hotline)) is not None:
+                hm.call_answered(call_id, crec.call.entered_at, self._steady(crec, at), agent_id)
         self._go(arec, "late_answer", AgentState.ON_CALL, f"late answer {offer_id}")
         arec.offer_id = offer_id
         arec.call_id = call_id
@@ -1000,10 +1064,23 @@ class Distributor:
     def _remove_call(self, crec: CallRecord) -> None:
         self.selector.unindex_call(crec)
         del self._calls[crec.call.call_id]
+        self._order_remove(crec)
+
+    def _order_add(self, crec: CallRecord) -> None:
+        """A call joins the queue's order (and its hotline's): positions and expected waits."""
+        insort(self._order, crec.order_key)
+        if crec.call.hotline is not None:
+            insort(self._orders.setdefault(crec.call.hotline, []), crec.order_key)
+
+    def _order_remove(self, crec: CallRecord) -> None:
         key = crec.order_key
-        i = bisect_left(self._order, key)
-        if i < len(self._order) and self._order[i] == key:
-            del self._order[i]
+        orders = [self._order]
+        if crec.call.hotline is not None and crec.call.hotline in self._orders:
+            orders.append(self._orders[crec.call.hotline])
+        for order in orders:
+            i = bisect_left(order, key)
+            if i < len(order) and order[i] == key:
+                del order[i]
 
     # ===== internals: dispatch =====================================================================
     def _dispatch(self, out: list[Decision], freed: AgentRecord | None = None) -> None:
@@ -1022,19 +1099,25 @@ class Distributor:
                     self._make_offer(crec, arec, out)
                 elif not crec.target_given_up:
                     reason = self._target_left(crec)
+                    if reason == "not_staffed" and crec.call.only is not None and crec.call.only.hotline:
+                        self._widen(crec)  # nobody of the group on the call's hotline: the whole group
+                        arec = sel.pick_agent_for(crec)
+                        if arec is not None:
+                            self._make_offer(crec, arec, out)
+                            continue
+                        reason = self._target_left(crec)
                     if reason is not None:
                         self._give_up(crec, reason, out)
         if freed is not None and freed.eligible and sel.unoffered_count():
             crec = sel.pick_call_for(freed)
             if crec is not None:
                 self._make_offer(crec, freed, out)
+        # With hotlines a call may wait while an agent idles: the agent answers another hotline only.
         while sel.ready_count() and sel.unoffered_count():
-            crec = sel.head_call()
-            arec = sel.pick_agent_for(crec) if crec is not None else None
-            if crec is None or arec is None:  # pragma: no cover - counts and heaps disagree
-                log.error("dispatch found no pair", ready=sel.ready_count(), waiting=sel.unoffered_count())
+            pair = sel.next_pair()
+            if pair is None:
                 return
-            self._make_offer(crec, arec, out)
+            self._make_offer(*pair, out)
 
     def _target_left(self, crec: CallRecord) -> str | None:
         """None while someone of a transferred call's target may still take it (staffed: ready, ringing,
@@ -1046,11 +1129,25 @@ class Distributor:
             rec = self._agents.get(only.agent_id)
             candidates = [rec] if rec is not None else []
         else:
-            candidates = [a for a in self._agents.values() if only.skill in a.agent.skills]
+            candidates = [a for a in self._agents.values() if only.skill in a.agent.skills
+                          and (only.hotline is None or only.hotline in a.agent.hotlines)]
         staffed = [a for a in candidates if a.state in STAFFED]
         if any(a.agent.agent_id not in crec.missed_by for a in staffed):
             return None
         return "missed" if staffed else "not_staffed"
+
+    def _widen(self, crec: CallRecord) -> None:
+        """A skill group kept to the call's hotline has nobody of that hotline staffed: the whole group
+        may take the call (docs/transfers.md). Its place, wait and offers so far are kept."""
+        only = crec.call.only
+        assert only is not None and only.hotline is not None
+        self.selector.unindex_call(crec)
+        crec.call = replace(crec.call, only=replace(only, hotline=None))
+        self.selector.prepare_call(crec)
+        self.selector.index_call(crec)
+        log.info("transfer target widened", uniqueid=crec.call.uniqueid, call_id=crec.call.call_id,
+                 target=crec.call.only.describe() if crec.call.only else None, hotline=only.hotline,
+                 reason="no agent of the group staffed on the hotline")
 
     def _give_up(self, crec: CallRecord, reason: str, out: list[Decision]) -> None:
         only = crec.call.only

@@ -10,7 +10,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Union
+from typing import Iterable, Mapping, Union
 from zoneinfo import ZoneInfo
 
 from callcentre.config.schema import BusinessHours
@@ -147,6 +147,9 @@ class Agent:
     languages: frozenset[str] = frozenset()
     vip_capable: bool = False
     senior: bool = False
+    # The hotlines whose calls this agent takes (domain/hotlines.py); a call of a hotline goes only to
+    # its agents. Empty: only calls that name no hotline.
+    hotlines: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.agent_id or len(self.agent_id) > 64 or any(c in self.agent_id for c in "\r\n"):
@@ -156,7 +159,7 @@ class Agent:
                 f"agent {self.agent_id}: interface {self.interface!r} must look like Local/8001@agents,"
                 " SIP/8001 or PJSIP/8001 (no spaces, '&', ',' or '|')"
             )
-        for kind, values in (("skill", self.skills), ("language", self.languages)):
+        for kind, values in (("skill", self.skills), ("language", self.languages), ("hotline", self.hotlines)):
             for v in values:
                 if not TOKEN.match(v):
                     raise ValueError(f"agent {self.agent_id}: {kind} {v!r} must be a lower-case token")
@@ -172,15 +175,22 @@ class OnlyFor:
 
     agent_id: str | None = None
     skill: str | None = None
+    # A skill group kept among one hotline's agents (the call's: docs/transfers.md); the distributor
+    # widens it to the whole group when none of that hotline's agents of the group is staffed.
+    hotline: str | None = None
 
     def __post_init__(self) -> None:
         if (self.agent_id is None) == (self.skill is None):
             raise ValueError("a transfer target is exactly one agent or one skill")
         if self.skill is not None and not TOKEN.match(self.skill):
             raise ValueError(f"skill {self.skill!r} must be a lower-case token")
+        if self.hotline is not None and (self.skill is None or not TOKEN.match(self.hotline)):
+            raise ValueError(f"hotline {self.hotline!r}: a lower-case token, and only for a skill group")
 
     def describe(self) -> str:
-        return f"agent:{self.agent_id}" if self.agent_id is not None else f"skill:{self.skill}"
+        if self.agent_id is not None:
+            return f"agent:{self.agent_id}"
+        return f"skill:{self.skill}" + (f"@{self.hotline}" if self.hotline else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +215,8 @@ class WaitingCall:
     caller_name: str = ""
     unit: str = ""
     callback: bool = False
+    # The hotline the caller dialled: only that hotline's agents are offered the call (None: any agent).
+    hotline: str | None = None
     only: OnlyFor | None = None
     offer_prefix: str = ""
     target_wait_seconds: float | None = None
@@ -216,7 +228,7 @@ class WaitingCall:
             raise ValueError("call_id must be non-empty without line breaks")
         if self.entered_at.tzinfo is None:
             raise ValueError("entered_at must be timezone-aware")
-        for kind, v in (("language", self.language), ("skill", self.required_skill)):
+        for kind, v in (("language", self.language), ("skill", self.required_skill), ("hotline", self.hotline)):
             if v is not None and not TOKEN.match(v):
                 raise ValueError(f"call {self.call_id}: {kind} {v!r} must be a lower-case token")
 
@@ -233,6 +245,7 @@ class Offer:
     caller_display: str
     uniqueid: str = ""
     callback: bool = False
+    hotline: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +365,7 @@ class QueueEntry:
     required_skill: str | None
     language: str | None
     ringing_agent_id: str | None
+    hotline: str | None = None
     target: str | None = None  # a transferred call's target ("agent:7", "skill:repair"), else None
 
 
@@ -368,6 +382,7 @@ class AgentView:
     missed_today: int
     offers_today: int
     two_ring_share: float | None
+    hotlines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +391,8 @@ class AcdSnapshot:
     queue: tuple[QueueEntry, ...]
     agents: tuple[AgentView, ...]
     metrics: MetricsSnapshot
+    # Today's figures per hotline (calls that name one).
+    by_hotline: Mapping[str, MetricsSnapshot] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,13 +2,17 @@
 
 The rules, deterministic and in this order (this module is their one place):
 
+0. **Required dimensions** (:data:`REQUIRED`: the hotline): a call that names a hotline is offered only
+   to that hotline's agents, whatever else is true. Everything below happens within them: "any ready
+   agent" is any ready agent *of the call's hotline*, and a call whose hotline has nobody ready waits
+   while other hotlines' agents idle (the others' callers behind it are served meanwhile).
 1. **Priority** of the waiting call (:class:`~.model.PriorityLevel`: EMERGENCY > REPEAT > VIP > NORMAL),
    first come, first served within a level. A call keeps its place while it rings an agent, after a
    missed offer and when it becomes a call-back request.
 2. **Match dimensions** (:data:`DIMENSIONS`, most important first: the caller's language, then the
    IVR skill). A call looks for an agent in tiers, first non-empty wins: every dimension matched,
    then dropping the least important first (language and skill; language only; skill only), then
-   **any ready agent** (a caller never waits while an agent idles). A call without a requirement on
+   **any ready agent** (of its hotline: a caller never waits while such an agent idles). A call without a requirement on
    a dimension matches every agent on it. Language ranks above skill: an agent who speaks the
    caller's language can at least take the request down.
 3. Within the tier, the caller's **previous agent** if READY (``prefer_previous_agent``).
@@ -28,16 +32,19 @@ tier, the other rules apply within it), never twice to the same agent, and befor
 
 Where a new rule goes
 ---------------------
-* a new way an agent can suit a call (an estate, a product line): one :class:`MatchDimension` in
-  :data:`DIMENSIONS`, at its rank;
+* a new way an agent can suit a call (a product line, a second language): one :class:`MatchDimension`
+  in :data:`DIMENSIONS`, at its rank (a preference: dropped tier by tier when nobody matches);
+* a new rule a call must never break (like the hotline): one :class:`MatchDimension` in :data:`REQUIRED`
+  (never dropped; the dispatch is then per value: :meth:`AgentSelector.next_pair`);
 * a kind of caller who should get a kind of agent first: one :class:`Preference` in :data:`PREFERENCES`;
 * a different order among equally suitable agents (fewest calls today, ...): :func:`agent_order`
   (it must not change while the agent stays READY: it is the heap key);
 * a new priority level: :class:`~.model.PriorityLevel` and :func:`~.model.classify_priority`.
 
-Cost: READY agents sit in one heap per index slot (a value or "any" per dimension, plus a
-preference), ordered by :func:`agent_order`; waiting calls not ringing anyone sit in one heap per
-(level, value or "none" or "any" per dimension), ordered by arrival. Entries are deleted lazily (a
+Cost: READY agents sit in one heap per index slot (a value or "any" per dimension, required ones
+first, plus a preference), ordered by :func:`agent_order`; waiting calls not ringing anyone sit in one
+heap per (level, value or "none" per required dimension, value or "none" or "any" per dimension),
+ordered by arrival. Entries are deleted lazily (a
 token per entry), so a decision costs O(log n) per slot looked at, never a scan of all agents; the
 number of slots looked at depends on the dimensions, not on how many agents or callers there are.
 """
@@ -79,6 +86,12 @@ class Preference:
 DIMENSIONS: tuple[MatchDimension, ...] = (
     MatchDimension("language", lambda a: a.languages, lambda c: c.language),
     MatchDimension("skill", lambda a: a.skills, lambda c: c.required_skill),
+)
+
+# Rules a call never breaks, whatever the tier: a call of one estate's hotline is never offered to
+# another estate's agent (the hotline of the call; the hotlines the agent answers, domain/hotlines.py).
+REQUIRED: tuple[MatchDimension, ...] = (
+    MatchDimension("hotline", lambda a: a.hotlines, lambda c: c.hotline),
 )
 
 PREFERENCES: tuple[Preference, ...] = (
@@ -171,14 +184,21 @@ class AgentSelector:
         prefer_previous_agent: bool,
         dimensions: tuple[MatchDimension, ...] = DIMENSIONS,
         preferences: tuple[Preference, ...] = PREFERENCES,
+        required: tuple[MatchDimension, ...] = REQUIRED,
     ) -> None:
         self._agents = agents
         self._calls = calls
         self.prefer_previous_agent = prefer_previous_agent
         self.dimensions = dimensions
         self.preferences = preferences
+        self.required = required
+        self._all = (*required, *dimensions)  # the order of every index key
         self._masks = tier_masks(len(dimensions))
-        self._any = (ANY,) * len(dimensions)
+        self._any = (ANY,) * len(self._all)
+        self._soft_any = (ANY,) * len(dimensions)
+        # A call's values of the required dimensions (NONE: it names none) -> where its agents sit.
+        self._partitions: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._unoffered: dict[object, int] = {int(lvl): 0 for lvl in PriorityLevel}  # by level
         self._levels_desc = tuple(int(lvl) for lvl in sorted(PriorityLevel, reverse=True))
         self._prefs_by_level: dict[PriorityLevel, tuple[str, ...]] = {
             lvl: tuple(p.name for p in preferences if lvl in p.levels) for lvl in PriorityLevel
@@ -187,20 +207,24 @@ class AgentSelector:
         self._call_index = LazyIndex(self._call_entry_live)
         self._call_shapes: dict[tuple, tuple[tuple, tuple]] = {}
         self._targeted: dict[str, CallRecord] = {}  # transferred calls waiting unoffered, by call id
-        names = [d.name for d in dimensions]
+        names = [d.name for d in self._all]  # a tier's positions: required dimensions first
         self._skill_dim = names.index("skill") if "skill" in names else None
 
     # ----- agents ---------------------------------------------------------------------------------
     def prepare_agent(self, rec: AgentRecord) -> None:
         """Work out, once per agent record or change, where the agent sits and where it looks."""
         agent = rec.agent
+        required = [tuple(sorted(d.agent_values(agent))) for d in self.required]
         values = [tuple(sorted(d.agent_values(agent))) for d in self.dimensions]
         prefs = (NO_PREFERENCE, *(p.name for p in self.preferences if p.agent_has(agent)))
         rec.keys = tuple(
-            (*slot, pref) for slot in itertools.product(*[(*v, ANY) for v in values]) for pref in prefs
+            (*slot, pref) for slot in itertools.product(*[(*v, ANY) for v in (*required, *values)]) for pref in prefs
         )
+        # A required dimension is never dropped: the agent looks only at calls of its own values (or none).
+        own = [(*v, NONE) for v in required]
         rec.call_tiers = tuple(
-            tuple(itertools.product(*[((*v, NONE) if keep else (ANY,)) for v, keep in zip(values, mask, strict=True)]))
+            tuple(itertools.product(
+                *own, *[((*v, NONE) if keep else (ANY,)) for v, keep in zip(values, mask, strict=True)]))
             for mask in self._masks
         )
 
@@ -230,7 +254,20 @@ class AgentSelector:
         return self._agents[e[-2]] if e is not None else None
 
     def _suits(self, rec: AgentRecord, tier: tuple[str, ...]) -> bool:
-        return all(v == ANY or v in d.agent_values(rec.agent) for d, v in zip(self.dimensions, tier, strict=True))
+        return all(v == ANY or v in d.agent_values(rec.agent) for d, v in zip(self._all, tier, strict=True))
+
+    def ready_count_for(self, crec: CallRecord) -> int:
+        """READY agents the call may be offered to (its required values; every READY agent without any;
+        a transferred call's: those of its target's first tier, or the one agent if READY)."""
+        only = crec.call.only
+        if only is not None:
+            if only.agent_id is not None:
+                rec = self._agents.get(only.agent_id)
+                return int(rec is not None and rec.indexed)
+            return self._agent_index.count((*crec.agent_tiers[-1], NO_PREFERENCE)) if crec.agent_tiers else 0
+        part = crec.keys[-1][1 : 1 + len(self.required)]
+        prefix = self._partitions.get(part) or tuple(ANY if v == NONE else v for v in part)
+        return self._agent_index.count((*prefix, *self._soft_any, NO_PREFERENCE))
 
     # ----- calls ----------------------------------------------------------------------------------
     def prepare_call(self, crec: CallRecord) -> None:
@@ -240,21 +277,26 @@ class AgentSelector:
         if call.only is not None:
             crec.keys, crec.agent_tiers = (), self._target_tiers(crec)
             return
-        shape = (call.priority_level, *[d.call_value(call) for d in self.dimensions])
+        shape = (call.priority_level, *[d.call_value(call) for d in self._all])
         found = self._call_shapes.get(shape)
         if found is None:
             if len(self._call_shapes) >= _SHAPES_KEPT:
                 self._call_shapes.clear()
-            found = self._call_shapes[shape] = self._call_shape(int(shape[0]), shape[1:])
+            n = len(self.required)
+            found = self._call_shapes[shape] = self._call_shape(int(shape[0]), shape[1 : 1 + n], shape[1 + n :])
         crec.keys, crec.agent_tiers = found
 
-    def _call_shape(self, lvl: int, values: tuple[str | None, ...]) -> tuple[tuple, tuple]:
+    def _call_shape(self, lvl: int, required: tuple[str | None, ...], values: tuple[str | None, ...]) -> tuple[tuple, tuple]:
+        part = tuple(v or NONE for v in required)
+        self._partitions.setdefault(part, tuple(v or ANY for v in required))
         keys = tuple(
-            (lvl, *[(v or NONE) if keep else ANY for v, keep in zip(values, mask, strict=True)]) for mask in self._masks
+            (lvl, *part, *[(v or NONE) if keep else ANY for v, keep in zip(values, mask, strict=True)])
+            for mask in self._masks
         )
+        own = tuple(v or ANY for v in required)
         tiers: list[tuple[str, ...]] = []
         for mask in self._masks:
-            tier = tuple((v or ANY) if keep else ANY for v, keep in zip(values, mask, strict=True))
+            tier = (*own, *((v or ANY) if keep else ANY for v, keep in zip(values, mask, strict=True)))
             if tier not in tiers:
                 tiers.append(tier)
         return keys, tuple(tiers)
@@ -268,6 +310,7 @@ class AgentSelector:
             self._targeted[crec.call.call_id] = crec
             return
         self._call_index.add(crec.keys, (crec.seq, crec.call.call_id, crec.token))
+        self._unoffered[crec.keys[0][0]] += 1
 
     def unindex_call(self, crec: CallRecord) -> None:
         """Only a call waiting without an offer is indexed."""
@@ -279,18 +322,26 @@ class AgentSelector:
             self._targeted.pop(crec.call.call_id, None)
             return
         self._call_index.remove(crec.keys)
+        self._unoffered[crec.keys[0][0]] -= 1
+
+    def _waiting_at(self, lv: int) -> int:
+        """Calls of this level waiting unoffered, whatever their hotline (kept, not summed per hotline)."""
+        return self._unoffered[lv]
 
     # ----- transferred calls ----------------------------------------------------------------------
     def _target_tiers(self, crec: CallRecord) -> tuple[tuple[str, ...], ...]:
         """A skill group's tiers: the usual ones for the call's language and the group's skill, less
-        every tier that drops the skill (the group is the whole point)."""
+        every tier that drops the skill (the group is the whole point). Its required values are the
+        target's (``OnlyFor.hotline``: the group's agents of that hotline; None: the whole group), not
+        the call's: a transfer may cross hotlines."""
         only = crec.call.only
         assert only is not None
         if only.skill is None or self._skill_dim is None:
             return ()
-        call = replace(crec.call, required_skill=only.skill, only=None)
-        values = tuple(d.call_value(call) for d in self.dimensions)
-        _keys, tiers = self._call_shape(int(call.priority_level), values)
+        call = replace(crec.call, required_skill=only.skill, hotline=only.hotline, only=None)
+        n = len(self.required)
+        values = tuple(d.call_value(call) for d in self._all)
+        _keys, tiers = self._call_shape(int(call.priority_level), values[:n], values[n:])
         return tuple(t for t in tiers if t[self._skill_dim] != ANY)
 
     def targeted_in_order(self) -> list[CallRecord]:
@@ -307,7 +358,7 @@ class AgentSelector:
             return True
         if only.agent_id is not None:
             return rec.agent.agent_id == only.agent_id
-        return only.skill in rec.agent.skills
+        return only.skill in rec.agent.skills and (only.hotline is None or only.hotline in rec.agent.hotlines)
 
     def _pick_target_agent(self, crec: CallRecord) -> AgentRecord | None:
         only = crec.call.only
@@ -332,14 +383,39 @@ class AgentSelector:
         return None
 
     def unoffered_count(self) -> int:
-        return sum(self._call_index.count((lv, *self._any)) for lv in self._levels_desc)
+        return sum(self._waiting_at(lv) for lv in self._levels_desc)
+
+    def _head_at(self, lv: int, parts: Iterable[tuple[str, ...]]) -> CallRecord | None:
+        best: CallRecord | None = None
+        for part in parts:
+            c = self._peek_call((lv, *part, *self._soft_any))
+            if c is not None and (best is None or c.seq < best.seq):
+                best = c
+        return best
 
     def head_call(self) -> CallRecord | None:
         """The first call in the queue's order that is not ringing anyone."""
         for lv in self._levels_desc:
-            found = self._peek_call((lv, *self._any))
+            found = self._head_at(lv, self._partitions)
             if found is not None:
                 return found
+        return None
+
+    def next_pair(self) -> tuple[CallRecord, AgentRecord] | None:
+        """The next offer to make: the first call in the queue's order that has a READY agent it may be
+        offered to (within its required values), and that agent; None when no such pair exists.
+
+        Without required values this is the head of the queue and its best agent; with them a call whose
+        hotline has nobody ready waits, and the calls of other hotlines behind it are served."""
+        served = [part for part, prefix in self._partitions.items()
+                  if self._agent_index.count((*prefix, *self._soft_any, NO_PREFERENCE))]
+        if not served:
+            return None
+        for lv in self._levels_desc:
+            crec = self._head_at(lv, served)
+            if crec is not None:
+                arec = self.pick_agent_for(crec)
+                return (crec, arec) if arec is not None else None
         return None
 
     def _call_entry_live(self, e: tuple) -> bool:
@@ -387,7 +463,7 @@ class AgentSelector:
     def pick_call_for(self, arec: AgentRecord) -> CallRecord | None:
         """An agent freed up while callers wait: top level, then the best tier for this agent, oldest."""
         for lv in self._levels_desc:
-            if not self._call_index.count((lv, *self._any)):
+            if not self._waiting_at(lv):
                 continue
             for slots in arec.call_tiers:
                 best: CallRecord | None = None
@@ -405,6 +481,7 @@ __all__ = [
     "DIMENSIONS",
     "NONE",
     "PREFERENCES",
+    "REQUIRED",
     "AgentSelector",
     "LazyIndex",
     "MatchDimension",

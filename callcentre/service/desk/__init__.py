@@ -24,6 +24,7 @@ from typing import Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcentre.config import Config
+from callcentre.domain.hotlines import default_hotline_id
 from callcentre.domain.ports import ACDControl, Clock
 from callcentre.service.desk.accounts import AccountService
 from callcentre.service.desk.agents import AgentService
@@ -51,7 +52,7 @@ class DeskServices:
 def desk_repo(sessions: async_sessionmaker[AsyncSession], cfg: Config, clock: Clock) -> DeskRepo:
     """The desk repository as configured (ticket prefixes, time zone, repeat-caller window)."""
     return DeskRepo(sessions, clock, tz=cfg.centre.timezone, prefixes=dict(cfg.tickets.number_prefix),
-                    repeat_caller_hours=cfg.acd.repeat_caller_hours)
+                    repeat_caller_hours=cfg.acd.repeat_caller_hours, default_hotline=default_hotline_id(cfg))
 
 
 def build_desk(

@@ -15,6 +15,7 @@ import structlog
 
 from callcentre.config import Config
 from callcentre.domain.errors import Invalid, TicketNotFound, Unavailable
+from callcentre.domain.hotlines import Hotlines
 from callcentre.domain.lifecycle import Acknowledge, ConfirmClosed, Dispatch, Reopen, Resolve, StartWork, TicketEvent
 from callcentre.domain.model import Priority, TicketDraft, TicketKind, TicketStatus
 from callcentre.domain.ports import Clock
@@ -50,6 +51,8 @@ class NewDeskTicket:
     unit_id: int | None
     notes: str | None
     resolved_first_contact: bool = False
+    # The hotline (estate) it is for; None: the call's (call_uniqueid), else the default hotline.
+    hotline: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,17 +97,29 @@ class DeskTicketService:
             raise Invalid(f"unknown {kind.value} category {category!r}", code="invalid_category")
         return Priority(known[category]) if category in known else None
 
-    async def find(self, *, owner_id: int | None, phone: str | None) -> list[dict[str, Any]]:
-        return await self._desk.tickets_for(owner_id=owner_id, phone=phone)
+    def hotlines(self) -> list[dict[str, Any]]:
+        """Every hotline ({id, name}), for the pages' filters and to check a hotline asked for."""
+        return Hotlines.from_config(self._cfg).cards()
+
+    def check_hotline(self, hotline: str | None) -> str | None:
+        if hotline is not None and hotline not in Hotlines.from_config(self._cfg):
+            raise Invalid(f"no hotline {hotline!r}", code="unknown_hotline")
+        return hotline
+
+    async def find(self, *, owner_id: int | None, phone: str | None, hotline: str | None = None) -> list[dict[str, Any]]:
+        return await self._desk.tickets_for(owner_id=owner_id, phone=phone, hotline=self.check_hotline(hotline))
 
     async def get(self, number: str) -> dict[str, Any]:
         return await self._desk.get_ticket(number)
 
     async def create(self, actor: UserView, new: NewDeskTicket) -> dict[str, Any]:
+        hotline = self.check_hotline(new.hotline)
+        if hotline is None and new.call_uniqueid:
+            hotline = await self._desk.call_hotline(new.call_uniqueid)  # the hotline the caller dialled
         draft = TicketDraft(
             kind=new.kind, category=new.category, priority=new.priority, caller_id_raw=new.caller_id_raw,
             caller_id=new.caller_id, call_uniqueid=new.call_uniqueid or "", owner_id=new.owner_id,
-            unit_id=new.unit_id, description=new.notes, source="agent",
+            unit_id=new.unit_id, description=new.notes, source="agent", hotline=hotline,
         )
         promised = None
         if new.kind in PROMISED_KINDS:

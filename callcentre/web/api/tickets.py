@@ -10,6 +10,7 @@ from aiohttp import web
 from callcentre.domain import callerid
 from callcentre.domain.model import Priority, TicketKind, TicketStatus
 from callcentre.domain.ticket_number import is_ticket_number
+from callcentre.domain.users import sees_supervisor_pages
 from callcentre.service.desk.tickets import DESK_STATUSES, FIRST_CONTACT_NOTE, NewDeskTicket, TicketChange
 from callcentre.web.api.common import (
     features,
@@ -25,6 +26,7 @@ from callcentre.web.middleware import ApiError, json_response
 
 _CATEGORY = re.compile(r"^[a-z0-9_\-]{1,64}$")
 _UNIQUEID = re.compile(r"^[0-9A-Za-z.\-_]{1,64}$")
+_HOTLINE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}\Z")
 NOTES_MAX = 2000
 
 
@@ -33,6 +35,15 @@ def _ticket_number(request: web.Request) -> str:
     if not is_ticket_number(number):
         raise ApiError(404, "not_found", "no such ticket")
     return number
+
+
+def _hotline(value: Any) -> str | None:
+    """A hotline id as a query or body gives it (the service checks it is configured)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _HOTLINE.match(value):
+        raise ApiError(400, "unknown_hotline", "hotline must be the id of a configured hotline")
+    return value
 
 
 def _category_code(value: Any) -> str:
@@ -45,11 +56,15 @@ def _category_code(value: Any) -> str:
 async def tickets_list(request: web.Request) -> web.Response:
     phone_q = request.query.get("phone")
     owner_q = request.query.get("owner_id")
-    if not phone_q and not owner_q:
-        raise ApiError(400, "invalid_request", "give phone or owner_id")
+    hotline = _hotline(request.query.get("hotline"))
+    if not phone_q and not owner_q and hotline is None:
+        raise ApiError(400, "invalid_request", "give phone, owner_id or hotline")
+    if not phone_q and not owner_q and not sees_supervisor_pages(user(request)):
+        raise ApiError(403, "forbidden", "a hotline's tickets are for supervisors; agents look up a caller")
     phone = parse_phone(request, phone_q) if phone_q else None
     owner_id = parse_opt_int(owner_q, "owner_id")
-    return json_response({"tickets": await features(request).tickets.find(owner_id=owner_id, phone=phone)})
+    found = await features(request).tickets.find(owner_id=owner_id, phone=phone, hotline=hotline)
+    return json_response({"tickets": found})
 
 
 @roles(*READERS)
@@ -90,6 +105,7 @@ async def ticket_create(request: web.Request) -> web.Response:
         unit_id=parse_opt_int(body.get("unit_id"), "unit_id"),
         notes=parse_text(body.get("notes"), "notes", NOTES_MAX),
         resolved_first_contact=resolved,
+        hotline=_hotline(body.get("hotline")),
     )
     return json_response({"ticket": await tickets.create(user(request), new)}, status=201)
 
@@ -126,7 +142,14 @@ async def ticket_update(request: web.Request) -> web.Response:
     return json_response({"ticket": await features(request).tickets.update(user(request), number, change)})
 
 
+@roles(*EVERYONE)
+async def hotlines_list(request: web.Request) -> web.Response:
+    """Every hotline (id and names): what tickets, calls, reports and the wallboard are filtered by."""
+    return json_response({"hotlines": features(request).tickets.hotlines()})
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/hotlines", hotlines_list)
     router.add_get("/api/tickets", tickets_list)
     router.add_post("/api/tickets", ticket_create)
     router.add_get("/api/tickets/{number}", ticket_get)

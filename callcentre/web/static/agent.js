@@ -110,7 +110,10 @@ function renderPop(call) {
   const header = cc.el("div", { class: "caller" },
     cc.el("span", { class: "caller-name", id: "pop-caller-name" }, who), " ",
     cc.el("span", { class: "caller-number" }, call.caller_id || call.caller_id_raw || "withheld"),
-    call.repeat_caller ? cc.el("span", { class: "badge repeat", id: "pop-repeat" }, "Repeat caller (24 h)") : null);
+    call.repeat_caller ? cc.el("span", { class: "badge repeat", id: "pop-repeat" }, "Repeat caller (24 h)") : null,
+    // Several estates on one server: which number the caller dialled.
+    call.hotline && call.hotline.name ? cc.el("span", { class: "badge hotline", id: "pop-hotline",
+      dataset: { hotline: cc.clean(call.hotline.id) } }, call.hotline.name.en || call.hotline.name.zh || call.hotline.id) : null);
   const path = cc.el("p", { class: "ivr" }, "IVR: ",
     call.ivr_path && call.ivr_path.length ? call.ivr_path.join(" › ") : "–",
     call.ivr_tickets && call.ivr_tickets.length ? cc.el("span", {}, " · ticket made in IVR: ", call.ivr_tickets.join(", ")) : null);

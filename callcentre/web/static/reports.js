@@ -7,6 +7,25 @@ const KIND_NAMES = { kind: "Kind", category: "Category", status: "Status" };
 const GROUP_NAMES = { category: "Category", department: "Department", building: "Building", agent: "Agent" };
 // Requests for a day or month the user has since left are dropped when they answer.
 const latest = { daily: 0, monthly: 0 };
+// Several hotlines: the reports of one ("" every hotline); the list comes with the daily report.
+const scope = { hotline: "", known: "" };
+
+function hotlineQuery() {
+  return scope.hotline ? "&hotline=" + encodeURIComponent(scope.hotline) : "";
+}
+
+function renderHotlines(hotlines) {
+  const list = Array.isArray(hotlines) ? hotlines : [];
+  const ids = list.map((h) => h.id).join(",");
+  const select = $("hotline");
+  if (ids !== scope.known) {
+    scope.known = ids;
+    select.replaceChildren(cc.el("option", { value: "" }, "All hotlines"),
+      ...list.map((h) => cc.el("option", { value: cc.clean(h.id) }, h.name.en || h.name.zh || h.id)));
+    select.value = scope.hotline;
+  }
+  select.hidden = list.length < 2;
+}
 
 function say(text, isError) {
   const m = $("message");
@@ -33,8 +52,10 @@ function countRows(by, counts) {
 
 function renderDaily(d) {
   $("day").value = d.date;
-  $("daily-csv").href = "/api/reports/daily.csv?date=" + encodeURIComponent(d.date);
-  $("daily-csv").setAttribute("download", "daily-" + d.date + ".csv");
+  renderHotlines(d.hotlines);
+  const tag = d.hotline ? "-" + cc.clean(d.hotline) : "";
+  $("daily-csv").href = "/api/reports/daily.csv?date=" + encodeURIComponent(d.date) + hotlineQuery();
+  $("daily-csv").setAttribute("download", "daily-" + d.date + tag + ".csv");
   cc.setText($("daily-state"), d.clean ? "all clear" : "needs attention");
   $("daily-state").classList.toggle("amber-text", !d.clean);
   const missing = d.calls_without_ticket || [];
@@ -65,7 +86,7 @@ function renderDaily(d) {
 async function loadDaily(day) {
   const seq = ++latest.daily;
   try {
-    const d = await cc.api("GET", "/api/reports/daily" + (day ? "?date=" + encodeURIComponent(day) : ""));
+    const d = await cc.api("GET", "/api/reports/daily?date=" + (day ? encodeURIComponent(day) : "") + hotlineQuery());
     if (seq !== latest.daily) return null;
     renderDaily(d);
     say("");
@@ -99,7 +120,8 @@ function groupingPanel(g, month) {
     cc.el("td", { class: "num" }, share(r.first_contact_share)),
     cc.el("td", { class: "num" }, String(r.repeat_complaints)),
     cc.el("td", { class: "num" }, r.satisfaction_average === null ? "–" : Number(r.satisfaction_average).toFixed(2))));
-  const link = cc.el("a", { href: g.csv, class: "amber-text", download: "monthly-" + month + "-" + g.grouping + ".csv" },
+  const tag = scope.hotline ? "-" + cc.clean(scope.hotline) : "";
+  const link = cc.el("a", { href: g.csv, class: "amber-text", download: "monthly-" + month + tag + "-" + g.grouping + ".csv" },
     "Download CSV");
   const table = cc.el("table", { class: "big" },
     cc.el("thead", {}, cc.el("tr", {}, ...["", "Tickets", "Resolved", "Promise kept", "Two rings", "First contact",
@@ -117,7 +139,7 @@ function groupingPanel(g, month) {
 async function loadMonthly(month) {
   const seq = ++latest.monthly;
   try {
-    const m = await cc.api("GET", "/api/reports/monthly" + (month ? "?month=" + encodeURIComponent(month) : ""));
+    const m = await cc.api("GET", "/api/reports/monthly?month=" + (month ? encodeURIComponent(month) : "") + hotlineQuery());
     if (seq !== latest.monthly) return;
     $("month").value = m.month;
     $("m-groupings").replaceChildren(...m.groupings.map((g) => groupingPanel(g, m.month)));
@@ -143,6 +165,11 @@ async function main() {
     try { await cc.api("POST", "/api/logout"); } finally { location.assign("/login"); }
   });
   $("day").addEventListener("change", () => { if ($("day").value) loadDaily($("day").value); });
+  $("hotline").addEventListener("change", () => {
+    scope.hotline = $("hotline").value;
+    loadDaily($("day").value || null);
+    if (/^\d{4}-\d{2}$/.test($("month").value)) loadMonthly($("month").value);
+  });
   $("month").addEventListener("change", () => {
     const v = $("month").value;
     if (/^\d{4}-\d{2}$/.test(v)) loadMonthly(v);

@@ -6,6 +6,9 @@ const wall = {
   received: 0,          // ms epoch of the last snapshot (waits tick from it)
   target: 10,           // seconds: beyond this a caller has waited more than two rings
   alerts: [],
+  hotline: "",          // the hotline shown ("" every hotline)
+  hotlines: [],         // [{id, name: {zh, en}}] from the snapshot
+  last: null,           // the last snapshot, re-rendered when the filter changes
 };
 const $ = (id) => document.getElementById(id);
 const MAX_ALERTS = 20;
@@ -39,13 +42,43 @@ function renderFigures(f, queueLen, readyCount) {
   figure("fig-ready", String(ready ?? "–"), ready === 0 && waiting > 0 ? "red" : "ok");
 }
 
+function hotlineName(id) {
+  const h = wall.hotlines.find((x) => x.id === id);
+  return h ? (h.name.en || h.name.zh || h.id) : (id || "–");
+}
+
+// Several hotlines: the filter lists them; one hotline (or none known): no filter, no column.
+function renderHotlines(hotlines) {
+  const list = Array.isArray(hotlines) ? hotlines : [];
+  const ids = list.map((h) => h.id).join(",");
+  const select = $("hotline-filter");
+  if (ids !== wall.hotlines.map((h) => h.id).join(",")) {
+    wall.hotlines = list;
+    select.replaceChildren(cc.el("option", { value: "" }, "All hotlines"),
+      ...list.map((h) => cc.el("option", { value: cc.clean(h.id) }, h.name.en || h.name.zh || h.id)));
+    if (!list.some((h) => h.id === wall.hotline)) wall.hotline = "";
+    select.value = wall.hotline;
+  }
+  select.hidden = list.length < 2;
+  $("queue").classList.toggle("one-hotline", list.length < 2);
+}
+
+function mine(q) {
+  return !wall.hotline || q.hotline === wall.hotline;
+}
+
+function answers(a) {
+  return !wall.hotline || !Array.isArray(a.hotlines) || a.hotlines.length === 0 || a.hotlines.includes(wall.hotline);
+}
+
 function renderQueue(queue) {
   $("queue-empty").hidden = queue.length > 0;
   $("queue-body").replaceChildren(...queue.map((q) => {
     const start = wall.received - (Number(q.wait_seconds) || 0) * 1000;
-    return cc.el("tr", { class: "caller-row prio-" + cc.clean(q.priority), dataset: { callId: cc.clean(q.call_id) } },
+    return cc.el("tr", { class: "caller-row prio-" + cc.clean(q.priority), dataset: { callId: cc.clean(q.call_id), hotline: cc.clean(q.hotline || "") } },
       cc.el("td", { class: "wait", dataset: { start: String(start) } }, cc.duration(q.wait_seconds)),
       cc.el("td", { class: "caller" }, q.caller || "withheld"),
+      cc.el("td", { class: "hotline" }, hotlineName(q.hotline)),
       cc.el("td", { class: "owner" }, [q.owner_name, q.unit].filter(Boolean).join(" · ") || "unknown"),
       cc.el("td", {}, q.transfer_target ? "transfer → " + q.transfer_target : cc.label(q.ivr_choice || "–")),
       cc.el("td", { class: "priority" }, cc.label(q.priority || "normal")));
@@ -96,6 +129,7 @@ function renderAgents(agents) {
 }
 
 function renderTransfers(items) {
+  items = items.filter((t) => !wall.hotline || !t.hotline || t.hotline === wall.hotline);  // the hotline shown
   $("transfers-body").replaceChildren(...items.map((t) => cc.el("tr",
     { class: "transfer-row state-" + cc.clean(t.state).replace(/[^a-z_]/g, ""), dataset: { uniqueid: cc.clean(t.uniqueid) } },
     cc.el("td", {}, t.uniqueid),
@@ -143,17 +177,26 @@ function tick() {
   }
 }
 
+function render(msg) {
+  const all = msg.figures || {};
+  renderHotlines(msg.hotlines);
+  const queue = (msg.queue || []).filter(mine);
+  const agents = (msg.agents || []).filter(answers);
+  // One hotline shown: its own figures (figures.by_hotline), else the centre's.
+  const f = wall.hotline && all.by_hotline && all.by_hotline[wall.hotline] ? all.by_hotline[wall.hotline] : all;
+  renderQueue(queue);
+  renderAgents(agents);
+  renderFigures(f, queue.length, agents.filter((a) => a.state === "ready").length);
+}
+
 function onMessage(msg) {
   if (msg.server_time) cc.syncClock(msg.server_time);
   if (msg.type === "snapshot") {
     wall.received = Date.now();
+    wall.last = msg;
     const f = msg.figures || {};
     if (f.target_wait_seconds) wall.target = Number(f.target_wait_seconds);
-    const queue = msg.queue || [];
-    const agents = msg.agents || [];
-    renderQueue(queue);
-    renderAgents(agents);
-    renderFigures(f, queue.length, agents.filter((a) => a.state === "ready").length);
+    render(msg);
     renderOverdue(Array.isArray(msg.overdue) ? msg.overdue : []);
     renderTransfers(Array.isArray(msg.transfers) ? msg.transfers : []);
     if (Array.isArray(msg.alerts)) {
@@ -178,6 +221,12 @@ async function main() {
   cc.setText($("centre"), wall.me.centre);
   $("btn-signout").addEventListener("click", async () => {
     try { await cc.api("POST", "/api/logout"); } finally { location.assign("/login"); }
+  });
+  $("hotline-filter").addEventListener("change", () => {
+    wall.hotline = $("hotline-filter").value;
+    if (wall.last) render(wall.last);
+    if (wall.last) renderTransfers(Array.isArray(wall.last.transfers) ? wall.last.transfers : []);
+    tick();
   });
   cc.live("/ws/wallboard", onMessage, (s) => cc.setText($("live"), s));
   setInterval(tick, 1000);
