@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from callcentre.config import Config
 from callcentre.domain.ports import ACDControl, Clock
 from callcentre.service.desk.accounts import AccountService
-from callcentre.service.desk.agents import AgentService
+from callcentre.service.desk.agents import AgentService, Elsewhere
 from callcentre.service.desk.owners import OwnerService
 from callcentre.service.desk.tickets import DeskTicketService
 from callcentre.service.recordings import RecordingService
@@ -61,6 +61,8 @@ def build_desk(
     desk: DeskRepo | None = None,
     users: UsersRepo | None = None,
     recordings: RecordingService | None = None,
+    elsewhere: Elsewhere | None = None,
+    node: str | None = None,
 ) -> DeskServices:
     """The desk's services. ``acd`` is asked for call distribution each time (it may be off, or not yet
     started); pass the ``desk`` and ``users`` repositories when they are built already (one each)."""
@@ -68,7 +70,7 @@ def build_desk(
     users = users if users is not None else UsersRepo(sessions, clock)
     return DeskServices(
         accounts=AccountService(users),
-        agents=AgentService(acd, users, clock),
+        agents=AgentService(acd, users, clock, elsewhere=elsewhere, node=node),
         owners=OwnerService(desk),
         tickets=DeskTicketService(desk, lifecycle, cfg, clock),
         reports=ReportService(sessions, cfg, clock),

@@ -39,8 +39,9 @@ async def agent_state(request: web.Request) -> web.Response:
     service = features(request).agents
     after = await service.change_state(user(request), agent_id, action, reason)
     hub = state(request).hub
-    hub.publish(agent_topic(agent_id), {"type": "state", "agent": after, "server_time": service.server_time()})
-    hub.publish(WALLBOARD, {"type": "snapshot", **service.snapshot()})
+    if service.running:  # else the leader made the change and published it (callcentre/cluster/relay.py)
+        hub.publish(agent_topic(agent_id), {"type": "state", "agent": after, "server_time": service.server_time()})
+        hub.publish(WALLBOARD, {"type": "snapshot", **service.snapshot()})
     return json_response({"agent": after, "server_time": service.server_time()})
 
 

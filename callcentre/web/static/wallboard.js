@@ -132,9 +132,19 @@ function tick() {
   }
 }
 
+// Small print: which server answers this page and, with several, which one runs call distribution.
+function renderNode(acdNode) {
+  const n = wall.me && wall.me.node;
+  if (!n || !n.name) return;
+  let text = "node " + n.name;
+  if (acdNode && acdNode !== n.name) text += " · distribution on " + acdNode;
+  cc.setText($("node"), text);
+}
+
 function onMessage(msg) {
   if (msg.server_time) cc.syncClock(msg.server_time);
   if (msg.type === "snapshot") {
+    renderNode(msg.acd_node);
     wall.received = Date.now();
     const f = msg.figures || {};
     if (f.target_wait_seconds) wall.target = Number(f.target_wait_seconds);
@@ -164,6 +174,7 @@ async function main() {
     return;
   }
   cc.setText($("centre"), wall.me.centre);
+  renderNode(null);
   $("btn-signout").addEventListener("click", async () => {
     try { await cc.api("POST", "/api/logout"); } finally { location.assign("/login"); }
   });
