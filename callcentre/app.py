@@ -32,7 +32,7 @@ from callcentre.agi.server import FastAGIServer, Router
 from callcentre.ami.calls import CallTracker
 from callcentre.ami.link import AMIDisconnected, AMILink
 from callcentre.cluster.leader import PgLeaderElector, make_elector
-from callcentre.cluster.node import ROLE, LeaderConnector, LeaderGate, LeaderParts, NodeInfo
+from callcentre.cluster.node import ROLE, FollowerPass, LeaderConnector, LeaderGate, LeaderParts, NodeInfo
 from callcentre.cluster.notify import ClusterHub, make_hub
 from callcentre.cluster.pg import is_postgres
 from callcentre.cluster.relay import AgentRelay, AgentRelayServer
@@ -191,13 +191,15 @@ def build_services(cfg: Config, clock: Clock) -> Services:
         connector = LeaderConnector(running, leader_parts, try_now=elector.try_now,
                                     promote_wait_seconds=cfg.cluster.promote_wait_seconds if postgres else 0.0)
     ivr = HotlineIVR(cfg, directory, tickets, clock, connector)
-    on_follower_call = elector.try_now if postgres and distribution is not None else None
+    clustered = postgres and distribution is not None
+    on_follower_call = elector.try_now if clustered else None
     return Services(
         cfg=cfg, clock=clock, engine=engine, session_factory=sessions, directory=directory, tickets=tickets,
         ticket_service=ticket_service, users=users, desk=desk, desk_services=desk_services,
         hub=hub, notifier=notifier, tracker=tracker, ami_events=ami_events, ami=ami, callbacks=callbacks, survey=survey,
         escalation=escalation, reconciliation=reconciliation, webhooks=webhooks,
-        agi=FastAGIServer(cfg.agi, _agi_router(running, ivr, survey, on_follower_call=on_follower_call),
+        agi=FastAGIServer(cfg.agi, _agi_router(running, ivr, survey, on_follower_call=on_follower_call,
+                                               follower_pass=FollowerPass(elector) if clustered else None),
                           prompt_path=cfg.prompts.asterisk_path),
         distribution=distribution, roster=roster, ivr=ivr, running=running,
         elector=elector, leader_parts=leader_parts, node=NodeInfo(node_name, elector, clustered=postgres), relay=relay,
@@ -299,12 +301,15 @@ def _webhook_sender(cfg: Config, sessions: async_sessionmaker[AsyncSession], clo
 
 
 def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript, *,
-                on_follower_call: Callable[[], None] | None = None) -> Router:
+                on_follower_call: Callable[[], None] | None = None,
+                follower_pass: Callable[[Any], Awaitable[bool]] | None = None) -> Router:
     """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back.
 
     ``on_follower_call``: a hotline call reached this node while it does not run call distribution
     (the dialplan tries the second server only when the first failed): the elector tries the lock at
-    once, so that a leader that is gone is replaced before the caller asks for a person."""
+    once, so that a leader that is gone is replaced before the caller asks for a person.
+    ``follower_pass``: on a follower, a call on its first try is given, unanswered, to the dialplan's
+    second server (the leader) instead (callcentre/cluster/node.py, FollowerPass)."""
 
     async def callback(channel) -> None:
         try:
@@ -313,7 +318,12 @@ def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript, *,
         finally:
             await channel.set_result("done")
 
-    routes = {"hotline": ivr.run, "survey": survey.run, "callback": callback}
+    async def hotline(channel) -> None:
+        if running.acd is None and follower_pass is not None and await follower_pass(channel):
+            return  # unanswered, nothing set: the dialplan tries its second server
+        await ivr.run(channel)
+
+    routes = {"hotline": ivr.run if follower_pass is None else hotline, "survey": survey.run, "callback": callback}
 
     def router(env):
         if running.draining and env.script == "hotline":

@@ -32,6 +32,12 @@ the lock at once (:meth:`~callcentre.cluster.leader.PgLeaderElector.try_now`) an
 alive), the caller is handed back to the dialplan, whose fallback queue (``hotline-fallback``) rings
 the agents' phones: CC_RESULT is not set to ``done``.
 
+**A new call reaching a follower first** (the node named in ``CALLCENTRE_AGI`` restarted after a
+fail-over and now follows): :class:`FollowerPass` closes the session before answering when the
+dialplan has a second server and this is the call's first try, so the dialplan's own rule ("the
+first server did not answer: try ``CALLCENTRE_AGI2`` once") gives it to the leader, whose IVR and
+distribution serve it. A call that is already on its second try is served here (see above).
+
 **On demotion while the process goes on** (the lock session was lost), callers waiting in this node's
 queue are sent to the dialplan's fallback queue (:meth:`ACDService.hand_over_waiting`); a caller
 already talking to an agent stays connected.
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import structlog
@@ -48,7 +55,7 @@ import structlog
 from callcentre.cluster.leader import FencedOut, check_fence
 from callcentre.domain.calls import CallInfo, Outcome
 from callcentre.domain.ivr import DialplanQueueConnector
-from callcentre.domain.ports import Channel
+from callcentre.domain.ports import CallerHungUp, Channel, ChannelError
 
 log = structlog.get_logger("callcentre.cluster")
 
@@ -238,6 +245,41 @@ class LeaderConnector:
         return await acd.connect(ch, call, reason=reason, skill=skill, emergency=emergency)
 
 
+_ADDRESS = re.compile(r"[^-.:0-9A-Za-z\[\]]")  # what the dialplan's FILTER() keeps of an AGI address
+
+
+class FollowerPass:
+    """On a follower: give a hotline call on its first try, unanswered, to the dialplan's second server.
+
+    True (the session is to end at once, nothing set, nothing answered) only when all hold: this node
+    follows and knows a leader; the call has not been through the dialplan's fail-over yet (``CC_AGI2``
+    unset: this is the first server's try); and the dialplan has a second server other than this one
+    (``CALLCENTRE_AGI2`` set and not the address this try used). With two nodes that second server is
+    the leader. Anything unclear (a variable that cannot be read) serves the call here."""
+
+    def __init__(self, elector: Any) -> None:
+        self._elector = elector
+        self.passed = 0
+
+    async def __call__(self, ch: Any) -> bool:
+        st = self._elector.status()
+        if st.get("leader") or st.get("state") != "follower" or not st.get("leader_node"):
+            return False
+        try:
+            if await ch.get_variable("CC_AGI2"):
+                return False  # the second try already: this node serves it
+            second = _ADDRESS.sub("", await ch.get_variable("CALLCENTRE_AGI2") or "")
+            current = _ADDRESS.sub("", await ch.get_variable("CC_AGI") or "")
+        except (CallerHungUp, ChannelError):
+            return False
+        if not second or second == current:
+            return False
+        self.passed += 1
+        log.info("a follower passes a new call to the dialplan's second server", uniqueid=ch.uniqueid,
+                 leader=st.get("leader_node"), second=second)
+        return True
+
+
 class NodeInfo:
     """This node's name and role, for /health, /metrics, the API and the wallboard's small print."""
 
@@ -268,4 +310,4 @@ class NodeInfo:
         return {"name": self.name, "role": self.role, "term": st.get("term"), "leader_node": st.get("leader_node")}
 
 
-__all__ = ["ROLE", "LeaderConnector", "LeaderGate", "LeaderParts", "NodeInfo"]
+__all__ = ["ROLE", "FollowerPass", "LeaderConnector", "LeaderGate", "LeaderParts", "NodeInfo"]

@@ -11,6 +11,7 @@ run-once loops run there. Node B is ``CALLCENTRE_AGI2`` and follows. What must h
   waiting and the caller recording reach a person through the dialplan's fallback queue;
 * after: new callers get B's IVR (A's port refused: the dialplan tries B) and B's distribution; the
   wallboard on B shows B's queue;
+* A restarted follows, and a new call the dialplan gives it first is passed, unanswered, to B;
 * every ticket number a caller heard read back (AGI debug: the digits played) is in the database
   exactly once, nothing else is, and no number is used twice.
 """
@@ -38,7 +39,7 @@ from tests.pbx.test_pbx_ivr import Caller, read_back_number, spoken
 TAKEOVER_BOUND = 10.0  # the issue's bound for the other node to lead after the first is killed
 FALLBACK_PHONE = "agent9"  # a person in the dialplan's hotline-fallback queue, not one of our agents
 REPAIRS = ["13800138000", "13555551502", "13102020202"]  # 张伟, 黄丽, 周杰 (examples/owners.csv)
-TALKER, WAITER, LATER = "13720000801", "13912345602", "15818001801"  # 杨明, 刘秀英, 赵磊
+TALKER, WAITER, LATER, RETURNING = "13720000801", "13912345602", "15818001801", "13800138001"  # 杨明, 刘秀英, 赵磊, 陈建国
 
 
 class Wallboard:
@@ -130,6 +131,18 @@ async def fallback_person(pbx: PBX, number: str, limit: float = 60.0) -> dict[st
     connect = await pbx.ami.wait_for(lambda e: e.get("Event") == "AgentConnect" and e.get("CallerIDNum") == number, limit)
     assert FALLBACK_PHONE in connect["Interface"], connect
     return connect
+
+
+async def new_log(server: Any, after: int, event: str, limit: float = 30.0) -> dict[str, Any]:
+    """The first log line with ``event`` among those the server wrote after the first ``after``."""
+    end = time.monotonic() + limit
+    while True:
+        for line in server.lines[after:]:
+            if line.get("event") == event:
+                return line
+        if time.monotonic() > end:
+            raise AssertionError(f"no {event!r} in the server log within {limit} s:\n" + "\n".join(server.raw[-30:]))
+        await asyncio.sleep(0.1)
 
 
 def log_time(line: dict[str, Any]) -> float:
@@ -232,6 +245,20 @@ async def test_the_active_node_killed_mid_traffic_the_other_leads_and_no_caller_
         assert lines_of(node_b.server, c3.uniqueid) and await agistatus(pbx, REPAIRS[2], 2) == ["FAILURE", "SUCCESS"]
         b_health = await health(b_url)
         assert (b_health["node"]["role"], b_health["node"]["term"]) == ("leader", acquired["term"]), b_health["node"]
+
+        # ---- A comes back: it follows, and passes the calls the dialplan gives it first to B, unanswered.
+        seen_lines = len(node_a.lines)
+        await node_a.start()
+        role = await new_log(node_a, seen_lines, "cluster role")
+        assert (role["role"], role["leader"]) == ("follower", "b"), role
+        await pbx.call(RETURNING, ["wait:2", "dtmf:0"], hold=300)
+        await wall.shows("a caller A passed on, waiting in B's queue",
+                         lambda f: queued(f, RETURNING) and f.get("acd_node") == "b")
+        leg = await pbx.hotline_leg(RETURNING)
+        assert [ln for ln in lines_of(node_a, leg["Uniqueid"]) if ln.get("event") == "a follower passes a new call to "
+                "the dialplan's second server"], lines_of(node_a, leg["Uniqueid"])
+        assert await agistatus(pbx, RETURNING, 1) == ["SUCCESS"]  # A closed at once, never answered
+        assert f"did not take {leg['Channel']} (AGISTATUS=SUCCESS): trying {node_b.agi_address}" in pbx.asterisk_log()
     finally:
         await wall.close()
 
