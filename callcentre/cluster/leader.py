@@ -338,8 +338,9 @@ class PgLeaderElector:
             conn.remove_termination_listener(on_terminated)
 
     async def _follow(self, conn: Any, lost: asyncio.Event) -> None:
-        """Try, wait, try again, until this session holds the lock (a stalled connection is replaced)."""
-        self._set_state("follower")
+        """Try, wait, try again, until this session holds the lock (a stalled connection is replaced).
+
+        The state is ``follower`` once a try has lost (another session holds the lock), not before."""
         while True:
             if lost.is_set():
                 raise _Lost(self._lost_reason)
@@ -350,6 +351,8 @@ class PgLeaderElector:
             if node != self.leader_node:
                 self.leader_node = node
                 self._changed.set()
+            if self._state != "follower":
+                self._set_state("follower")
             await _wait(self._poke, self.retry_seconds)  # also set by _mark_lost
 
     async def _lead(self, conn: Any, lost: asyncio.Event) -> None:

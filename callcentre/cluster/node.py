@@ -136,7 +136,7 @@ class LeaderParts:
         after_stop: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self._running = running
-        self._gate = gate
+        self.gate = gate
         self._tracker = tracker
         self._make_distribution = make_distribution
         self._resync = resync
@@ -170,7 +170,7 @@ class LeaderParts:
                     await self._resync()
                 except Exception as exc:  # the link's next log-in resyncs again; distribution runs meanwhile
                     blog.warning("ami resync at election failed", error=f"{type(exc).__name__}: {exc}")
-        self._gate.term = term
+        self.gate.term = term
         for part in self._loops:
             await part.start()
             self._started.append(part)
@@ -182,7 +182,7 @@ class LeaderParts:
         """``on_demoted``: the loops stop first, then distribution (its waiting callers to the dialplan's queue)."""
         self.running = False
         self._up.clear()
-        self._gate.term = None
+        self.gate.term = None
         for part in reversed(self._started):
             try:
                 await part.stop()

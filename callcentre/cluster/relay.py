@@ -33,7 +33,7 @@ from callcentre.domain.errors import Conflict, Forbidden, Invalid, NotFound, Una
 from callcentre.domain.ports import StorageUnavailable
 from callcentre.domain.users import AgentAction, SuperviseMode, UserView
 from callcentre.tasks import cancel_and_wait
-from callcentre.web.hub import WALLBOARD, Hub, SubscriberDropped, agent_topic
+from callcentre.web.hub import WALLBOARD, Hub, SubscriberDropped, Subscription, agent_topic
 
 log = structlog.get_logger("callcentre.cluster")
 
@@ -76,7 +76,9 @@ class AgentRelay:
 
     async def start(self) -> None:
         if getattr(self._hub, "cluster_wide", False):
-            self._task = asyncio.create_task(self._replies(), name="agent-relay-replies")
+            # Subscribed before start() returns: no reply can come before we listen for it.
+            self._task = asyncio.create_task(self._replies(self._hub.subscribe(self.reply_topic)),
+                                             name="agent-relay-replies")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -86,9 +88,8 @@ class AgentRelay:
                 fut.cancel()
         self._pending.clear()
 
-    async def _replies(self) -> None:
+    async def _replies(self, sub: Subscription) -> None:
         while True:
-            sub = self._hub.subscribe(self.reply_topic)
             try:
                 while True:
                     self._resolve(await sub.get())
@@ -96,6 +97,7 @@ class AgentRelay:
                 log.warning("agent relay replies fell behind; subscribing again")
             finally:
                 sub.close()
+            sub = self._hub.subscribe(self.reply_topic)
 
     def _resolve(self, encoded: str) -> None:
         try:
@@ -153,15 +155,15 @@ class AgentRelayServer:
 
     async def start(self) -> None:
         if getattr(self._hub, "cluster_wide", False):
-            self._task = asyncio.create_task(self._serve(), name="agent-relay-server")
+            # Subscribed before start() returns: a request sent once this node leads is never missed.
+            self._task = asyncio.create_task(self._serve(self._hub.subscribe(REQUEST_TOPIC)), name="agent-relay-server")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
 
-    async def _serve(self) -> None:
+    async def _serve(self, sub: Subscription) -> None:
         while True:
-            sub = self._hub.subscribe(REQUEST_TOPIC)
             try:
                 while True:
                     encoded = await sub.get()
@@ -175,6 +177,7 @@ class AgentRelayServer:
                 log.warning("agent relay requests fell behind; subscribing again")
             finally:
                 sub.close()
+            sub = self._hub.subscribe(REQUEST_TOPIC)
 
     async def _handle(self, request: Any) -> None:
         if not isinstance(request, dict):
