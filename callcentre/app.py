@@ -40,7 +40,7 @@ from callcentre.config import Config
 from callcentre.config.loader import environ as config_environ
 from callcentre.distribution import ACDService, AgentRoster
 from callcentre.distribution.recording import MixMonitorRecorder
-from callcentre.domain.ivr import HotlineIVR
+from callcentre.domain.ivr import RESULT_VARIABLE, HotlineIVR
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.queue_log_writer import QueueLogWriter
 from callcentre.service.alerts import WallboardNotifier
@@ -308,19 +308,24 @@ def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript, *,
     ``on_follower_call``: a hotline call reached this node while it does not run call distribution
     (the dialplan tries the second server only when the first failed): the elector tries the lock at
     once, so that a leader that is gone is replaced before the caller asks for a person.
-    ``follower_pass``: on a follower, a call on its first try is given, unanswered, to the dialplan's
-    second server (the leader) instead (callcentre/cluster/node.py, FollowerPass)."""
+    ``follower_pass``: on a follower, a hotline call or a queue call-back's agent leg on its first
+    try is handed with CC_RESULT=pass to the dialplan's second server, the leader
+    (callcentre/cluster/node.py, FollowerPass)."""
 
     async def callback(channel) -> None:
+        result = "done"
         try:
             if running.acd is not None:
                 await running.acd.callback_script(channel)
+            elif follower_pass is not None and await follower_pass(channel):
+                result = "pass"  # the leader placed this call-back and knows it: the dialplan gives it the leg
         finally:
-            await channel.set_result("done")
+            await channel.set_result(result)
 
     async def hotline(channel) -> None:
         if running.acd is None and follower_pass is not None and await follower_pass(channel):
-            return  # unanswered, nothing set: the dialplan tries its second server
+            await channel.set_variable(RESULT_VARIABLE, "pass")  # never answered: the dialplan tries its second server
+            return
         await ivr.run(channel)
 
     routes = {"hotline": ivr.run if follower_pass is None else hotline, "survey": survey.run, "callback": callback}

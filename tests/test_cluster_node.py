@@ -274,8 +274,10 @@ async def test_the_router_pokes_the_elector_and_a_passed_call_never_reaches_the_
                          follower_pass=follower_pass)
     handler = router(Env())
     assert elector.tries == 1
-    await handler(FakeChannel(variables={"CALLCENTRE_AGI2": "b:4573", "CC_AGI": "a:4573"}))
+    first_try = FakeChannel(variables={"CALLCENTRE_AGI2": "b:4573", "CC_AGI": "a:4573"})
+    await handler(first_try)
     assert ivr.ran == [] and follower_pass.passed == 1
+    assert [op for op in first_try.ops if op[0] != "get_variable"] == [("set_variable", "CC_RESULT", "pass")]
     await handler(FakeChannel(uniqueid="2.2", variables={"CC_AGI2": "b:4573"}))
     assert ivr.ran == ["2.2"]
 

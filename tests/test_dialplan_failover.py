@@ -28,6 +28,7 @@ class Server:
     status: str = "SUCCESS"  # FAILURE (nothing listening / a command failed), SUCCESS, HANGUP
     done: bool = False
     answers: bool = False
+    passes: bool = False  # CC_RESULT=pass: did nothing with the call, hands it on (a cluster follower)
 
 
 @dataclass
@@ -125,6 +126,8 @@ class Interpreter:
                     self.state = "Up"
                 if server.done:
                     self.vars["CC_RESULT"] = "done"
+                elif server.passes:
+                    self.vars["CC_RESULT"] = "pass"
                 self.vars["AGISTATUS"] = server.status
                 if server.status == "HANGUP":
                     self.out.end = "gone"  # AGI() ends the dialplan
@@ -242,6 +245,24 @@ def test_the_rule_holds_for_every_combination(dialplan: Dialplan, entry: str) ->
         else:
             assert out.end == ("agent-told" if entry == "callback" else "queue"), case
     assert checked == 7 * 2 * 3 * 2
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_server_that_passes_hands_the_call_to_the_second_once_answered_or_not(dialplan: Dialplan, entry: str) -> None:
+    """CC_RESULT=pass (a cluster node that is not the leader): the second server, once, whatever the
+    channel's state; never back to the first, and never a third try when the second passes too."""
+    told = "agent-told" if entry == "callback" else "queue"
+    for state in ("Ring", "Up"):
+        out = call(dialplan, entry, Server(passes=True), Server(answers=True, done=True), state=state)
+        assert out.agis == [(FIRST, entry), (SECOND, entry)] and out.end == "hangup", (entry, state)
+        out = call(dialplan, entry, Server(passes=True), Server(passes=True), state=state)
+        assert out.agis == [(FIRST, entry), (SECOND, entry)] and out.end == told, (entry, state)
+        for agi2 in (None, FIRST):  # no other server to pass to: the fallback, as before
+            out = call(dialplan, entry, Server(passes=True), Server(answers=True, done=True), agi2=agi2, state=state)
+            assert out.agis == [(FIRST, entry)] and out.end == told, (entry, state, agi2)
+    # AGI() ending in HANGUP ends the dialplan: a pass does not outlive the caller
+    out = call(dialplan, entry, Server(status="HANGUP", passes=True), Server(answers=True, done=True))
+    assert out.agis == [(FIRST, entry)] and out.end == "gone"
 
 
 def test_stale_failover_variables_on_the_channel_are_overwritten(dialplan: Dialplan) -> None:

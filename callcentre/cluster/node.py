@@ -33,10 +33,12 @@ alive), the caller is handed back to the dialplan, whose fallback queue (``hotli
 the agents' phones: CC_RESULT is not set to ``done``.
 
 **A new call reaching a follower first** (the node named in ``CALLCENTRE_AGI`` restarted after a
-fail-over and now follows): :class:`FollowerPass` closes the session before answering when the
-dialplan has a second server and this is the call's first try, so the dialplan's own rule ("the
-first server did not answer: try ``CALLCENTRE_AGI2`` once") gives it to the leader, whose IVR and
-distribution serve it. A call that is already on its second try is served here (see above).
+fail-over and now follows): :class:`FollowerPass` ends the session with ``CC_RESULT=pass``, before
+answering, when the dialplan has a second server and this is the call's first try; the dialplan then
+gives the call, once, to ``CALLCENTRE_AGI2``: the leader, whose IVR and distribution serve it. A call
+already on its second try is served here (see above). The agent leg of a queue call-back that the
+leader placed is passed the same way (it is already answered: the dialplan's ``pass`` rule, not its
+"still unanswered" one, moves it); the leader's distribution knows that call-back, a follower does not.
 
 **On demotion while the process goes on** (the lock session was lost), callers waiting in this node's
 queue are sent to the dialplan's fallback queue (:meth:`ACDService.hand_over_waiting`); a caller
@@ -249,9 +251,9 @@ _ADDRESS = re.compile(r"[^-.:0-9A-Za-z\[\]]")  # what the dialplan's FILTER() ke
 
 
 class FollowerPass:
-    """On a follower: give a hotline call on its first try, unanswered, to the dialplan's second server.
+    """On a follower: hand a call on its first try to the dialplan's second server (``CC_RESULT=pass``).
 
-    True (the session is to end at once, nothing set, nothing answered) only when all hold: this node
+    True (the session is to end at once with CC_RESULT=pass, nothing answered) only when all hold: this node
     follows and knows a leader; the call has not been through the dialplan's fail-over yet (``CC_AGI2``
     unset: this is the first server's try); and the dialplan has a second server other than this one
     (``CALLCENTRE_AGI2`` set and not the address this try used). With two nodes that second server is

@@ -11,7 +11,8 @@ run-once loops run there. Node B is ``CALLCENTRE_AGI2`` and follows. What must h
   waiting and the caller recording reach a person through the dialplan's fallback queue;
 * after: new callers get B's IVR (A's port refused: the dialplan tries B) and B's distribution; the
   wallboard on B shows B's queue;
-* A restarted follows, and a new call the dialplan gives it first is passed, unanswered, to B;
+* A restarted follows, and passes (CC_RESULT=pass) what the dialplan gives it first to B: a new call,
+  unanswered, and the agent's leg of a call-back B placed;
 * every ticket number a caller heard read back (AGI debug: the digits played) is in the database
   exactly once, nothing else is, and no number is used twice.
 """
@@ -145,6 +146,11 @@ async def new_log(server: Any, after: int, event: str, limit: float = 30.0) -> d
         await asyncio.sleep(0.1)
 
 
+def passed(server: Any, uniqueid: str) -> bool:
+    return any(ln.get("event") == "a follower passes a new call to the dialplan's second server"
+               for ln in lines_of(server, uniqueid))
+
+
 def log_time(line: dict[str, Any]) -> float:
     return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
 
@@ -153,7 +159,8 @@ def log_time(line: dict[str, Any]) -> float:
 @pytest.mark.pbx_world(
     postgres=True,
     agents={"agent1": "answer:1:120", "agent2": "answer:1:120"},
-    globals={**LOCAL_AGENTS, f"CC_PHONE_{FALLBACK_PHONE}": "answer:1:4"},
+    globals={**LOCAL_AGENTS, f"CC_PHONE_{FALLBACK_PHONE}": "answer:1:4", "CALLCENTRE_TRUNK_TECH": "LOCAL",
+             "CALLCENTRE_TRUNK_CONTEXT": "cc-test-owner", "CC_OWNER": "answer:1::5"},
     users=[("boss", "supervisor", {"name": "Boss"})],
     config={"acd": {"wrapup_seconds": 1, "satisfaction_survey": False, "announce_every_seconds": 300}},
     env={"CALLCENTRE_CLUSTER__NODE_NAME": "a"},
@@ -251,24 +258,41 @@ async def test_the_active_node_killed_mid_traffic_the_other_leads_and_no_caller_
         await node_a.start()
         role = await new_log(node_a, seen_lines, "cluster role")
         assert (role["role"], role["leader"]) == ("follower", "b"), role
-        await pbx.call(RETURNING, ["wait:2", "dtmf:0"], hold=300)
+        returning = await Caller(pbx, RETURNING).dial()
+        await returning.on("zh/greeting", "dtmf:0")
         await wall.shows("a caller A passed on, waiting in B's queue",
                          lambda f: queued(f, RETURNING) and f.get("acd_node") == "b")
-        leg = await pbx.hotline_leg(RETURNING)
-        assert [ln for ln in lines_of(node_a, leg["Uniqueid"]) if ln.get("event") == "a follower passes a new call to "
-                "the dialplan's second server"], lines_of(node_a, leg["Uniqueid"])
+        assert passed(node_a, returning.uniqueid), lines_of(node_a, returning.uniqueid)
         assert await agistatus(pbx, RETURNING, 1) == ["SUCCESS"]  # A closed at once, never answered
+        assert f"did not take {returning.leg} (AGISTATUS=SUCCESS): trying {node_b.agi_address}" in pbx.asterisk_log()
+        # Both agents busy: the caller asks to be called back (a ticket records the promise), and hangs up.
+        await returning.act("dtmf:1")
+        await returning.hears("zh/callback-registered")
+        await returning.hears("zh/goodbye")
+        # agent2 comes free: B rings agent2 for the call-back; the agent's leg runs the dialplan's
+        # CALLCENTRE_AGI first, A, which passes it (CC_RESULT=pass) to B, whose script dials the owner.
+        later_call = [c for c in await pbx.channels() if c.get("Uniqueid") == later_leg["Uniqueid"]]
+        assert later_call, "the later caller's call ended early"
+        await pbx.ami.action("Hangup", Channel=later_call[0]["Channel"], Cause="16")
+        made = await node_b.server.wait_log("call-back made", 40)
+        # the only AGI an agent's channel runs is a call-back leg's
+        leg = await pbx.ami.wait_for(lambda e: e.get("Event") == "AGIExecStart" and "agent2@" in e.get("Channel", ""), 5)
+        assert passed(node_a, leg["Uniqueid"]), lines_of(node_a, leg["Uniqueid"])
+        assert pbx.ami.find("VarSet", Variable="CC_RESULT", Value="pass", Uniqueid=leg["Uniqueid"])
         assert f"did not take {leg['Channel']} (AGISTATUS=SUCCESS): trying {node_b.agi_address}" in pbx.asterisk_log()
     finally:
         await wall.close()
 
-    # ---- Tickets: what the callers heard is in the database exactly once, and nothing else is.
+    # ---- Tickets: what the callers heard is in the database exactly once, and nothing else is (the
+    # call-back promise is a ticket too, acknowledged to its caller without a number read out).
     tickets = await pbx.rows(TicketRow)
     numbers = [t.number for t in tickets]
     heard = {c.number: heard_number(c) for c in (c1, c3)}
     print(f"tickets in the database: {numbers}; heard: { {n: ''.join(p[-1] for p in h) for n, h in heard.items()} }")
     assert len(numbers) == len(set(numbers)), numbers
-    assert sorted(t.call_uniqueid for t in tickets) == sorted([c1.uniqueid, c3.uniqueid]), tickets
+    assert sorted(t.call_uniqueid for t in tickets) == sorted([c1.uniqueid, c3.uniqueid, returning.uniqueid]), tickets
+    [promise] = [t for t in tickets if t.call_uniqueid == returning.uniqueid]
+    assert promise.acknowledged_to_caller and promise.number == made["ticket"], (promise.number, made)
     for c in (c1, c3):
         matching = [t for t in tickets if spoken("zh", speech.ticket_number(t.number, "zh")) == heard[c.number]]
         assert len(matching) == 1 and matching[0].call_uniqueid == c.uniqueid, (c.number, heard[c.number], numbers)
