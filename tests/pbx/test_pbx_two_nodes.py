@@ -184,6 +184,8 @@ async def test_the_active_node_killed_mid_traffic_the_other_leads_and_no_caller_
     wall = Wallboard(b_url)
     try:
         await wall.open("boss")
+        status, me = await wall.api("GET", "/api/me")  # what the wallboard's small print shows
+        assert status == 200 and me["node"] == {"name": "b", "role": "follower", "term": None, "leader_node": "a"}, me
 
         # ---- A leads. agent2 paused through B's API: carried out by A's distribution.
         status, body = await wall.api("POST", f"/api/agents/{agent2}/state", json={"action": "pause", "reason": "break"})
