@@ -113,9 +113,12 @@ def parts(journal: Journal, *, ami_up: bool = True, fail_load: bool = False, dis
         if resync_fails:
             raise ConnectionError("AMI went away")
 
+    async def after_stop(acd: FakeACD) -> None:  # the app stores the term's last recordings here
+        journal.add("after_stop", acd.n)
+
     p = LeaderParts(running=running, gate=gate, tracker=FakeTracker(journal), make_distribution=make, resync=resync,
                     ami_connected=lambda: ami_up, loops=[Loop(journal, "callbacks"), Loop(journal, "escalation")],
-                    node="n1")
+                    node="n1", after_stop=after_stop)
     return p, running, gate, made
 
 
@@ -133,7 +136,7 @@ async def test_election_starts_distribution_then_resync_then_the_loops_and_demot
     made[0].waiting = 2
     await p.demoted()
     assert journal == [("stop", "escalation"), ("stop", "callbacks"), ("acd.hand_over", 1), ("roster.stop", 1),
-                       ("tracker.remove", 1), ("acd.stop", 1)]
+                       ("tracker.remove", 1), ("acd.stop", 1), ("after_stop", 1)]
     assert running.acd is None and gate.term is None and not gate.leading and not p.running
     # the next term gets a distribution of its own, loaded from the database again
     journal.clear()

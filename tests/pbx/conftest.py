@@ -12,6 +12,7 @@ Mark a test to shape its world::
 
 (also ``dialplan=`` extra contexts, ``queues=`` extra queues.conf sections, ``env=``, ``start_server=False``,
 ``queue_log_in_asterisk_logdir=True``: the server's queue_log is Asterisk's own file)
+
 ``postgres=True`` in the world puts the server on a fresh database of a PostgreSQL server (the
 ``pbx_postgres`` fixture: $CALLCENTRE_TEST_PBX_PG_URL, else $CALLCENTRE_TEST_PG_URL, else a throw-away
 cluster started from Debian's binaries by .ci/start-postgres); without one the test is skipped, and
