@@ -40,6 +40,7 @@ from callcentre.config import Config
 from callcentre.config.loader import environ as config_environ
 from callcentre.distribution import ACDService, AgentRoster
 from callcentre.distribution.recording import MixMonitorRecorder
+from callcentre.distribution.transfers import TransferHistoryWriter
 from callcentre.domain.ivr import RESULT_VARIABLE, HotlineIVR
 from callcentre.domain.ports import Clock, SystemClock
 from callcentre.queue_log_writer import QueueLogWriter
@@ -166,7 +167,7 @@ def build_services(cfg: Config, clock: Clock) -> Services:
 
     def new_distribution() -> tuple[ACDService | None, AgentRoster | None, MixMonitorRecorder | None]:
         return _distribution_parts(cfg, clock, tickets, users, sessions, desk, notifier, ami, escalation, recordings,
-                                   queue_log)
+                                   ticket_service, queue_log)
 
     distribution, roster, recorder = new_distribution()
     reconciliation = ReconciliationScheduler(sessions, cfg, clock, notifier.reconciliation_ready)
@@ -234,7 +235,7 @@ async def _drain_recorder(acd: ACDService) -> None:
 def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, users: UsersRepo,
                         sessions: async_sessionmaker[AsyncSession], desk: DeskRepo, notifier: WallboardNotifier,
                         ami: AMILink | None, escalation: EscalationLoop, recordings: RecordingService,
-                        queue_log: QueueLogWriter | None = None,
+                        ticket_service: TicketService, queue_log: QueueLogWriter | None = None,
                         ) -> tuple[ACDService | None, AgentRoster | None, MixMonitorRecorder | None]:
     """Our own call distribution, the roster that feeds it its agents, and the recorder of its calls; none
     when acd.enabled is false (the recorder also none unless recording.enabled)."""
@@ -250,6 +251,7 @@ def _distribution_parts(cfg: Config, clock: Clock, tickets: SqlTicketStore, user
         cfg, clock, tickets, publish=notifier.publish, persist_history=roster.record_states,
         last_call_at=tickets.last_call_at, supervisor_interface=roster.supervisor_phone,
         owners=desk, ami=lambda: ami, overdue=lambda: escalation.overdue, queue_log=queue_log, recorder=recorder,
+        transfer_history=TransferHistoryWriter(tickets, ticket_service),
     )
     return acd, roster, recorder
 
@@ -303,7 +305,8 @@ def _webhook_sender(cfg: Config, sessions: async_sessionmaker[AsyncSession], clo
 def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript, *,
                 on_follower_call: Callable[[], None] | None = None,
                 follower_pass: Callable[[Any], Awaitable[bool]] | None = None) -> Router:
-    """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back.
+    """FastAGI scripts by name: the hotline IVR, the closing call-back's survey, the queue call-back, and a
+    transferred caller (``transfer``) and the first agent's consultation leg (``consult``).
 
     ``on_follower_call``: a hotline call reached this node while it does not run call distribution
     (the dialplan tries the second server only when the first failed): the elector tries the lock at
@@ -328,7 +331,16 @@ def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript, *,
             return
         await ivr.run(channel)
 
-    routes = {"hotline": ivr.run if follower_pass is None else hotline, "survey": survey.run, "callback": callback}
+    async def transfer(channel) -> None:
+        if running.acd is not None:  # without it CC_RESULT stays unset: the dialplan's fallback queue
+            await running.acd.transfers.caller_script(channel, take_message=ivr.take_message)
+
+    async def consult(channel) -> None:
+        if running.acd is not None:
+            await running.acd.transfers.consult_script(channel)
+
+    routes = {"hotline": ivr.run if follower_pass is None else hotline, "survey": survey.run, "callback": callback,
+              "transfer": transfer, "consult": consult}
 
     def router(env):
         if running.draining and env.script == "hotline":

@@ -150,7 +150,7 @@ def dialplan() -> Dialplan:
 
 
 ENTRIES = {"hotline": ("callcentre-hotline", "s"), "survey": ("callcentre-callback", "survey"),
-           "callback": ("callcentre-callback", "callback")}
+           "callback": ("callcentre-callback", "callback"), "transfer": ("callcentre-transfer", "_X.")}
 
 
 def call(dp: Dialplan, entry: str, first: Server, second: Server | None, *, agi2: str | None = SECOND,
@@ -162,7 +162,8 @@ def call(dp: Dialplan, entry: str, first: Server, second: Server | None, *, agi2
     if second is not None:
         servers[SECOND] = second
     context, exten = ENTRIES[entry]
-    return Interpreter(dp, globals_, servers, state, {"TICKET": "R20261206-0001"}).run(context, exten)
+    channel_vars = {"TICKET": "R20261206-0001", "EXTEN": "4815162342"}
+    return Interpreter(dp, globals_, servers, state, channel_vars).run(context, exten)
 
 
 # ------------------------------------------------------------------ the cases the tests on the PBX also run
@@ -207,6 +208,28 @@ def test_the_survey_and_the_call_back_move_only_when_the_first_could_not_be_reac
         assert out.agis == [(FIRST, entry), (SECOND, entry)] and out.end == failed_end, entry
         out = call(dialplan, entry, Server(status="SUCCESS"), Server(done=True), state="Up")
         assert out.agis == [(FIRST, entry)] and out.end == failed_end, entry
+
+
+def test_a_transferred_caller_goes_to_the_second_only_when_the_first_cannot_be_reached(dialplan: Dialplan) -> None:
+    """The caller was answered long before (state Up): the second server only when the first could not be
+    reached at all; it does not know the token and leaves the caller to the queue: a person either way."""
+    out = call(dialplan, "transfer", Server(status="FAILURE"), Server(status="SUCCESS"), state="Up")
+    assert out.agis == [(FIRST, "transfer"), (SECOND, "transfer")] and out.end == "queue"
+    out = call(dialplan, "transfer", Server(status="SUCCESS"), Server(done=True), state="Up")
+    assert out.agis == [(FIRST, "transfer")] and out.end == "queue"  # the first lost it mid-transfer
+    out = call(dialplan, "transfer", Server(status="SUCCESS", done=True), None, state="Up")
+    assert out.end == "hangup"
+    [agi] = [s for s in dialplan.contexts["callcentre-transfer-run"]["s"] if s.app == "AGI"]
+    assert agi.data == "agi://${CC_AGI}/transfer,${CC_XFER}"
+
+
+def test_the_consultation_leg_is_an_agent_told_never_a_caller_queued(dialplan: Dialplan) -> None:
+    for status in ("FAILURE", "SUCCESS", "HANGUP"):
+        interp = Interpreter(dialplan, {"CALLCENTRE_AGI": FIRST, "CALLCENTRE_AGI2": SECOND},
+                             {FIRST: Server(status=status), SECOND: Server(done=True)}, "Up", {"EXTEN": "1234567890"})
+        out = interp.run("callcentre-consult", "_X.")
+        assert out.agis == [(FIRST, "consult")], status  # only the server that started it knows it
+        assert out.end == ("gone" if status == "HANGUP" else "agent-told"), status
 
 
 def test_the_ticket_argument_reaches_the_second_survey_too(dialplan: Dialplan) -> None:

@@ -310,8 +310,18 @@ def test_contexts_and_entry_points(dialplan: Dialplan) -> None:
         "callcentre-callback",
         "callcentre-fallback",
         "callcentre-outbound",
+        "callcentre-transfer",
+        "callcentre-transfer-run",
+        "callcentre-consult",
     }
     assert {"s", "_X."} <= set(dialplan.contexts["callcentre-hotline"])
+    # Transfers: the server's tokens are digits; a Redirect skips priority 1 (a NoOp), so the token is
+    # read at priority 2, FILTER()ed, and nothing at priority 1 matters.
+    for ctx in ("callcentre-transfer", "callcentre-consult"):
+        assert list(dialplan.contexts[ctx]) == ["_X."]
+        first, second = dialplan.contexts[ctx]["_X."][:2]
+        assert first.app == "NoOp", ctx
+        assert (second.app, second.data) == ("Set", "CC_XFER=${FILTER(0-9,${EXTEN})}"), ctx
     # Call-backs: Local/<E.164>@callcentre-outbound (config centre.outbound_template)
     assert "_+86X." in dialplan.contexts["callcentre-outbound"]
     assert {"survey", "callback"} <= set(dialplan.contexts["callcentre-callback"])
@@ -402,7 +412,7 @@ def test_every_extension_ends_in_hangup(dialplan: Dialplan) -> None:
 def test_every_agi_is_checked_and_failure_reaches_a_person(dialplan: Dialplan) -> None:
     agi_steps = [s for s in dialplan.steps() if s.app == "AGI"]
     scripts = {s.data.split(",")[0].rsplit("/", 1)[1] for s in agi_steps}
-    assert scripts == {"hotline", "survey", "callback"}
+    assert scripts == {"hotline", "survey", "callback", "transfer", "consult"}
     for step in agi_steps:
         steps = dialplan.contexts[step.context][step.exten]
         assert step.data.startswith("agi://${CC_AGI}/"), f"{step.where}: AGI URL {step.data!r}"
@@ -422,7 +432,8 @@ def test_every_agi_is_checked_and_failure_reaches_a_person(dialplan: Dialplan) -
         assert ctx == "callcentre-fallback", check.where
         after = steps[step.number + 1]
         assert after.app == "Hangup", f"{after.where}: success path must hang up"
-        # A caller (hotline, survey) reaches the fallback queue; an agent leg is told.
+        # A caller (hotline, survey, a transferred caller) reaches the fallback queue; an agent leg
+        # (the call-back's, the consultation's) is told.
         if step.exten in {"s", "survey"}:
             assert exten == "s", check.where
         else:

@@ -200,6 +200,7 @@ def test_the_wallboard_snapshot_is_todays_json() -> None:
             "call_id": "c2", "caller": "+8613912345602", "priority": "normal", "position": 1, "wait_seconds": 2.0,
             "entered_at": (at - timedelta(seconds=2.04)).isoformat(), "callback": False, "ivr_choice": "agent",
             "language": None, "ringing_agent_id": None, "owner_name": "Zhang San", "unit": "3-1201",
+            "transfer_target": None,
         }],
         "agents": [
             {"agent_id": "7", "name": "Agent One", "state": "on_call", "reason": None,
@@ -218,8 +219,9 @@ def test_the_wallboard_snapshot_is_todays_json() -> None:
         },
         "alerts": [alert],
         "overdue": [{"ticket": "R1"}],
+        "transfers": [],
     }
-    assert list(snap) == ["at", "queue", "agents", "figures", "alerts", "overdue"]
+    assert list(snap) == ["at", "queue", "agents", "figures", "alerts", "overdue", "transfers"]
 
 
 def test_the_service_snapshot_is_the_typed_one_as_json() -> None:

@@ -522,6 +522,40 @@ async def test_transfers_close_the_call_instead_of_complete() -> None:
         assert w.acd.queue_log.calls_open() == 0
 
 
+async def test_the_transfers_of_our_distribution_write_their_lines_through_transfer_lines() -> None:
+    """ACDService gives its transfers the emitter's TransferLines: a blind transfer is BLINDTRANSFER to the
+    transfer context's token, an attended one ATTENDEDTRANSFER by Bridge (APP), then nothing for the call."""
+    from types import SimpleNamespace
+
+    from callcentre.distribution.queue_log import TransferLines
+    from callcentre.domain.transfers import TransferKind
+
+    for kind_, transfer_kind, data in (
+        ("BLINDTRANSFER", TransferKind.BLIND, ("8002", "callcentre-transfer", "1", "3", "1")),
+        ("ATTENDEDTRANSFER", TransferKind.ATTENDED, ("APP", "Bridge", "PJSIP/agent2-00000009", "1", "3", "1")),
+    ):
+        w = world(A1)
+        w.phones = {"PJSIP/agent1": Phone(1, talk=3)}
+        sink = w.acd.transfers._queue_log  # noqa: SLF001 - what ACDService wired
+        assert isinstance(sink, TransferLines)
+        await w.acd.start()
+        ch, call = caller(w, 1)
+        orig = w.acd.queue_log.channel_event
+        t = SimpleNamespace(kind=transfer_kind, uniqueid=ch.uniqueid, token="8002", to_channel="PJSIP/agent2-00000009")
+
+        def during(uniqueid, event, *, at, _orig=orig, _t=t, _uid=ch.uniqueid, _sink=sink, _clock=w.clock):
+            if event == "BridgeLeave" and uniqueid != _uid:
+                _sink.transferred(_t, _clock.now())
+            _orig(uniqueid, event, at=at)
+
+        w.acd.queue_log.channel_event = during  # type: ignore[method-assign]
+        await run_call(w, ch, call)
+        await w.acd.stop()
+        assert w.lines.events(ch.uniqueid) == ["ENTERQUEUE", "CONNECT", kind_]
+        [e] = w.lines.of(E(kind_))
+        assert e.data == data and e.agent == "a1"
+
+
 def test_the_emitter_never_raises_into_call_handling_and_counts_what_it_could_not_write() -> None:
     lines = Lines()
     em = QueueLogEmitter(lines, FakeClock(), agents=lambda agent_id: (_ for _ in ()).throw(LookupError(agent_id)))

@@ -525,6 +525,9 @@ class RecordingRoom:
     def on_duty_answered(self, w) -> None:
         pass
 
+    def handed_over(self, w) -> bool:  # the WaitingRoom port: no transfer here
+        return False
+
     async def book_callback(self, w):
         return None
 

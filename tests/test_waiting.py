@@ -90,6 +90,9 @@ class Room:
     def leaving(self, w: Waiter) -> None:
         self.calls.append(("leaving", w.state))
 
+    def handed_over(self, w: Waiter) -> bool:
+        return False
+
     def left(self, w: Waiter, status) -> None:
         self.calls.append(("left", w.state, status))
 

@@ -48,7 +48,8 @@ def test_the_web_layer_never_imports_storage() -> None:
 def test_every_api_feature_module_has_the_same_shape() -> None:
     from callcentre.web import api
 
-    assert [m.__name__.rsplit(".", 1)[1] for m in api.FEATURES] == ["session", "agents", "owners", "tickets", "recordings"]
+    assert [m.__name__.rsplit(".", 1)[1] for m in api.FEATURES] == [
+        "session", "agents", "owners", "tickets", "recordings", "calls"]
     for module in api.FEATURES:
         assert callable(module.add_routes), module.__name__
         assert "callcentre.service.reports_cmd" not in _imports(Path(module.__file__))

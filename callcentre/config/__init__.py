@@ -26,6 +26,7 @@ from callcentre.config.schema import (
     QueueLogConfig,
     ServiceConfig,
     TicketsConfig,
+    TransfersConfig,
     WebConfig,
     WebhooksConfig,
     Worker,
@@ -35,6 +36,6 @@ from callcentre.config.schema import (
 __all__ = [
     "ACDConfig", "AGIConfig", "AMIConfig", "AgentConfig", "BusinessHours", "CallbackPolicy", "CallbackResultName",
     "Category", "CentreConfig", "Config", "ConfigError", "DatabaseConfig", "Department", "ENV_PREFIX", "IVRConfig",
-    "LoggingConfig", "MenuAction", "PromisesConfig", "PromptsConfig", "ServiceConfig", "TicketsConfig", "WebConfig",
-    "WebhooksConfig", "Worker", "load_config", "parse_hhmm", "QueueLogConfig",
+    "LoggingConfig", "MenuAction", "PromisesConfig", "PromptsConfig", "ServiceConfig", "TicketsConfig", "TransfersConfig",
+    "WebConfig", "WebhooksConfig", "Worker", "load_config", "parse_hhmm", "QueueLogConfig",
 ]

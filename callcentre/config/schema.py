@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from callcentre.cluster.config import ClusterConfig
 from callcentre.domain.menu import MenuAction
+from callcentre.domain.patterns import INTERFACE, TOKEN
 from callcentre.domain.ticket_number import PREFIX_PATTERN
 
 
@@ -379,6 +380,11 @@ class Department(_Section):
     # Category codes this department takes by default (the desk pre-selects it).
     categories: list[str] = []
     workers: list[Worker] = []
+    # A call transferred to this department rings these phones in order, two rings each (Asterisk dial
+    # strings, e.g. PJSIP/eng-office) ...
+    transfer_interfaces: list[str] = []
+    # ... or, with no phones listed, the agents who have this skill (a skill group).
+    transfer_skill: str | None = None
 
     @field_validator("code")
     @classmethod
@@ -386,6 +392,25 @@ class Department(_Section):
         if not _CODE.match(v):
             raise ValueError("only lower-case letters, digits, '_' and '-'")
         return v
+
+    @field_validator("transfer_interfaces")
+    @classmethod
+    def _interfaces(cls, v: list[str]) -> list[str]:
+        for i in v:
+            if not INTERFACE.match(i):
+                raise ValueError(f"{i!r} must look like PJSIP/eng-office, SIP/8001 or Local/8001@agents")
+        return v
+
+    @field_validator("transfer_skill")
+    @classmethod
+    def _skill(cls, v: str | None) -> str | None:
+        if v is not None and not TOKEN.match(v):
+            raise ValueError("a skill is a lower-case token (letters, digits, '_' and '-')")
+        return v
+
+    @property
+    def takes_transfers(self) -> bool:
+        return bool(self.transfer_interfaces or self.transfer_skill)
 
 
 CallbackResultName = Literal["no_answer", "busy", "failed", "hung_up", "congestion", "no_input"]
@@ -612,6 +637,30 @@ class RecordingConfig(_Section):
         return v
 
 
+class TransfersConfig(_Section):
+    """Agents handing a call to another agent, a skill group or a department (docs/transfers.md)."""
+
+    enabled: bool = True
+    # How long a transferred caller waits for the target (its agent, group or department) before the
+    # fallback below; each offer within it rings two rings like any other.
+    target_wait_seconds: float = Field(60.0, ge=10, le=900)
+    # Blind transfer nobody of the target took: "queue" (any agent, the caller keeps their place),
+    # "back" (the agent who transferred it), or "message" (a voice message, a call-back ticket).
+    no_answer: Literal["queue", "back", "message"] = "queue"
+    # A Redirect whose caller has not reached our transfer script within this time is given up.
+    arrive_seconds: float = Field(15.0, ge=2, le=120)
+    # The dialplan contexts of dialplans/extensions_callcentre.conf the server redirects to.
+    context: str = "callcentre-transfer"
+    consult_context: str = "callcentre-consult"
+
+    @field_validator("context", "consult_context")
+    @classmethod
+    def _context(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_\-]{1,40}", v):
+            raise ValueError("a dialplan context name: letters, digits, '_' and '-'")
+        return v
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -632,6 +681,7 @@ class Config(_Section):
     recording: RecordingConfig = RecordingConfig()
     logging: LoggingConfig = LoggingConfig()
     queue_log: QueueLogConfig = QueueLogConfig()
+    transfers: TransfersConfig = TransfersConfig()
     # Several servers on one PostgreSQL: the leader election and the shared live hub (callcentre/cluster).
     cluster: ClusterConfig = ClusterConfig()
     # The environment the configuration was loaded from (secrets are read from it).

@@ -9,6 +9,7 @@
 * :mod:`.queue_callback` — :class:`QueueCallback`: the caller who pressed the call-back key while
   waiting (ticket, Originate to the agent, the ``callback`` script dialling the owner).
 * :mod:`.agents` — :class:`AgentRoster`: agents loaded from (and kept in step with) the users table.
+* :mod:`.transfers` — :class:`~.transfers.Transfers`: blind and attended transfers (docs/transfers.md).
 * :mod:`callcentre.domain.wallboard` — the typed wallboard snapshot.
 """
 

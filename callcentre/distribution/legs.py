@@ -211,6 +211,11 @@ class AgentLegs:
         leg = self._ours.get(uid) if uid is not None else None
         return leg.channel if leg is not None else None
 
+    def current_uniqueid(self, agent_id: str) -> str | None:
+        """The uniqueid of the agent's latest leg of ours, while it is up."""
+        uid = self._current.get(agent_id)
+        return uid if uid is not None and uid in self._ours else None
+
     def elsewhere(self, agent_id: str, uniqueid: str) -> None:
         """The agent's phone is up on a call we did not route."""
         self._elsewhere[uniqueid] = agent_id

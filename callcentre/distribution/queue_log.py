@@ -46,8 +46,9 @@ import structlog
 from callcentre.domain import queue_log as ql
 from callcentre.domain.acd import AgentState, AgentView, PauseReason, StateChange, WithdrawReason
 from callcentre.domain.ports import Clock
+from callcentre.domain.transfers import TransferKind
 
-__all__ = ["AUTO_PAUSE", "AgentField", "QueueLogEmitter"]
+__all__ = ["AUTO_PAUSE", "AgentField", "QueueLogEmitter", "TransferLines"]
 
 log = structlog.get_logger("callcentre.queue_log")
 
@@ -476,3 +477,21 @@ class QueueLogEmitter:
     def _forget(self, uniqueid: str) -> None:
         self._calls.pop(uniqueid, None)
         self._deciding.pop(uniqueid, None)
+
+
+class TransferLines:
+    """The queue_log's lines for our transfers (``distribution.transfers.TransferQueueLog``): BLINDTRANSFER
+    to the transfer context's token when the caller is redirected, ATTENDEDTRANSFER when an attended
+    transfer completes (our server joins the caller to the target with ``Bridge``: method ``APP``). No
+    COMPLETE* line follows for the first agent; a transferred caller queued again starts with a new
+    ENTERQUEUE under the same uniqueid."""
+
+    def __init__(self, emitter: QueueLogEmitter, context: str) -> None:
+        self._emitter = emitter
+        self._context = context
+
+    def transferred(self, transfer: Any, at: datetime) -> None:
+        if transfer.kind is TransferKind.BLIND:
+            self._emitter.blind_transferred(transfer.uniqueid, exten=transfer.token, context=self._context)
+        else:
+            self._emitter.attended_transferred(transfer.uniqueid, method="APP", data=("Bridge", transfer.to_channel or ""))

@@ -14,7 +14,8 @@
 * the web layer's ``ACDControl``: the wallboard snapshot (:mod:`callcentre.domain.wallboard`), agent
   state changes and supervision (ChanSpy).
 
-The queue call-back is :class:`~callcentre.distribution.queue_callback.QueueCallback`'s.
+The queue call-back is :class:`~callcentre.distribution.queue_callback.QueueCallback`'s; transfers
+are :class:`~callcentre.distribution.transfers.Transfers`' (this service is their ``TransferRoom``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from callcentre.ami.calls import CallListener
 from callcentre.config import Config
 from callcentre.distribution.legs import AgentLegs, LegState, OfferLeg, OfferLegs
 from callcentre.distribution.queue_callback import QueueCallback
-from callcentre.distribution.queue_log import QueueLogEmitter
+from callcentre.distribution.queue_log import QueueLogEmitter, TransferLines
+from callcentre.distribution.transfers import Connected, TransferHistory, TransferQueueLog, Transfers
 from callcentre.domain.acd import (
     AcdError,
     Agent,
@@ -46,8 +48,10 @@ from callcentre.domain.acd import (
     NoAgentAvailable,
     Offer,
     PauseReason,
+    PriorityLevel,
     RingOnDuty,
     StateChange,
+    TargetUnavailable,
     WaitingCall,
     WithdrawReason,
     classify_priority,
@@ -90,12 +94,16 @@ class ACDService(CallListener):
         overdue: Callable[[], list[dict[str, Any]]] | None = None,
         queue_log: QueueLogSink | None = None,
         recorder: CallRecorder | None = None,
+        transfer_history: TransferHistory | None = None,
+        transfer_queue_log: TransferQueueLog | None = None,
     ) -> None:
         """``owners``: where the full screen-pop card's owner record comes from (none: basic card only).
         ``ami``: returns the AMI link (or None while there is none; it is built after this service).
         ``overdue``: open tickets past their promise, for the wallboard (the escalation loop's).
         ``queue_log``: where app_queue-compatible queue_log lines go (none: not written).
-        ``recorder``: records answered calls (:mod:`callcentre.distribution.recording`); None: no recording."""
+        ``recorder``: records answered calls (:mod:`callcentre.distribution.recording`); None: no recording.
+        ``transfer_history``: where finished transfers are kept (tickets' and the call's history);
+        ``transfer_queue_log``: the queue_log's transfer lines (default: ``TransferLines`` over ``queue_log``)."""
         self.cfg = cfg
         self.clock = clock
         self.tickets = tickets
@@ -128,6 +136,8 @@ class ACDService(CallListener):
             queue_log, clock, queue=qlc.queue_name, agents=self.dist.agent, positions=self.dist.position,
             agent_field=qlc.agent_field, caller_name=qlc.log_caller_name,
         )
+        self.transfers = Transfers(self, history=transfer_history,
+                                   queue_log=transfer_queue_log or TransferLines(self.queue_log, cfg.transfers.context))
 
     def _ami(self) -> Any:
         return self._ami_link()
@@ -211,6 +221,7 @@ class ACDService(CallListener):
             try:
                 self._apply(self.dist.tick(self.clock.monotonic()))
                 self.queue_log.tick()
+                self.transfers.tick(self.clock.monotonic())
             except Exception:  # the loop must survive a bug in one decision
                 log.exception("acd tick failed")
             await self._flush_history()
@@ -256,6 +267,8 @@ class ACDService(CallListener):
             elif isinstance(d, AgentPaused):
                 log.warning("agent paused", agent=d.agent_id, reason=d.reason.value, automatic=d.automatic)
                 self.publish(f"agent:{d.agent_id}", {"type": "state", "state": "paused", "reason": d.reason.value})
+            elif isinstance(d, TargetUnavailable):
+                self.transfers.target_unavailable(d)
         self._drain_history()
 
     def _drain_history(self) -> None:
@@ -283,7 +296,8 @@ class ACDService(CallListener):
         The basic card (what the IVR learnt) goes out at once, before the Dial is written; the full
         owner card from the database follows a few milliseconds later in a second message."""
         topic = f"agent:{offer.agent_id}"
-        self.publish(topic, {"type": "screen_pop", "offer_id": offer.offer_id, "call": basic_card(call)})
+        extra = self.transfers.card_extra(offer)  # a transferred call: who transferred it
+        self.publish(topic, {"type": "screen_pop", "offer_id": offer.offer_id, "call": {**basic_card(call), **extra}})
         if self._owners is None:
             return
         owners = self._owners
@@ -294,7 +308,7 @@ class ACDService(CallListener):
             except StorageUnavailable as exc:
                 log.warning("screen-pop card not built", offer=offer.offer_id, error=str(exc))
                 return
-            self.publish(topic, {"type": "screen_pop", "offer_id": offer.offer_id, "call": card})
+            self.publish(topic, {"type": "screen_pop", "offer_id": offer.offer_id, "call": {**card, **extra}})
 
         self._spawn(full(), f"screen-pop-{offer.offer_id}")
 
@@ -402,6 +416,14 @@ class ACDService(CallListener):
     def dial_returned(self, waiter: Waiter, offer: Offer, dial_status: str | None, written_at: datetime) -> bool:
         leg = self.offer_legs.dial_returned(offer.offer_id)
         waiter.dialling_offer = None
+        if self.transfers.handing_over(waiter.uniqueid):
+            # Redirected for a transfer: the Dial answered 200 result=0; the caller moves when we end.
+            self.transfers.session_left(waiter.uniqueid, offer.offer_id, offer.agent_id, waiter)
+            return True
+        if self.transfers.keeps_offer(waiter, offer):
+            # A consultation completed: the target's leg went on with the caller, and so does the offer.
+            waiter.log.info("consultation over; the target keeps the caller", offer=offer.offer_id)
+            return True
         self._end_pop(offer.agent_id, offer.offer_id)
         if leg is not None and leg.state is LegState.CANCELLED:
             waiter.log.info("offer ended after cancel", offer=offer.offer_id, dial_status=dial_status)
@@ -438,10 +460,20 @@ class ACDService(CallListener):
         return ticket
 
     def leaving(self, waiter: Waiter) -> None:
-        self.waiters.pop(waiter.uniqueid, None)
+        if self.waiters.get(waiter.uniqueid) is waiter:
+            del self.waiters[waiter.uniqueid]
+        self.transfers.leaving(waiter)
+
+    def handed_over(self, waiter: Waiter) -> bool:
+        return self.transfers.handed_over(waiter)
 
     def left(self, waiter: Waiter, dial_status: str | None) -> None:
         offer = waiter.dialling_offer
+        if offer is not None and self.transfers.handing_over(waiter.uniqueid):
+            # The HANGUP of a Redirect came before the Dial's reply was read: the same hand-over.
+            self.offer_legs.dial_returned(offer.offer_id)
+            self.transfers.session_left(waiter.uniqueid, offer.offer_id, offer.agent_id, waiter)
+            waiter.dialling_offer = offer = None
         if offer is not None:  # the caller hung up during a Dial
             offer_id = offer.offer_id
             self.offer_legs.dial_returned(offer_id)
@@ -503,7 +535,82 @@ class ACDService(CallListener):
             log.warning("answer not seen on AMI; measured from our own clock", offer=offer_id)
             self._apply(self.dist.on_answered(offer_id, fallback_at))
         if first:
-            self._record_answer(waiter, offer_id, None)
+            if self.transfers.is_transfer_wait(waiter):
+                self.transfers.answered(waiter, offer)
+            else:
+                self._record_answer(waiter, offer_id, None)
+
+    # ------------------------------------------------------------------ TransferRoom (the transfers' port)
+
+    def apply(self, decisions: Any) -> None:
+        self._apply(decisions)
+
+    def ami_up(self) -> Any:
+        return self._ami_up()
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        self._spawn(coro, name)
+
+    def connected_call(self, uniqueid: str) -> Connected | None:
+        """The caller, if we have put them through to an agent who is on the call now: answered in a
+        waiting session's Dial, or bridged by the transfer script."""
+        waiter = self.waiters.get(uniqueid)
+        if waiter is not None and waiter.state is WaitState.ANSWERED and waiter.dialling_offer is not None:
+            offer = waiter.dialling_offer
+            if self.dist.agent_state(offer.agent_id) is AgentState.ON_CALL:
+                level = waiter.queued_as.priority_level if waiter.queued_as else PriorityLevel.NORMAL
+                return Connected(waiter.call, offer.agent_id, offer.offer_id, level)
+            return None
+        return self.transfers.connected_bridge(uniqueid)
+
+    def agent_leg(self, agent_id: str) -> tuple[str, str] | None:
+        channel = self.agent_legs.current_channel(agent_id)
+        uid = self.agent_legs.current_uniqueid(agent_id)
+        return (channel, uid) if channel and uid else None
+
+    async def wait_transferred(self, ch: Channel, call: CallInfo, wc: WaitingCall) -> Outcome:
+        """A transferred caller (or a consultation on the first agent's leg) waits for the target: the
+        wait script as for any caller, with the distributor told ``wc``."""
+        waiter = Waiter(ch=ch, call=call, entered_mono=self.clock.monotonic(), queued_as=wc)
+        if call.log is not None:
+            waiter.log = call.log.bind(uniqueid=wc.uniqueid)
+        self.waiters[wc.call_id] = waiter
+        waiter.log.info("transferred call waiting for its target", target=wc.only.describe() if wc.only else "queue",
+                        offers=wc.offer_prefix)
+        return await WaitScript(waiter, self, self.cfg.acd, self.clock, self.tickets).run()
+
+    def end_offer(self, offer_id: str | None, agent_id: str | None) -> None:
+        """The agent's part of a call put through outside a Dial of ours is over: wrap-up."""
+        if offer_id is None:
+            return
+        try:
+            self._apply(self.dist.on_call_ended(offer_id))
+        except AcdError as exc:
+            log.info("offer not ended", offer=offer_id, error=str(exc))
+        self._end_pop(agent_id, offer_id)
+
+    async def after_call(self, ch: Channel, call: CallInfo, agent_id: str | None) -> Outcome:
+        """The caller is still here after a call put through by a transfer's bridge: the survey."""
+        waiter = Waiter(ch=ch, call=call, entered_mono=self.clock.monotonic(), state=WaitState.ANSWERED,
+                        agent_id=agent_id)
+        return await WaitScript(waiter, self, self.cfg.acd, self.clock, self.tickets).after_call()
+
+    # ------------------------------------------------------------------ transfers (the desk's TransferControl)
+
+    async def transfer(self, uniqueid: str, kind: str, target: dict[str, str], *, actor_agent_id: str,
+                       actor_login: str, supervisor: bool) -> dict[str, Any]:
+        t = await self.transfers.start(uniqueid, kind, target, actor_agent_id=actor_agent_id,
+                                       actor_login=actor_login, supervisor=supervisor)
+        return t.to_dict()
+
+    async def transfer_complete(self, uniqueid: str, *, actor_agent_id: str, supervisor: bool) -> dict[str, Any]:
+        return (await self.transfers.complete(uniqueid, actor_agent_id=actor_agent_id, supervisor=supervisor)).to_dict()
+
+    async def transfer_cancel(self, uniqueid: str, *, actor_agent_id: str, supervisor: bool) -> dict[str, Any]:
+        return (await self.transfers.cancel(uniqueid, actor_agent_id=actor_agent_id, supervisor=supervisor)).to_dict()
+
+    def transfer_targets(self) -> dict[str, Any]:
+        return self.transfers.targets()
 
     # ------------------------------------------------------------------ call-back requests
 
@@ -519,6 +626,7 @@ class ACDService(CallListener):
     def dial_begin(self, caller_uniqueid: str | None, dest_uniqueid: str, dest_channel: str, at: float) -> None:
         leg = self.offer_legs.dial_begin(caller_uniqueid, dest_uniqueid, dest_channel)
         if leg is None:
+            self.transfers.phone_dial_begin(caller_uniqueid, dest_channel, self._wall(at))  # a department's phone?
             return
         try:
             current = self.dist.offer(leg.offer_id) is not None
@@ -536,6 +644,7 @@ class ACDService(CallListener):
     def dial_end(self, caller_uniqueid: str | None, dest_uniqueid: str, dial_status: str, at: float) -> None:
         leg = self.offer_legs.dialling(caller_uniqueid)
         if leg is None:
+            self.transfers.phone_dial_end(caller_uniqueid, dial_status, self._wall(at))  # a department's phone?
             return
         self.queue_log.ring_ended(leg.caller_uniqueid, leg.offer_id, at=self._wall(at))
         if dial_status == "ANSWER":
@@ -548,7 +657,10 @@ class ACDService(CallListener):
                 waiter.answered_offer, waiter.answered_mono = leg.offer_id, at
             if waiter is not None and leg.state is LegState.ANSWERED and waiter.state is WaitState.DIALLING:
                 waiter.go("answered")
-                self._record_answer(waiter, leg.offer_id, at)
+                if self.transfers.is_transfer_wait(waiter):
+                    self.transfers.answered(waiter, leg.offer)  # the call's own answer was recorded before
+                else:
+                    self._record_answer(waiter, leg.offer_id, at)
         # NOANSWER / BUSY / CANCEL are handled when the Dial returns in the AGI session, with DIALSTATUS.
 
     def hangup(self, uniqueid: str, cause: int | None, at: float) -> None:
@@ -614,6 +726,7 @@ class ACDService(CallListener):
             alerts=list(self.alerts),
             overdue=self._overdue(),
             target_wait_seconds=self.cfg.acd.ring_timeout_seconds,
+            transfers=self.transfers.snapshot(),
         )
 
     def snapshot(self) -> dict[str, Any]:

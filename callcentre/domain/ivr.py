@@ -546,6 +546,11 @@ class HotlineIVR:
             return await self._take_message(ch, call, reason)
         return outcome
 
+    async def take_message(self, ch: Channel, call: CallInfo, reason: str) -> Outcome:
+        """A voice message that becomes a call-back ticket, for a caller no person could take (a transfer
+        whose target did not answer, with ``transfers.no_answer: message``)."""
+        return await self._take_message(ch, call, reason)
+
     async def _take_message(self, ch: Channel, call: CallInfo, reason: str) -> Outcome:
         """Nobody can answer now (no agent, night, maximum wait): a voice message becomes a ticket."""
         call.path.append("message")

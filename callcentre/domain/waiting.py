@@ -64,7 +64,18 @@ class HandOver(enum.Enum):
 
 HAND_OVER = HandOver.TO_DIALPLAN
 
-InboxItem = MakeOffer | Announce | MaxWaitReached | NoAgentAvailable | RingOnDuty | CallbackKey | HandOver
+
+class StopWaiting(enum.Enum):
+    """Call distribution took the caller out of the queue without a word to say (a transfer's
+    consultation was cancelled or not answered: the agent waiting here goes back to their caller)."""
+
+    STOP = "stop"
+
+
+STOP_WAITING = StopWaiting.STOP
+
+InboxItem = (MakeOffer | Announce | MaxWaitReached | NoAgentAvailable | RingOnDuty | CallbackKey | HandOver
+             | StopWaiting)
 
 
 class WaitState(str, enum.Enum):
@@ -185,6 +196,10 @@ class WaitingRoom(Protocol):
     def on_duty_answered(self, waiter: Waiter) -> None:
         """Outside hours, the on-duty phone answered the emergency."""
 
+    def handed_over(self, waiter: Waiter) -> bool:
+        """The answered call left this session for a transfer (or this session only consulted): the
+        script ends at once, without the satisfaction survey."""
+
     async def book_callback(self, waiter: Waiter) -> Ticket | None:
         """The caller asked to be called back: a ticket records the promise and the call keeps its place
         as a call-back request. None (nothing was promised) when the ticket cannot be saved."""
@@ -254,6 +269,9 @@ class WaitScript:
                 music = False
                 if await self._announce(item) and await self._book_callback():
                     return Outcome.DONE
+            elif item is STOP_WAITING:
+                await ch.music_off()
+                return Outcome.DONE
             elif item is CALLBACK_KEY:
                 if w.can_call_back:
                     await ch.music_off()
@@ -376,9 +394,16 @@ class WaitScript:
         await recorder.stop(rec, w)
         return status
 
+    async def after_call(self) -> Outcome:
+        """What follows an answered call when the caller is still on the line (a call put through some
+        other way than this script's Dial: a transfer's bridge)."""
+        return await self._after_call()
+
     async def _after_call(self) -> Outcome:
         """The agent hung up first and the caller is still here: ask for a rating (1 to 5)."""
         w, ch = self.w, self.w.ch
+        if self.room.handed_over(w):
+            return Outcome.DONE
         if not self.acd.satisfaction_survey:
             return Outcome.DONE
         result = await ch.get_digits([f"{w.call.language}/rate-service"], 5000, 1)
@@ -403,6 +428,8 @@ __all__ = [
     "CallbackKey",
     "HandOver",
     "IllegalWaitTransition",
+    "STOP_WAITING",
+    "StopWaiting",
     "WaitScript",
     "WaitState",
     "Waiter",

@@ -39,6 +39,7 @@ class QueueItem:
     ringing_agent_id: str | None
     owner_name: str | None
     unit: str | None  # "building-unit"
+    transfer_target: str | None = None  # a transferred call waiting for its target ("agent:7", "skill:fees")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -90,6 +91,7 @@ class WallboardSnapshot:
     figures: Figures
     alerts: tuple[Mapping[str, Any], ...]  # recent alerts, for a wallboard that (re)connects
     overdue: tuple[Mapping[str, Any], ...]  # open tickets past their promise
+    transfers: tuple[Mapping[str, Any], ...] = ()  # transfers in progress, then the last few that ended
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +101,7 @@ class WallboardSnapshot:
             "figures": self.figures.to_dict(),
             "alerts": list(self.alerts),
             "overdue": list(self.overdue),
+            "transfers": list(self.transfers),
         }
 
 
@@ -110,6 +113,7 @@ def wallboard_snapshot(
     alerts: Sequence[Mapping[str, Any]],
     overdue: Sequence[Mapping[str, Any]],
     target_wait_seconds: float,
+    transfers: Sequence[Mapping[str, Any]] = (),
 ) -> WallboardSnapshot:
     """``waiting``: callers in the queue by call id (what the IVR learnt); ``callbacks``: call-back
     requests whose caller has hung up; both name the owner on the queue's rows."""
@@ -126,6 +130,7 @@ def wallboard_snapshot(
             ringing_agent_id=q.ringing_agent_id,
             owner_name=owner.owner_name if owner else None,
             unit=f"{owner.building}-{owner.unit}" if owner else None,
+            transfer_target=q.target,
         ))
     callers = {q.call_id: q.caller for q in queue}
 
@@ -161,7 +166,8 @@ def wallboard_snapshot(
         target_wait_seconds=target_wait_seconds,
         today=m,
     )
-    return WallboardSnapshot(now_wall.isoformat(), tuple(queue), agents, figures, tuple(alerts), tuple(overdue))
+    return WallboardSnapshot(now_wall.isoformat(), tuple(queue), agents, figures, tuple(alerts), tuple(overdue),
+                             tuple(transfers))
 
 
 __all__ = ["AgentItem", "Figures", "QueueItem", "WallboardSnapshot", "wallboard_snapshot"]

@@ -71,6 +71,16 @@ class Tickets(Protocol):
     async def update(self, actor: UserView, number: str, change: TicketChange) -> dict[str, Any]: ...
 
 
+class Calls(Protocol):
+    def targets(self, actor: UserView) -> dict[str, Any]: ...
+
+    async def transfer(self, actor: UserView, uniqueid: str, kind: str, target: dict[str, str]) -> dict[str, Any]: ...
+
+    async def complete(self, actor: UserView, uniqueid: str) -> dict[str, Any]: ...
+
+    async def cancel(self, actor: UserView, uniqueid: str) -> dict[str, Any]: ...
+
+
 class Reports(Protocol):
     def today(self) -> date: ...
 
@@ -118,6 +128,7 @@ class DeskFeatures(Protocol):
 
     @property
     def recordings(self) -> Recordings | None: ...
+    def calls(self) -> Calls: ...
 
 
 class WebServices(Protocol):
@@ -130,6 +141,7 @@ class WebServices(Protocol):
 
 
 __all__ = [
-    "ACDControl", "Accounts", "AgentAction", "Agents", "DeskFeatures", "Owners", "Recordings", "Reports", "SuperviseMode", "Tickets",
+    "ACDControl", "Accounts", "AgentAction", "Agents", "Calls", "DeskFeatures", "Owners", "Recordings", "Reports",
+    "SuperviseMode", "Tickets",
     "WebServices",
 ]

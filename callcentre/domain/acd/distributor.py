@@ -12,7 +12,9 @@ Who gets which call is :mod:`.selection`'s; agent transitions are :data:`~.model
 transitions :data:`~.model.OFFER_TRANSITIONS` (one log line each, with the call's uniqueid).
 
 Invariant after every public method: no waiting call that is not ringing an agent while an eligible
-agent is READY, and no agent holds two offers.
+agent is READY, and no agent holds two offers. A transferred call (``WaitingCall.only``) is the one
+exception: it waits for its own target only, and when nobody of the target is left to try it is given
+up on (:class:`~.model.TargetUnavailable`, once per target) for the adapter to retarget or withdraw.
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ from callcentre.domain.acd.model import (
     NoAgentAvailable,
     Offer,
     OfferRecord,
+    OnlyFor,
     OfferState,
     PauseReason,
     PriorityLevel,
     QueueEntry,
     RingOnDuty,
     StateChange,
+    TargetUnavailable,
     TimerKind,
     UnknownAgent,
     UnknownCall,
@@ -279,24 +283,37 @@ class Distributor:
 
     # ===== calls ==================================================================================
     def enqueue(self, call: WaitingCall) -> list[Decision]:
-        """A caller asks for a person: offer at once if an agent is ready, else queue and announce."""
-        if call.call_id in self._calls or call.call_id in self._finished_calls:
+        """A caller asks for a person: offer at once if an agent is ready, else queue and announce.
+
+        A transferred call (its offers named apart: ``offer_prefix``) may come back under the id of a
+        call answered before; it is not counted again as a call."""
+        if call.call_id in self._calls:
             raise DuplicateCall(f"call {call.call_id} is already known")
+        if call.call_id in self._finished_calls:
+            if not call.offer_prefix:
+                raise DuplicateCall(f"call {call.call_id} is already known")
+            del self._finished_calls[call.call_id]
         now_mono = self.clock.monotonic()
-        rec = CallRecord(call, next(self._call_seq), now_mono)
+        rec = CallRecord(call, next(self._call_seq), now_mono, counted=not call.offer_prefix)
         self.selector.prepare_call(rec)
         self._calls[call.call_id] = rec
-        insort(self._order, rec.order_key)
+        if call.only is None:
+            insort(self._order, rec.order_key)
         self.selector.index_call(rec)
-        self.metrics.call_entered(call.call_id, call.entered_at)
+        if rec.counted:
+            self.metrics.call_entered(call.call_id, call.entered_at)
         clog = log.bind(uniqueid=call.uniqueid, call_id=call.call_id)
-        clog.info("caller queued", priority=call.priority_level.name.lower(), skill=call.required_skill)
-        if not call.callback:
+        clog.info("caller queued", priority=call.priority_level.name.lower(), skill=call.required_skill,
+                  target=call.only.describe() if call.only else None)
+        if call.only is not None:
+            wait = call.target_wait_seconds or self.cfg.max_wait_seconds
+            self._schedule(now_mono + wait, TimerKind.MAXWAIT, call.call_id, rec.wait_version)
+        elif not call.callback:
             self._schedule(now_mono + self.cfg.max_wait_seconds, TimerKind.MAXWAIT, call.call_id, 0)
             self._schedule(now_mono + self.cfg.announce_every_seconds, TimerKind.ANNOUNCE, call.call_id, 0)
         out: list[Decision] = []
         self._dispatch(out)
-        if rec.offer_id is None and not call.callback:
+        if call.only is None and rec.offer_id is None and not call.callback:
             if self._staffed == 0:
                 open_now = business_hours_open(self.cfg.business_hours, self.timezone, self.clock.now())
                 if not open_now and call.priority_level is PriorityLevel.EMERGENCY and self.cfg.on_duty_interface:
@@ -324,6 +341,48 @@ class Distributor:
             log.info("call-back requested", uniqueid=rec.call.uniqueid, call_id=call_id)
         return self.position(call_id)
 
+    def retarget(self, call_id: str, only: OnlyFor | None, wait_seconds: float | None = None) -> list[Decision]:
+        """A transferred call gets a new target (``only``), or joins the queue like any caller (None):
+        its place keeps its priority and arrival, a ringing offer is taken back, the wait starts again."""
+        rec = self._call(call_id)
+        out: list[Decision] = []
+        if rec.offer_id is not None:
+            orec = self._offers[rec.offer_id]
+            self._close_offer(orec, "cancelled", "call retargeted")
+            out.append(CancelOffer(orec.offer.offer_id, call_id, orec.offer.agent_id, orec.offer.interface, "retargeted"))
+            rec.offer_id = None
+            arec = self._agents.get(orec.offer.agent_id)
+            if arec is not None and arec.offer_id == orec.offer.offer_id:
+                self._agent_offer_cancelled(arec, orec, out)
+        self.selector.unindex_call(rec)
+        was_queued = rec.call.only is None
+        if was_queued:
+            i = bisect_left(self._order, rec.order_key)
+            if i < len(self._order) and self._order[i] == rec.order_key:
+                del self._order[i]
+        rec.call = replace(rec.call, only=only, target_wait_seconds=wait_seconds if only is not None else None)
+        rec.target_given_up = False
+        rec.wait_version += 1
+        self.selector.prepare_call(rec)
+        now_mono = self.clock.monotonic()
+        if only is None:
+            insort(self._order, rec.order_key)
+            self._schedule(now_mono + self.cfg.max_wait_seconds, TimerKind.MAXWAIT, call_id, rec.wait_version)
+            self._schedule(now_mono + self.cfg.announce_every_seconds, TimerKind.ANNOUNCE, call_id, 0)
+        else:
+            wait = wait_seconds or self.cfg.max_wait_seconds
+            self._schedule(now_mono + wait, TimerKind.MAXWAIT, call_id, rec.wait_version)
+        self.selector.index_call(rec)
+        log.info("call retargeted", uniqueid=rec.call.uniqueid, call_id=call_id,
+                 target=only.describe() if only else "queue")
+        self._dispatch(out)
+        if only is None and rec.offer_id is None:
+            if self._staffed == 0:
+                out.append(NoAgentAvailable(call_id, rec.call.uniqueid, "no_agents"))
+            else:
+                out.append(Announce(call_id, rec.call.uniqueid, self.position(call_id), self.expected_wait(call_id)))
+        return out
+
     def withdraw(self, call_id: str, reason: WithdrawReason, at: datetime | None = None) -> WithdrawResult:
         """The call leaves the queue unanswered; a ringing offer is cancelled without a missed count."""
         reason = WithdrawReason(reason)
@@ -349,7 +408,9 @@ class Distributor:
                 self._agent_offer_cancelled(arec, orec, out)
         waited = max(0.0, self.clock.monotonic() - rec.entered_mono)
         self._remove_call(rec)
-        if reason is WithdrawReason.ABANDONED:
+        if not rec.counted:
+            pass  # a transferred call: counted as a call when it first entered
+        elif reason is WithdrawReason.ABANDONED:
             self.metrics.call_abandoned(call_id, rec.call.entered_at, at)
         else:
             self.metrics.call_deflected(call_id, rec.call.entered_at)
@@ -487,18 +548,26 @@ class Distributor:
             out.append(CancelOffer(offer_id, o.call_id, o.agent_id, o.interface, "ring timeout"))
             self._missed(orec, out, "rang_out", "ring timeout", pause_now=False)
 
-    def _max_wait(self, due: float, now: float, call_id: str, _version: int, out: list[Decision]) -> None:
+    def _max_wait(self, due: float, now: float, call_id: str, version: int, out: list[Decision]) -> None:
         crec = self._calls.get(call_id)
-        if crec and not crec.call.callback and not crec.max_wait_fired:
+        if crec is None or version != crec.wait_version:
+            return
+        if crec.call.only is not None:  # a transfer's target had its time
+            if crec.offer_id is not None:  # ringing one of them now: give that ring its chance first
+                self._schedule(due + self.cfg.ring_timeout_seconds, TimerKind.MAXWAIT, call_id, version)
+            elif not crec.target_given_up:
+                self._give_up(crec, "timeout", out)
+            return
+        if not crec.call.callback and not crec.max_wait_fired:
             if crec.offer_id is not None:  # ringing an agent now: give that ring its chance first
-                self._schedule(due + self.cfg.ring_timeout_seconds, TimerKind.MAXWAIT, call_id, 0)
+                self._schedule(due + self.cfg.ring_timeout_seconds, TimerKind.MAXWAIT, call_id, version)
             else:
                 crec.max_wait_fired = True
                 out.append(MaxWaitReached(call_id, crec.call.uniqueid, now - crec.entered_mono))
 
     def _announce(self, due: float, now: float, call_id: str, _version: int, out: list[Decision]) -> None:
         crec = self._calls.get(call_id)
-        if crec and not crec.call.callback:
+        if crec and not crec.call.callback and crec.call.only is None:
             self._schedule(due + self.cfg.announce_every_seconds, TimerKind.ANNOUNCE, call_id, 0)
             if crec.offer_id is None:
                 out.append(Announce(call_id, crec.call.uniqueid, self.position(call_id), self.expected_wait(call_id)))
@@ -572,6 +641,7 @@ class Distributor:
                 c.call.required_skill,
                 c.call.language,
                 self._offers[c.offer_id].offer.agent_id if c.offer_id else None,
+                c.call.only.describe() if c.call.only else None,
             )
             for i, c in enumerate(calls)
         )
@@ -670,7 +740,7 @@ class Distributor:
     # ===== internals: offers ======================================================================
     def _make_offer(self, crec: CallRecord, arec: AgentRecord, out: list[Decision]) -> None:
         crec.offers += 1
-        offer_id = f"{crec.call.call_id}#{crec.offers}"
+        offer_id = f"{crec.call.call_id}#{crec.call.offer_prefix}{crec.offers}"
         offer = Offer(
             offer_id,
             crec.call.call_id,
@@ -831,9 +901,10 @@ class Distributor:
         )
         if alert:
             out.append(alert)
-        alert = self.metrics.call_answered(crec.call.call_id, crec.call.entered_at, self._steady(crec, at), offer.agent_id)
-        if alert:
-            out.append(alert)
+        if crec.counted:
+            alert = self.metrics.call_answered(crec.call.call_id, crec.call.entered_at, self._steady(crec, at), offer.agent_id)
+            if alert:
+                out.append(alert)
         crec.offer_id = None
         self._remove_call(crec)
         self._remember_finished(crec.call.call_id, None)
@@ -900,7 +971,8 @@ class Distributor:
         log.info("offer state changed", uniqueid=crec.call.uniqueid, offer_id=offer_id, agent_id=agent_id,
                  transition="late_answer", from_state=state.value, to_state=OfferState.ANSWERED.value,
                  reason="answered after we gave up on it")
-        self.metrics.call_answered(call_id, crec.call.entered_at, self._steady(crec, at), agent_id)
+        if crec.counted:
+            self.metrics.call_answered(call_id, crec.call.entered_at, self._steady(crec, at), agent_id)
         self._go(arec, "late_answer", AgentState.ON_CALL, f"late answer {offer_id}")
         arec.offer_id = offer_id
         arec.call_id = call_id
@@ -926,8 +998,20 @@ class Distributor:
         """Restore the invariant: while a call waits unoffered and an agent is READY, make offers.
 
         ``freed``: the agent who just became READY chooses first (the best call for them); then calls
-        choose in queue order (the best agent for each). Both choices are the selector's."""
+        choose in queue order (the best agent for each). Both choices are the selector's. Transferred
+        calls go first, each to its own target; one whose target has nobody left is given up on."""
         sel = self.selector
+        if sel.targeted_count():
+            for crec in sel.targeted_in_order():
+                if not crec.indexed:
+                    continue
+                arec = sel.pick_agent_for(crec)
+                if arec is not None:
+                    self._make_offer(crec, arec, out)
+                elif not crec.target_given_up:
+                    reason = self._target_left(crec)
+                    if reason is not None:
+                        self._give_up(crec, reason, out)
         if freed is not None and freed.eligible and sel.unoffered_count():
             crec = sel.pick_call_for(freed)
             if crec is not None:
@@ -939,6 +1023,30 @@ class Distributor:
                 log.error("dispatch found no pair", ready=sel.ready_count(), waiting=sel.unoffered_count())
                 return
             self._make_offer(crec, arec, out)
+
+    def _target_left(self, crec: CallRecord) -> str | None:
+        """None while someone of a transferred call's target may still take it (staffed: ready, ringing,
+        on a call or wrapping up, and not one who missed it); else why not: ``not_staffed`` or ``missed``.
+        A skill group is a scan of the agents: done only for a transfer nobody is free to take."""
+        only = crec.call.only
+        assert only is not None
+        if only.agent_id is not None:
+            rec = self._agents.get(only.agent_id)
+            candidates = [rec] if rec is not None else []
+        else:
+            candidates = [a for a in self._agents.values() if only.skill in a.agent.skills]
+        staffed = [a for a in candidates if a.state in STAFFED]
+        if any(a.agent.agent_id not in crec.missed_by for a in staffed):
+            return None
+        return "missed" if staffed else "not_staffed"
+
+    def _give_up(self, crec: CallRecord, reason: str, out: list[Decision]) -> None:
+        only = crec.call.only
+        assert only is not None
+        crec.target_given_up = True
+        log.info("transfer target unavailable", uniqueid=crec.call.uniqueid, call_id=crec.call.call_id,
+                 target=only.describe(), reason=reason, offers=crec.offers)
+        out.append(TargetUnavailable(crec.call.call_id, crec.call.uniqueid, only, reason))
 
     def _schedule(self, due: float, kind: TimerKind, ref: str, version: int) -> None:
         heapq.heappush(self._timers, (due, next(self._timer_seq), kind, ref, version))

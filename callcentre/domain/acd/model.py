@@ -17,6 +17,8 @@ from callcentre.config import BusinessHours
 from callcentre.domain.acd_metrics import Alert, MetricsSnapshot
 from callcentre.domain.patterns import INTERFACE, TOKEN
 
+_OFFER_PREFIX = re.compile(r"^[A-Za-z0-9\-]{1,16}\Z")
+
 
 # ---------------------------------------------------------------------------------------------------
 # Errors
@@ -161,8 +163,35 @@ class Agent:
 
 
 @dataclass(frozen=True, slots=True)
+class OnlyFor:
+    """Who may be offered a transferred call: one agent, or the agents with a skill (a skill group).
+
+    A call with this restriction is never offered to anyone else, and never twice to the same agent;
+    when nobody of the target is left to try, the distributor says so (:class:`TargetUnavailable`)
+    and the adapter decides what happens next (``transfers.no_answer``)."""
+
+    agent_id: str | None = None
+    skill: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.agent_id is None) == (self.skill is None):
+            raise ValueError("a transfer target is exactly one agent or one skill")
+        if self.skill is not None and not TOKEN.match(self.skill):
+            raise ValueError(f"skill {self.skill!r} must be a lower-case token")
+
+    def describe(self) -> str:
+        return f"agent:{self.agent_id}" if self.agent_id is not None else f"skill:{self.skill}"
+
+
+@dataclass(frozen=True, slots=True)
 class WaitingCall:
-    """A caller who asked for a person. ``entered_at`` is wall time (aware) of entering the queue."""
+    """A caller who asked for a person. ``entered_at`` is wall time (aware) of entering the queue.
+
+    A transferred call names its offers ``<call id>#<offer_prefix><n>`` so they never clash with the
+    call's earlier ones; with a prefix it may come back under a call id that was answered before (a
+    blind transfer keeps the caller's uniqueid) and is not counted again as a call in the day's call
+    figures (its offers are). With ``only`` it waits for that target alone, hears no announcements and
+    is given up on after ``target_wait_seconds``."""
 
     call_id: str
     uniqueid: str
@@ -176,8 +205,13 @@ class WaitingCall:
     caller_name: str = ""
     unit: str = ""
     callback: bool = False
+    only: OnlyFor | None = None
+    offer_prefix: str = ""
+    target_wait_seconds: float | None = None
 
     def __post_init__(self) -> None:
+        if self.offer_prefix and not _OFFER_PREFIX.match(self.offer_prefix):
+            raise ValueError(f"offer_prefix {self.offer_prefix!r}: letters, digits and '-' only")
         if not self.call_id or any(c in self.call_id for c in "\r\n"):
             raise ValueError("call_id must be non-empty without line breaks")
         if self.entered_at.tzinfo is None:
@@ -265,6 +299,18 @@ class NoAgentAvailable:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetUnavailable:
+    """A transferred call's target cannot take it: nobody of it is staffed (``not_staffed``), everyone
+    of it who is staffed let it ring out or refused it (``missed``), or ``target_wait_seconds`` passed
+    (``timeout``). The call keeps waiting (music) until the adapter retargets or withdraws it."""
+
+    call_id: str
+    uniqueid: str
+    target: OnlyFor
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RingOnDuty:
     """Outside business hours with nobody staffed, an emergency rings the on-duty interface."""
 
@@ -274,7 +320,8 @@ class RingOnDuty:
 
 
 Decision = Union[
-    MakeOffer, CancelOffer, Announce, MaxWaitReached, Alert, AgentPaused, NoAgentAvailable, RingOnDuty
+    MakeOffer, CancelOffer, Announce, MaxWaitReached, Alert, AgentPaused, NoAgentAvailable, RingOnDuty,
+    TargetUnavailable,
 ]
 
 
@@ -305,6 +352,7 @@ class QueueEntry:
     required_skill: str | None
     language: str | None
     ringing_agent_id: str | None
+    target: str | None = None  # a transferred call's target ("agent:7", "skill:repair"), else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +484,9 @@ class CallRecord:
     keys: tuple[tuple[object, ...], ...] = ()  # the selection index slots while waiting unoffered
     agent_tiers: tuple[tuple[str, ...], ...] = ()  # where this call looks for a READY agent, best first
     indexed: bool = False
+    counted: bool = True  # counted in the day's call figures (a transferred call was counted already)
+    wait_version: int = 0  # bumps when the call is retargeted: a MAXWAIT timer armed before is stale
+    target_given_up: bool = False  # TargetUnavailable was decided for its current target
 
     @property
     def order_key(self) -> tuple[int, int]:

@@ -21,6 +21,11 @@ The rules, deterministic and in this order (this module is their one place):
 When an agent becomes free while callers wait, the agent takes the highest priority level waiting;
 within it the call best matching the agent (the same tiers), oldest first.
 
+**Transferred calls** (``WaitingCall.only``: one agent, or a skill group) are outside these rules'
+indexes: they are offered only to their target (a skill group keeps the skill dimension in every
+tier, the other rules apply within it), never twice to the same agent, and before the queue's calls
+(:meth:`AgentSelector.targeted_in_order`). There are few at a time, so they are looked at one by one.
+
 Where a new rule goes
 ---------------------
 * a new way an agent can suit a call (an estate, a product line): one :class:`MatchDimension` in
@@ -41,7 +46,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
 from callcentre.domain.acd.model import Agent, AgentRecord, CallRecord, PriorityLevel, WaitingCall
@@ -181,6 +186,9 @@ class AgentSelector:
         self._agent_index = LazyIndex(self._agent_entry_live)
         self._call_index = LazyIndex(self._call_entry_live)
         self._call_shapes: dict[tuple, tuple[tuple, tuple]] = {}
+        self._targeted: dict[str, CallRecord] = {}  # transferred calls waiting unoffered, by call id
+        names = [d.name for d in dimensions]
+        self._skill_dim = names.index("skill") if "skill" in names else None
 
     # ----- agents ---------------------------------------------------------------------------------
     def prepare_agent(self, rec: AgentRecord) -> None:
@@ -229,6 +237,9 @@ class AgentSelector:
         """Work out, once per waiting call, where it sits and where it looks (shared by every call that
         asks for the same things at the same level: a dict look-up, and no tuples per caller)."""
         call = crec.call
+        if call.only is not None:
+            crec.keys, crec.agent_tiers = (), self._target_tiers(crec)
+            return
         shape = (call.priority_level, *[d.call_value(call) for d in self.dimensions])
         found = self._call_shapes.get(shape)
         if found is None:
@@ -253,6 +264,9 @@ class AgentSelector:
             return
         crec.indexed = True
         crec.token += 1
+        if crec.call.only is not None:
+            self._targeted[crec.call.call_id] = crec
+            return
         self._call_index.add(crec.keys, (crec.seq, crec.call.call_id, crec.token))
 
     def unindex_call(self, crec: CallRecord) -> None:
@@ -261,7 +275,61 @@ class AgentSelector:
             return
         crec.indexed = False
         crec.token += 1
+        if crec.call.only is not None:
+            self._targeted.pop(crec.call.call_id, None)
+            return
         self._call_index.remove(crec.keys)
+
+    # ----- transferred calls ----------------------------------------------------------------------
+    def _target_tiers(self, crec: CallRecord) -> tuple[tuple[str, ...], ...]:
+        """A skill group's tiers: the usual ones for the call's language and the group's skill, less
+        every tier that drops the skill (the group is the whole point)."""
+        only = crec.call.only
+        assert only is not None
+        if only.skill is None or self._skill_dim is None:
+            return ()
+        call = replace(crec.call, required_skill=only.skill, only=None)
+        values = tuple(d.call_value(call) for d in self.dimensions)
+        _keys, tiers = self._call_shape(int(call.priority_level), values)
+        return tuple(t for t in tiers if t[self._skill_dim] != ANY)
+
+    def targeted_in_order(self) -> list[CallRecord]:
+        """Transferred calls waiting unoffered, in the queue's order (priority, then arrival)."""
+        return sorted(self._targeted.values(), key=lambda c: c.order_key)
+
+    def targeted_count(self) -> int:
+        return len(self._targeted)
+
+    def in_target(self, crec: CallRecord, rec: AgentRecord) -> bool:
+        """Is this agent (whatever their state) part of the transferred call's target?"""
+        only = crec.call.only
+        if only is None:
+            return True
+        if only.agent_id is not None:
+            return rec.agent.agent_id == only.agent_id
+        return only.skill in rec.agent.skills
+
+    def _pick_target_agent(self, crec: CallRecord) -> AgentRecord | None:
+        only = crec.call.only
+        assert only is not None
+        missed = crec.missed_by
+        if only.agent_id is not None:
+            rec = self._agents.get(only.agent_id)
+            ok = rec is not None and rec.eligible and rec.indexed and only.agent_id not in missed
+            return rec if ok else None
+        call = crec.call
+        prefs = self._prefs_by_level[call.priority_level]
+        prev = self._agents.get(call.previous_agent_id) if call.previous_agent_id and self.prefer_previous_agent else None
+        for tier in crec.agent_tiers:
+            if not self._agent_index.count((*tier, NO_PREFERENCE)):
+                continue
+            if prev is not None and prev.eligible and prev.agent.agent_id not in missed and self._suits(prev, tier):
+                return prev
+            for pref in (*prefs, NO_PREFERENCE):
+                found = self._peek_agent((*tier, pref), missed)
+                if found is not None:
+                    return found
+        return None
 
     def unoffered_count(self) -> int:
         return sum(self._call_index.count((lv, *self._any)) for lv in self._levels_desc)
@@ -286,6 +354,8 @@ class AgentSelector:
     def pick_agent_for(self, crec: CallRecord) -> AgentRecord | None:
         """A call waits: the READY agent it gets (rules 2-5; rule 1 chose the call)."""
         call = crec.call
+        if call.only is not None:
+            return self._pick_target_agent(crec)
         prefs = self._prefs_by_level[call.priority_level]
         prev = (
             self._agents.get(call.previous_agent_id)

@@ -7,6 +7,7 @@ session                   :class:`.accounts.AccountService`          users
 agents                    :class:`.agents.AgentService`              call distribution, users
 owners                    :class:`.owners.OwnerService`              the desk repository
 tickets                   :class:`.tickets.DeskTicketService`        desk repository, lifecycle
+calls                     :class:`.calls.CallService`                call distribution (transfers)
 reports (web/reports.py)  :class:`callcentre.service.reports.ReportService`  report rows
 recordings                :class:`callcentre.service.recordings.RecordingService`  recordings, calls
 ========================  =========================================  ============================
@@ -26,6 +27,7 @@ from callcentre.config import Config
 from callcentre.domain.ports import ACDControl, Clock
 from callcentre.service.desk.accounts import AccountService
 from callcentre.service.desk.agents import AgentService, Elsewhere
+from callcentre.service.desk.calls import CallService
 from callcentre.service.desk.owners import OwnerService
 from callcentre.service.desk.tickets import DeskTicketService
 from callcentre.service.recordings import RecordingService
@@ -42,6 +44,7 @@ class DeskServices:
     owners: OwnerService
     tickets: DeskTicketService
     reports: ReportService
+    calls: CallService
     recordings: RecordingService | None = None  # None: this server has none to offer (tests, tools)
 
 
@@ -74,6 +77,7 @@ def build_desk(
         owners=OwnerService(desk),
         tickets=DeskTicketService(desk, lifecycle, cfg, clock),
         reports=ReportService(sessions, cfg, clock),
+        calls=CallService(acd),
         recordings=recordings,
     )
 

@@ -8,6 +8,7 @@ then ``add_routes(router)``. No SQL and no repository here. Every handler declar
 * :mod:`.owners`   the owner card, search, attaching a number
 * :mod:`.tickets`  tickets by number, owner or caller; made and changed at the desk
 * :mod:`.recordings`  call recordings (audio by id) per ticket and call, and the call history
+* :mod:`.calls`    transferring the call one is on (blind, attended), and the targets
 
 A new route: a handler in its feature's module (``@roles(...)``), one line in that module's
 ``add_routes``, its entry in ``openapi.yaml``, and, when it needs something new, a method on the
@@ -20,11 +21,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from callcentre.web.api import agents, owners, recordings, session, tickets
+from callcentre.web.api import agents, calls, owners, recordings, session, tickets
 from callcentre.web.auth import public
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
-FEATURES = (session, agents, owners, tickets, recordings)
+FEATURES = (session, agents, owners, tickets, recordings, calls)
 
 
 @public

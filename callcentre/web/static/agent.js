@@ -8,6 +8,7 @@ const desk = {
   target: null,        // {owner_id, unit_id, name, unit} the ticket form is for
   updating: null,      // ticket number being updated
   stateSince: null,    // ms epoch
+  transfer: null,      // the transfer of the current call in progress (from the server's "transfer" frames)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -99,6 +100,7 @@ function ownerCard(o, selectable) {
 }
 
 function renderPop(call) {
+  if (!desk.call || desk.call.uniqueid !== call.uniqueid) desk.transfer = null;
   desk.call = call;
   const body = $("pop-body");
   $("pop-empty").hidden = true;
@@ -123,7 +125,13 @@ function renderPop(call) {
       ? cc.el("ol", {}, call.last_calls.map((c) => cc.el("li", {}, cc.when(c.started_at), " · ",
           cc.label(c.outcome || "unknown"), c.ivr_path ? " · " + c.ivr_path : "")))
       : cc.el("p", { class: "muted" }, "none"));
-  body.replaceChildren(header, path, ...owners, ...extra, calls);
+  const via = call.transfer
+    ? cc.el("p", { class: "transferred", id: "pop-transferred" },
+        (call.transfer.consult ? "Consultation from " : "Transferred by ") + call.transfer.from +
+        (call.transfer.kind ? " (" + cc.label(call.transfer.kind) + ")" : ""))
+    : null;
+  body.replaceChildren(header, via, path, ...owners, ...extra, calls);
+  showTransfer(true);
   if (call.owners && call.owners.length) {
     const o = call.owners[0];
     const u = o.units.find((x) => x.matched) || o.units[0];
@@ -250,6 +258,74 @@ async function attach(owner) {
   }
 }
 
+// ---- transfers: the browser sends the call's uniqueid, a kind and a target id; nothing else.
+async function loadTargets() {
+  const select = $("x-target");
+  try {
+    const t = await cc.api("GET", "/api/transfer-targets");
+    const group = (label, items) => items.length ? cc.el("optgroup", { label }, items) : null;
+    // Agents who can take a call now or soon (ready, ringing, on a call, wrapping up); paused and
+    // logged-out agents are refused by the server anyway.
+    const agents = t.agents.filter((a) => String(a.agent_id) !== String(desk.me.user.id) &&
+      ["ready", "ringing", "on_call", "wrap_up"].includes(a.state))
+      .map((a) => cc.el("option", { value: JSON.stringify({ agent: String(a.agent_id) }) }, a.name + " · " + cc.label(a.state)));
+    const skills = t.skills.map((g) => cc.el("option", { value: JSON.stringify({ skill: g.code }) },
+      cc.label(g.code) + " group (" + g.ready + " ready)"));
+    const depts = t.departments.map((d) => cc.el("option", { value: JSON.stringify({ department: d.code }) }, d.name));
+    select.replaceChildren(...[group("Agents", agents), group("Skill groups", skills), group("Departments", depts)].filter(Boolean));
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+function showTransfer(on) {
+  $("transfer").hidden = !on;
+  if (on) loadTargets();
+  renderTransfer(desk.transfer);
+}
+
+function renderTransfer(t) {
+  const open = t && ["requested", "moving", "ringing", "consulting"].includes(t.state);
+  $("x-blind").disabled = !!open;
+  $("x-consult").disabled = !!open;
+  $("x-complete").disabled = !(t && t.kind === "attended" && t.state === "consulting");
+  $("x-cancel").disabled = !(t && t.kind === "attended" && open);
+  const to = t ? (t.to_agent_name || (t.target && t.target.name) || "") : "";
+  cc.setText($("x-status"), t ? cc.label(t.kind) + " transfer to " + to + ": " + cc.label(t.state) +
+    (t.outcome ? " (" + cc.label(t.outcome) + ")" : "") : "");
+}
+
+async function transfer(kind) {
+  if (!desk.call) return;
+  let target;
+  try {
+    target = JSON.parse($("x-target").value);
+  } catch (e) {
+    say("Choose who to transfer to.", true);
+    return;
+  }
+  try {
+    const res = await cc.api("POST", "/api/calls/" + encodeURIComponent(desk.call.uniqueid) + "/transfer", { kind, target });
+    desk.transfer = res.transfer;
+    renderTransfer(desk.transfer);
+    say("");
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+async function transferStep(step) {
+  if (!desk.call) return;
+  try {
+    const res = await cc.api("POST", "/api/calls/" + encodeURIComponent(desk.call.uniqueid) + "/transfer/" + step);
+    desk.transfer = res.transfer;
+    renderTransfer(desk.transfer);
+    say("");
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
 function onMessage(msg) {
   if (msg.server_time) cc.syncClock(msg.server_time);
   if (msg.type === "snapshot") {
@@ -261,6 +337,14 @@ function onMessage(msg) {
     setState(msg.agent);
   } else if (msg.type === "call_ended" || msg.type === "screen_clear") {
     $("pop").className = "card pop ended";
+    // After a blind transfer the call is over for this agent, but its transfer's outcome still comes.
+    if (!desk.transfer) showTransfer(false);
+  } else if (msg.type === "transfer" && msg.transfer) {
+    if (desk.call && msg.transfer.uniqueid === desk.call.uniqueid && String(msg.transfer.from_agent_id) === String(desk.me.user.id)) {
+      desk.transfer = msg.transfer;
+      renderTransfer(desk.transfer);
+      if (["completed", "fell_back"].includes(msg.transfer.state)) $("pop").className = "card pop ended";
+    }
   }
 }
 
@@ -288,6 +372,10 @@ async function main() {
   $("update-form").addEventListener("submit", saveUpdate);
   $("u-cancel").addEventListener("click", () => { $("update-form").hidden = true; });
   $("search-form").addEventListener("submit", search);
+  $("x-blind").addEventListener("click", () => transfer("blind"));
+  $("x-consult").addEventListener("click", () => transfer("attended"));
+  $("x-complete").addEventListener("click", () => transferStep("complete"));
+  $("x-cancel").addEventListener("click", () => transferStep("cancel"));
   cc.live("/ws/agent", onMessage, (s) => cc.setText($("live"), s));
   setInterval(tick, 1000);
 }

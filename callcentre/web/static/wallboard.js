@@ -47,7 +47,7 @@ function renderQueue(queue) {
       cc.el("td", { class: "wait", dataset: { start: String(start) } }, cc.duration(q.wait_seconds)),
       cc.el("td", { class: "caller" }, q.caller || "withheld"),
       cc.el("td", { class: "owner" }, [q.owner_name, q.unit].filter(Boolean).join(" · ") || "unknown"),
-      cc.el("td", {}, cc.label(q.ivr_choice || "–")),
+      cc.el("td", {}, q.transfer_target ? "transfer → " + q.transfer_target : cc.label(q.ivr_choice || "–")),
       cc.el("td", { class: "priority" }, cc.label(q.priority || "normal")));
   }));
 }
@@ -93,6 +93,17 @@ function renderAgents(agents) {
       cc.el("td", { class: "num" }, cc.percent(a.two_ring_share)),
       cc.el("td", { class: "actions" }, agentButtons(a)));
   }));
+}
+
+function renderTransfers(items) {
+  $("transfers-body").replaceChildren(...items.map((t) => cc.el("tr",
+    { class: "transfer-row state-" + cc.clean(t.state).replace(/[^a-z_]/g, ""), dataset: { uniqueid: cc.clean(t.uniqueid) } },
+    cc.el("td", {}, t.uniqueid),
+    cc.el("td", {}, cc.label(t.kind)),
+    cc.el("td", {}, t.from_agent_name),
+    cc.el("td", {}, t.to_agent_name || (t.target && t.target.name) || "–"),
+    cc.el("td", { class: "transfer-state" }, cc.label(t.state) + (t.outcome ? " · " + cc.label(t.outcome) : "")))));
+  $("transfers-empty").hidden = items.some((t) => ["requested", "moving", "ringing", "consulting"].includes(t.state));
 }
 
 function renderOverdue(items) {
@@ -154,6 +165,7 @@ function onMessage(msg) {
     renderAgents(agents);
     renderFigures(f, queue.length, agents.filter((a) => a.state === "ready").length);
     renderOverdue(Array.isArray(msg.overdue) ? msg.overdue : []);
+    renderTransfers(Array.isArray(msg.transfers) ? msg.transfers : []);
     if (Array.isArray(msg.alerts)) {
       wall.alerts = msg.alerts.slice(-MAX_ALERTS).reverse();
       renderAlerts();

@@ -1,0 +1,55 @@
+"""Calls at the desk: transferring the call an agent is on, blind or attended (consult, then complete or
+cancel), and the targets one may pick (agents, skill groups, departments).
+
+Entry, precondition checks, effect: the form of the request is the handler's, who may do it and
+whether it is possible now are call distribution's (:class:`~callcentre.domain.transfers.TransferControl`),
+which answers with the domain's transfer errors. The browser names a call (its uniqueid), a kind and a
+target id; it never names a channel, a context or a token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import structlog
+
+from callcentre.domain.transfers import TransferControl, TransfersUnavailable
+from callcentre.domain.users import SUPERVISORS, UserView
+
+log = structlog.get_logger(__name__)
+
+
+class CallService:
+    def __init__(self, acd: Callable[[], Any]) -> None:
+        """``acd``: call distribution while it runs (None when off or not started yet)."""
+        self._acd = acd
+
+    def _running(self) -> TransferControl:
+        acd = self._acd()
+        if acd is None:
+            raise TransfersUnavailable("call distribution is not running")
+        return acd
+
+    def targets(self, actor: UserView) -> dict[str, Any]:
+        return self._running().transfer_targets()
+
+    async def transfer(self, actor: UserView, uniqueid: str, kind: str, target: dict[str, str]) -> dict[str, Any]:
+        out = await self._running().transfer(uniqueid, kind, target, actor_agent_id=str(actor.id),
+                                             actor_login=actor.login, supervisor=actor.role in SUPERVISORS)
+        log.info("transfer requested", uniqueid=uniqueid, kind=kind, target=out["target"], by=actor.login)
+        return out
+
+    async def complete(self, actor: UserView, uniqueid: str) -> dict[str, Any]:
+        out = await self._running().transfer_complete(uniqueid, actor_agent_id=str(actor.id),
+                                                      supervisor=actor.role in SUPERVISORS)
+        log.info("transfer completed", uniqueid=uniqueid, by=actor.login)
+        return out
+
+    async def cancel(self, actor: UserView, uniqueid: str) -> dict[str, Any]:
+        out = await self._running().transfer_cancel(uniqueid, actor_agent_id=str(actor.id),
+                                                    supervisor=actor.role in SUPERVISORS)
+        log.info("transfer cancelled", uniqueid=uniqueid, by=actor.login)
+        return out
+
+
+__all__ = ["CallService"]
