@@ -181,7 +181,7 @@ def build_services(cfg: Config, clock: Clock) -> Services:
         make_distribution=_terms(distribution, roster, lambda: new_distribution()[:2]), resync=resync,
         ami_connected=lambda: ami is not None and ami.connected,
         loops=[callbacks, escalation, reconciliation, recordings, *([webhooks] if webhooks is not None else []),
-               AgentRelayServer(hub, desk_services.agents, users)],
+               AgentRelayServer(hub, desk_services.agents, users, calls=desk_services.calls)],
         after_stop=_drain_recorder, node=node_name,
     )
     elector = make_elector(cfg.database.url, ROLE, cfg.cluster, on_elected=leader_parts.elected,
@@ -334,10 +334,14 @@ def _agi_router(running: Running, ivr: HotlineIVR, survey: SurveyScript, *,
     async def transfer(channel) -> None:
         if running.acd is not None:  # without it CC_RESULT stays unset: the dialplan's fallback queue
             await running.acd.transfers.caller_script(channel, take_message=ivr.take_message)
+        elif follower_pass is not None and await follower_pass(channel):
+            await channel.set_variable(RESULT_VARIABLE, "pass")  # the leader made the token: the dialplan gives it the caller
 
     async def consult(channel) -> None:
         if running.acd is not None:
             await running.acd.transfers.consult_script(channel)
+        elif follower_pass is not None and await follower_pass(channel):
+            await channel.set_variable(RESULT_VARIABLE, "pass")  # the leader started the consultation: the dialplan tries it
 
     routes = {"hotline": ivr.run if follower_pass is None else hotline, "survey": survey.run, "callback": callback,
               "transfer": transfer, "consult": consult}

@@ -6,7 +6,8 @@ waiting callers handed to the dialplan; a follower's caller who asks for a perso
 distribution if it takes the lead within the wait, else the dialplan's queue; a follower passes a
 first-try call to the second server only when that is safe; the gate refuses leader-only writes when
 not leading; agent actions made on a follower reach the leader's AgentService and its refusals come
-back with their kind and code.
+back with their kind and code; so do transfers, and a follower passes a transferred caller or a
+consultation leg on its first try to the leader.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from callcentre.app import Running, _agi_router
 from callcentre.cluster.node import FollowerPass, LeaderConnector, LeaderGate, LeaderParts, NodeInfo
 from callcentre.cluster.relay import REQUEST_TOPIC, AgentRelay, AgentRelayServer
 from callcentre.domain.calls import CallInfo, Outcome
-from callcentre.domain.errors import Conflict, Unavailable
+from callcentre.domain.errors import Conflict, NotFound, Unavailable
 from callcentre.domain.ports import FakeClock
+from callcentre.domain.transfers import TransferForbidden, TransferRefused, TransfersUnavailable, UnknownCall
 from callcentre.domain.users import AgentAction, AgentStateRefused, Forbidden, SuperviseMode, UserRole, UserView
 from callcentre.service.desk.agents import AgentService
+from callcentre.service.desk.calls import CallService
 from callcentre.web.hub import WALLBOARD, Hub
 from fakes import FakeChannel
 
@@ -424,3 +427,126 @@ async def test_a_followers_wallboard_shows_the_leaders_latest_picture() -> None:
     assert snap["acd_node"] == "a" and snap["queue"] == [{"caller": "+86138"}] and "type" not in snap
     assert follower.agent_entry(2) == {"agent_id": "2", "state": "ready"}
     assert follower.queue()["queue"] == [{"caller": "+86138"}] and not follower.running
+
+
+# ------------------------------------------------------------------ transfers relayed to the leader
+
+
+class LeaderTransfers:
+    """The leader's call distribution as its CallService sees it (the TransferControl port)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def transfer_targets(self) -> dict[str, Any]:
+        return {"agents": [{"agent_id": "3", "name": "U3"}], "skills": [], "departments": []}
+
+    async def transfer(self, uniqueid: str, kind: str, target: dict[str, str], *, actor_agent_id: str,
+                       actor_login: str, supervisor: bool) -> dict[str, Any]:
+        if uniqueid != "1700000000.1":
+            raise UnknownCall(f"no call {uniqueid} is connected to an agent here")
+        if actor_agent_id != "2" and not supervisor:
+            raise TransferForbidden("only the agent on the call or a supervisor may transfer it")
+        self.calls.append(("transfer", uniqueid, kind, target, actor_agent_id))
+        return {"uniqueid": uniqueid, "kind": kind, "target": target, "state": "ringing"}
+
+    async def transfer_complete(self, uniqueid: str, *, actor_agent_id: str, supervisor: bool) -> dict[str, Any]:
+        self.calls.append(("complete", uniqueid, actor_agent_id))
+        return {"uniqueid": uniqueid, "state": "completed", "target": {"agent": "3"}}
+
+    async def transfer_cancel(self, uniqueid: str, *, actor_agent_id: str, supervisor: bool) -> dict[str, Any]:
+        raise TransferRefused("no consultation in progress on this call")
+
+
+async def test_a_transfer_on_a_follower_is_made_by_the_leader_and_its_refusal_comes_back_as_it_was() -> None:
+    hub = SharedHub()
+    users = Users(view(2, UserRole.AGENT), view(3, UserRole.AGENT))
+    acd = LeaderTransfers()
+    server = AgentRelayServer(hub, AgentService(lambda: None, users, FakeClock()), users,  # type: ignore[arg-type]
+                              calls=CallService(lambda: acd))
+    relay = AgentRelay(hub, node="b", timeout_seconds=2, snapshot_max_age_seconds=10)
+    follower = CallService(lambda: None, elsewhere=relay)
+    await server.start()
+    await relay.start()
+    try:
+        agent2, agent3 = users.users[2], users.users[3]
+        assert (await follower.targets(agent2))["agents"] == [{"agent_id": "3", "name": "U3"}]
+        out = await follower.transfer(agent2, "1700000000.1", "attended", {"agent": "3"})
+        assert out["state"] == "ringing"
+        assert acd.calls == [("transfer", "1700000000.1", "attended", {"agent": "3"}, "2")]
+        assert (await follower.complete(agent2, "1700000000.1"))["state"] == "completed"
+        with pytest.raises(Conflict) as refused:
+            await follower.cancel(agent2, "1700000000.1")
+        assert refused.value.code == TransferRefused.code
+        with pytest.raises(Forbidden) as forbidden:  # the leader checks the actor: another agent's call
+            await follower.transfer(agent3, "1700000000.1", "blind", {"agent": "2"})
+        assert forbidden.value.code == TransferForbidden.code
+        with pytest.raises(NotFound) as unknown:
+            await follower.transfer(agent2, "1700000000.9", "blind", {"skill": "plumbing"})
+        assert unknown.value.code == UnknownCall.code
+        assert len(acd.calls) == 2 and server.handled == 6
+    finally:
+        await relay.stop()
+        await server.stop()
+
+
+async def test_a_forged_transfer_request_is_checked_on_the_leader() -> None:
+    hub = SharedHub()
+    users = Users(view(2, UserRole.AGENT), view(4, UserRole.SUPERVISOR, active=False))
+    acd = LeaderTransfers()
+    server = AgentRelayServer(hub, AgentService(lambda: None, users, FakeClock()), users,  # type: ignore[arg-type]
+                              calls=CallService(lambda: acd))
+    replies = hub.subscribe("cluster:agent-reply:x")
+    base = {"kind": "transfer", "actor": 2, "uniqueid": "1700000000.1", "transfer_kind": "blind",
+            "target": {"agent": "3"}}
+    forged = [
+        {"actor": 4},  # an inactive supervisor
+        {"actor": "2"},  # not an id
+        {"uniqueid": "1700000000.1;Action: Originate"},
+        {"transfer_kind": "park"},
+        {"target": {"agent": 3}},
+        {"target": {"agent": "3", "skill": "x"}},
+        {"kind": "transfer_park"},
+    ]
+    await server.start()
+    try:
+        for i, change in enumerate(forged):
+            hub.publish(REQUEST_TOPIC, {**base, **change, "id": str(i), "reply_to": "cluster:agent-reply:x"})
+            reply = json.loads(await asyncio.wait_for(replies.get(), 2))
+            assert reply["ok"] is False and reply["error"]["kind"] in ("forbidden", "invalid"), (change, reply)
+        assert acd.calls == []
+    finally:
+        await server.stop()
+
+
+async def test_a_transfer_on_a_node_alone_without_distribution_is_refused_as_unavailable() -> None:
+    plain = AgentRelay(Hub(8), node="solo", timeout_seconds=1, snapshot_max_age_seconds=10)
+    await plain.start()
+    calls = CallService(lambda: None, elsewhere=plain)
+    with pytest.raises(Unavailable) as err:
+        await calls.transfer(view(2, UserRole.AGENT), "1700000000.1", "blind", {"agent": "3"})
+    assert err.value.code == TransfersUnavailable.code
+
+
+@pytest.mark.parametrize("script", ["transfer", "consult"])
+async def test_a_follower_passes_a_transferred_caller_and_a_consultation_leg_to_the_leader(script: str) -> None:
+    class Env:
+        def __init__(self, name: str) -> None:
+            self.script = name
+
+    class Nothing:
+        async def run(self, ch: Any) -> None:
+            raise AssertionError("not for this script")
+
+    running, elector = Running(), Elector()
+    router = _agi_router(running, Nothing(), Nothing(), on_follower_call=elector.try_now,  # type: ignore[arg-type]
+                         follower_pass=FollowerPass(elector))
+    handler = router(Env(script))
+    first_try = FakeChannel(variables={"CALLCENTRE_AGI2": "b:4573", "CC_AGI": "a:4573"})
+    await handler(first_try)
+    assert [op for op in first_try.ops if op[0] != "get_variable"] == [("set_variable", "CC_RESULT", "pass")]
+    # the second try (this node is the dialplan's second server): nothing to pass to, nothing set,
+    # so the dialplan's own fallback follows (a person for the caller, "told" for the agent)
+    second_try = FakeChannel(uniqueid="2.2", variables={"CC_AGI2": "a:4573"})
+    await handler(second_try)
+    assert [op for op in second_try.ops if op[0] != "get_variable"] == []

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from callcentre.app import SERVICES, build_app
 from callcentre.cluster.node import ROLE, LeaderGate
 from callcentre.cluster.notify import ClusterHub
 from callcentre.config import load_config
+from callcentre.domain.errors import NotFound
+from callcentre.domain.transfers import UnknownCall
 from callcentre.domain.users import AgentAction
 from callcentre.storage.db import upgrade
 from callcentre.storage.users_repo import create_user
@@ -105,6 +108,13 @@ async def test_one_leads_the_other_follows_relays_and_takes_over_with_the_state_
         assert after is not None and after["state"] == "paused"
         assert a.services.acd.dist.agent_state(str(agent.id)).value == "paused"
         await until("the follower's picture updated", lambda: b_agents.agent_entry(agent.id)["state"] == "paused")
+        # A transfer made there is the leader's too: its targets, and its refusal of a call it does not hold.
+        b_calls = b.services.desk_services.calls
+        targets = await b_calls.targets(boss)
+        assert [t["agent_id"] for t in targets["agents"]] == [str(agent.id)], targets
+        with pytest.raises(NotFound) as unknown:  # UnknownCall on the leader, the same code here
+            await b_calls.transfer(boss, "1700000000.1", "blind", {"agent": str(agent.id)})
+        assert unknown.value.code == UnknownCall.code
 
         # Leader-only writes pass the fence with the current term only.
         async with a.services.session_factory() as s, s.begin():

@@ -15,6 +15,9 @@ A follower's wallboard and agent pages show the leader's picture: the leader pub
 whenever it changes (callcentre/web's push loop) and the follower keeps the latest one
 (:meth:`~callcentre.cluster.notify.ClusterHub.remote_snapshot`).
 
+Transfers (:mod:`callcentre.service.desk.calls`) are call distribution too: a follower relays an
+agent's transfer, its completion or cancellation, and the list of targets, the same way.
+
 Topics starting with ``cluster:`` are never offered to browsers (the websockets subscribe to
 ``wallboard`` and ``agent:<id>`` only).
 """
@@ -40,6 +43,8 @@ log = structlog.get_logger("callcentre.cluster")
 REQUEST_TOPIC = "cluster:agent-request"
 REPLY_TOPIC_PREFIX = "cluster:agent-reply:"
 _REASON = re.compile(r"^[a-z_]{1,32}$")
+_UNIQUEID = re.compile(r"^[0-9]{1,20}\.[0-9]{1,10}\Z")
+_TRANSFER_KINDS = ("blind", "attended")
 _ERROR_KINDS: dict[str, type[Exception]] = {
     "not_found": NotFound, "invalid": Invalid, "conflict": Conflict, "forbidden": Forbidden, "unavailable": Unavailable,
 }
@@ -141,15 +146,37 @@ class AgentRelay:
     async def supervise(self, actor: UserView, agent_id: int, mode: SuperviseMode) -> None:
         await self._ask({"kind": "supervise", "actor": actor.id, "agent_id": int(agent_id), "mode": mode.value})
 
+    async def transfer_targets(self, actor: UserView) -> dict[str, Any]:
+        return _result(await self._ask({"kind": "transfer_targets", "actor": actor.id}))
+
+    async def transfer(self, actor: UserView, uniqueid: str, kind: str, target: dict[str, str]) -> dict[str, Any]:
+        return _result(await self._ask({"kind": "transfer", "actor": actor.id, "uniqueid": uniqueid,
+                                        "transfer_kind": kind, "target": target}))
+
+    async def transfer_complete(self, actor: UserView, uniqueid: str) -> dict[str, Any]:
+        return _result(await self._ask({"kind": "transfer_complete", "actor": actor.id, "uniqueid": uniqueid}))
+
+    async def transfer_cancel(self, actor: UserView, uniqueid: str) -> dict[str, Any]:
+        return _result(await self._ask({"kind": "transfer_cancel", "actor": actor.id, "uniqueid": uniqueid}))
+
+
+def _result(reply: dict[str, Any]) -> dict[str, Any]:
+    result = reply.get("result")
+    if not isinstance(result, dict):
+        raise Unavailable("the leader's answer had no result", code="leader_error")
+    return result
+
 
 class AgentRelayServer:
     """The answering side, on the leader only (a leader-only loop: started on election, stopped on demotion)."""
 
-    def __init__(self, hub: Hub, agents: Any, users: Any) -> None:
-        """``agents``: the desk's AgentService; ``users``: the users repository (the actor is read again)."""
+    def __init__(self, hub: Hub, agents: Any, users: Any, *, calls: Any = None) -> None:
+        """``agents``: the desk's AgentService; ``users``: the users repository (the actor is read again);
+        ``calls``: the desk's CallService (transfers; None: transfer requests are refused)."""
         self._hub = hub
         self._agents = agents
         self._users = users
+        self._calls = calls
         self._task: asyncio.Task[None] | None = None
         self.handled = 0
 
@@ -204,13 +231,13 @@ class AgentRelayServer:
         self._hub.publish(reply_to, reply)
 
     async def _run(self, request: dict[str, Any]) -> dict[str, Any]:
+        kind = request.get("kind")
+        if isinstance(kind, str) and kind.startswith("transfer"):
+            return await self._transfer(request, kind)
         actor_id, agent_id = request.get("actor"), request.get("agent_id")
         if not isinstance(actor_id, int) or not isinstance(agent_id, int):
             raise Invalid("actor and agent_id must be integers")
-        actor = await self._users.get(actor_id)
-        if actor is None or not actor.active:
-            raise Forbidden("the requesting user no longer exists or is not active")
-        kind = request.get("kind")
+        actor = await self._actor(actor_id)
         if kind == "state":
             try:
                 action = AgentAction(request.get("action"))
@@ -234,6 +261,42 @@ class AgentRelayServer:
             await self._agents.supervise(actor, agent_id, mode)
             return {}
         raise Invalid("unknown request")
+
+    async def _actor(self, actor_id: Any) -> UserView:
+        if not isinstance(actor_id, int):
+            raise Invalid("actor must be an integer")
+        actor = await self._users.get(actor_id)
+        if actor is None or not actor.active:
+            raise Forbidden("the requesting user no longer exists or is not active")
+        return actor
+
+    async def _transfer(self, request: dict[str, Any], kind: str) -> dict[str, Any]:
+        """A transfer made on a follower's page, checked again here as the web layer checks it."""
+        if self._calls is None:
+            raise Unavailable("transfers are not available on the leader", code="acd_unavailable")
+        actor = await self._actor(request.get("actor"))
+        origin = str(request.get("from", ""))[:40]
+        if kind == "transfer_targets":
+            return {"result": await self._calls.targets(actor)}
+        uniqueid = request.get("uniqueid")
+        if not isinstance(uniqueid, str) or not _UNIQUEID.match(uniqueid):
+            raise Invalid("uniqueid must look like 1796543556.43")
+        if kind == "transfer":
+            how, target = request.get("transfer_kind"), request.get("target")
+            if how not in _TRANSFER_KINDS:
+                raise Invalid("kind must be blind or attended", code="invalid_kind")
+            if (not isinstance(target, dict) or len(target) != 1
+                    or not all(isinstance(k, str) and isinstance(v, str) for k, v in target.items())):
+                raise Invalid("target must be one of agent, skill or department", code="invalid_target")
+            out = await self._calls.transfer(actor, uniqueid, how, target)
+        elif kind == "transfer_complete":
+            out = await self._calls.complete(actor, uniqueid)
+        elif kind == "transfer_cancel":
+            out = await self._calls.cancel(actor, uniqueid)
+        else:
+            raise Invalid("unknown request")
+        log.info("relayed transfer request", request=kind, uniqueid=uniqueid, by=actor.login, origin=origin)
+        return {"result": out}
 
 
 __all__ = ["REQUEST_TOPIC", "AgentRelay", "AgentRelayServer"]

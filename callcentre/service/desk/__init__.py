@@ -77,7 +77,7 @@ def build_desk(
         owners=OwnerService(desk),
         tickets=DeskTicketService(desk, lifecycle, cfg, clock),
         reports=ReportService(sessions, cfg, clock),
-        calls=CallService(acd),
+        calls=CallService(acd, elsewhere=elsewhere),
         recordings=recordings,
     )
 
