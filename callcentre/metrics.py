@@ -46,6 +46,7 @@ class _Collector:
             yield CounterMetricFamily("callcentre_ami_reconnects", "AMI reconnections", value=st.get("reconnects", 0))
         yield from _queue_log(s)
         yield from _recordings(getattr(s, "recordings", None))
+        yield from _cluster(getattr(s, "node", None))
         if s.acd is None:
             return
         m = s.acd.metrics()
@@ -87,7 +88,7 @@ def _queue_log(s: Any) -> Iterator[Metric]:
     yield GaugeMetricFamily("callcentre_queue_log_pending", "queue_log lines waiting for the disk", value=st.pending)
     yield GaugeMetricFamily("callcentre_queue_log_failing", "1 while the queue_log file refuses lines",
                             value=1.0 if st.failing else 0.0)
-    acd = getattr(s, "distribution", None)
+    acd = getattr(s, "acd", None) or getattr(s, "distribution", None)  # this term's distribution (cluster: fresh per term)
     if acd is not None:
         yield CounterMetricFamily("callcentre_queue_log_event_errors",
                                   "Distribution facts that could not become a queue_log line (see the log)",
@@ -117,6 +118,21 @@ def _recordings(rec: Any) -> Iterator[Metric]:
         c.add_metric([kind], n)
     yield c
     yield CounterMetricFamily("callcentre_recordings_deleted", "Recordings deleted by retention", value=rec.deleted_total)
+def _cluster(node: Any) -> Iterator[Metric]:
+    """This node's part in a cluster (callcentre/cluster/node.py): leader or not, its term, elections."""
+    if node is None:
+        return
+    st = node.status()
+    leader = GaugeMetricFamily("callcentre_cluster_leader",
+                               "1 when this node leads (runs call distribution and the run-once loops)", labels=["node"])
+    leader.add_metric([str(st["name"])], 1.0 if st["role"] == "leader" else 0.0)
+    yield leader
+    if st.get("term") is not None:
+        yield GaugeMetricFamily("callcentre_cluster_term", "The fencing term this node leads with", value=float(st["term"]))
+    elector = st.get("elector") or {}
+    for key, help_text in (("elections", "Times this node was elected"), ("losses", "Times this node lost the lead")):
+        if key in elector:
+            yield CounterMetricFamily(f"callcentre_cluster_{key}", help_text, value=float(elector[key]))
 
 
 def render(services: Any) -> tuple[bytes, str]:

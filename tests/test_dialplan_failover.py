@@ -28,6 +28,7 @@ class Server:
     status: str = "SUCCESS"  # FAILURE (nothing listening / a command failed), SUCCESS, HANGUP
     done: bool = False
     answers: bool = False
+    passes: bool = False  # CC_RESULT=pass: did nothing with the call, hands it on (a cluster follower)
 
 
 @dataclass
@@ -125,6 +126,8 @@ class Interpreter:
                     self.state = "Up"
                 if server.done:
                     self.vars["CC_RESULT"] = "done"
+                elif server.passes:
+                    self.vars["CC_RESULT"] = "pass"
                 self.vars["AGISTATUS"] = server.status
                 if server.status == "HANGUP":
                     self.out.end = "gone"  # AGI() ends the dialplan
@@ -221,12 +224,32 @@ def test_a_transferred_caller_goes_to_the_second_only_when_the_first_cannot_be_r
 
 
 def test_the_consultation_leg_is_an_agent_told_never_a_caller_queued(dialplan: Dialplan) -> None:
-    for status in ("FAILURE", "SUCCESS", "HANGUP"):
-        interp = Interpreter(dialplan, {"CALLCENTRE_AGI": FIRST, "CALLCENTRE_AGI2": SECOND},
-                             {FIRST: Server(status=status), SECOND: Server(done=True)}, "Up", {"EXTEN": "1234567890"})
+    """Answered (an agent's leg): the second server only when the first could not be reached or passed
+    it on (a cluster follower: its leader started the consultation); else the agent is told."""
+    def consult(first: Server, second: Server, agi2: str | None = SECOND) -> Outcome:
+        globals_ = {"CALLCENTRE_AGI": FIRST, **({"CALLCENTRE_AGI2": agi2} if agi2 is not None else {})}
+        interp = Interpreter(dialplan, globals_, {FIRST: first, SECOND: second}, "Up", {"EXTEN": "1234567890"})
         out = interp.run("callcentre-consult", "_X.")
-        assert out.agis == [(FIRST, "consult")], status  # only the server that started it knows it
+        assert interp.vars["CC_XFER"] == "1234567890"
+        return out
+
+    for status in ("SUCCESS", "HANGUP"):  # the first took it: only it knows it
+        out = consult(Server(status=status), Server(done=True))
+        assert out.agis == [(FIRST, "consult")], status
         assert out.end == ("gone" if status == "HANGUP" else "agent-told"), status
+    out = consult(Server(status="FAILURE"), Server(done=True))
+    assert out.agis == [(FIRST, "consult"), (SECOND, "consult")] and out.end == "hangup"
+    out = consult(Server(status="FAILURE"), Server(status="SUCCESS"))  # the second does not know it either
+    assert out.agis == [(FIRST, "consult"), (SECOND, "consult")] and out.end == "agent-told"
+    out = consult(Server(passes=True), Server(done=True))
+    assert out.agis == [(FIRST, "consult"), (SECOND, "consult")] and out.end == "hangup"
+    out = consult(Server(passes=True), Server(passes=True))  # never a third try
+    assert out.agis == [(FIRST, "consult"), (SECOND, "consult")] and out.end == "agent-told"
+    for agi2 in (None, FIRST):  # no other server
+        out = consult(Server(passes=True), Server(done=True), agi2=agi2)
+        assert out.agis == [(FIRST, "consult")] and out.end == "agent-told", agi2
+    [agi] = [s for s in dialplan.contexts["callcentre-consult-run"]["s"] if s.app == "AGI"]
+    assert agi.data == "agi://${CC_AGI}/consult,${CC_XFER}"
 
 
 def test_the_ticket_argument_reaches_the_second_survey_too(dialplan: Dialplan) -> None:
@@ -265,6 +288,24 @@ def test_the_rule_holds_for_every_combination(dialplan: Dialplan, entry: str) ->
         else:
             assert out.end == ("agent-told" if entry == "callback" else "queue"), case
     assert checked == 7 * 2 * 3 * 2
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_server_that_passes_hands_the_call_to_the_second_once_answered_or_not(dialplan: Dialplan, entry: str) -> None:
+    """CC_RESULT=pass (a cluster node that is not the leader): the second server, once, whatever the
+    channel's state; never back to the first, and never a third try when the second passes too."""
+    told = "agent-told" if entry == "callback" else "queue"
+    for state in ("Ring", "Up"):
+        out = call(dialplan, entry, Server(passes=True), Server(answers=True, done=True), state=state)
+        assert out.agis == [(FIRST, entry), (SECOND, entry)] and out.end == "hangup", (entry, state)
+        out = call(dialplan, entry, Server(passes=True), Server(passes=True), state=state)
+        assert out.agis == [(FIRST, entry), (SECOND, entry)] and out.end == told, (entry, state)
+        for agi2 in (None, FIRST):  # no other server to pass to: the fallback, as before
+            out = call(dialplan, entry, Server(passes=True), Server(answers=True, done=True), agi2=agi2, state=state)
+            assert out.agis == [(FIRST, entry)] and out.end == told, (entry, state, agi2)
+    # AGI() ending in HANGUP ends the dialplan: a pass does not outlive the caller
+    out = call(dialplan, entry, Server(status="HANGUP", passes=True), Server(answers=True, done=True))
+    assert out.agis == [(FIRST, entry)] and out.end == "gone"
 
 
 def test_stale_failover_variables_on_the_channel_are_overwritten(dialplan: Dialplan) -> None:

@@ -313,6 +313,7 @@ def test_contexts_and_entry_points(dialplan: Dialplan) -> None:
         "callcentre-transfer",
         "callcentre-transfer-run",
         "callcentre-consult",
+        "callcentre-consult-run",
     }
     assert {"s", "_X."} <= set(dialplan.contexts["callcentre-hotline"])
     # Transfers: the server's tokens are digits; a Redirect skips priority 1 (a NoOp), so the token is
@@ -434,7 +435,8 @@ def test_every_agi_is_checked_and_failure_reaches_a_person(dialplan: Dialplan) -
         assert after.app == "Hangup", f"{after.where}: success path must hang up"
         # A caller (hotline, survey, a transferred caller) reaches the fallback queue; an agent leg
         # (the call-back's, the consultation's) is told.
-        if step.exten in {"s", "survey"}:
+        script = step.data.split(",")[0].rsplit("/", 1)[1]
+        if script in {"hotline", "survey", "transfer"}:
             assert exten == "s", check.where
         else:
             assert exten == "agent-leg", check.where

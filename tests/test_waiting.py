@@ -161,6 +161,47 @@ async def test_an_unanswered_offer_goes_back_to_music_and_the_next_offer_is_rung
     assert room.calls[-1] == ("left", WaitState.WAITING, None)
 
 
+class HandingOverRoom(Room):
+    """Call distribution stops on this node (another node leads now) at the moment given."""
+
+    def __init__(self, store: FakeTicketStore, *, when: str, **kw) -> None:
+        super().__init__(store, **kw)
+        self.when = when
+
+    def enter(self, w: Waiter) -> None:
+        super().enter(w)
+        if self.when == "waiting":
+            w.hand_over()
+
+    def dial_returned(self, w: Waiter, o: Offer, status, written_at) -> bool:
+        if self.when == "dialling":  # told while the agent's phone rang; the next offer is already queued
+            w.hand_over()
+            w.deliver(MakeOffer(offer(2)))
+        return super().dial_returned(w, o, status, written_at)
+
+
+async def test_a_caller_handed_over_leaves_for_the_dialplan_queue_before_any_offer_already_queued() -> None:
+    store = FakeTicketStore()
+    ch = FakeChannel()
+    room = HandingOverRoom(store, when="waiting", first=[MakeOffer(offer(1))])
+    outcome, w = await run(ch, room, store)
+    assert outcome is Outcome.AGENT  # the IVR leaves CC_RESULT unset: the dialplan's fallback queue
+    assert not any(op[0] == "exec" for op in ch.ops) and not room.named("take_offer")
+    assert room.named("withdraw") == [("withdraw", WithdrawReason.OTHER)]
+    assert ops(ch)[-1] == "music_off" and w.handed_over
+
+
+async def test_a_ring_in_progress_is_not_cut_by_a_hand_over_but_the_next_offer_is_not_rung() -> None:
+    store = FakeTicketStore()
+    ch = FakeChannel(variables={"DIALSTATUS": "NOANSWER"})
+    room = HandingOverRoom(store, when="dialling", first=[MakeOffer(offer(1))])
+    outcome, _ = await run(ch, room, store)
+    assert outcome is Outcome.AGENT
+    assert [op for op in ch.ops if op[0] == "exec"] == [("exec", "Dial", "PJSIP/agent1", "10")]
+    assert room.named("dial_returned") == [("dial_returned", f"{UID}#1", "NOANSWER")]
+    assert room.named("withdraw") == [("withdraw", WithdrawReason.OTHER)]
+
+
 async def test_an_offer_taken_back_before_its_turn_is_not_dialled() -> None:
     store = FakeTicketStore()
     ch = FakeChannel()

@@ -103,6 +103,7 @@ class StubServices:
     acd: Any = None
     hub: Any = None
     ticket_service: Any = None
+    node: Any = None  # this node in a cluster (callcentre.cluster.node.NodeInfo): /api/me names it
 
 
 @dataclass

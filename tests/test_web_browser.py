@@ -130,8 +130,16 @@ async def test_agent_sees_screen_pop_and_makes_a_ticket(env: Env, browser: Any) 
     await page.screenshot(path=str(ARTIFACTS / "agent_hostile_caller.png"), full_page=True)
 
 
+class _Node:
+    """This server as a follower of node a (callcentre.cluster.node.NodeInfo's public view)."""
+
+    def public(self) -> dict[str, Any]:
+        return {"name": "b", "role": "follower", "term": None, "leader_node": "a"}
+
+
 async def test_wallboard_shows_waiting_caller_and_agent_state_changes(env: Env, browser: Any) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
+    env.services.node = _Node()
     wall = await _login(browser, env, "sup", "/wallboard", fake_clock=True)
     row = wall.locator("tr.caller-row").first
     await expect(row.locator("td.caller")).to_have_text("+8613900139000")
@@ -169,3 +177,9 @@ async def test_wallboard_shows_waiting_caller_and_agent_state_changes(env: Env, 
     assert (await response.value).status == 202
     assert env.acd.supervised == [(env.ids["sup"], env.ids["agent2"], "listen")]
     assert wall.dialogs == []  # type: ignore[attr-defined]
+
+    # Small print: the node serving the page, and the one whose distribution made the snapshot.
+    await expect(wall.locator("#node")).to_have_text("node b")
+    env.hub.publish(WALLBOARD, {"type": "snapshot", "queue": [], "agents": [], "figures": {}, "alerts": [],
+                                "acd": "running", "acd_node": "a"})
+    await expect(wall.locator("#node")).to_have_text("node b · distribution on a")

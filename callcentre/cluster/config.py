@@ -43,6 +43,15 @@ class ClusterConfig(BaseModel):
     # Messages waiting for a (re)connection to PostgreSQL; older ones are dropped, not sent late.
     notify_queue_max: int = Field(2000, ge=10)
     notify_stale_seconds: float = Field(10.0, gt=0, le=300)
+    # A follower that gets a caller who asks for a person tries the lock at once and waits this long
+    # for its own call distribution to start (the leader may be gone: the dialplan sent the call here
+    # because the first server failed); then the dialplan's fallback queue takes the caller.
+    promote_wait_seconds: float = Field(4.0, ge=0, le=30)
+    # An agent's state change or a supervisor's listen-in made on a follower is carried out by the
+    # leader (callcentre/cluster/relay.py); without its answer within this long the request fails (503).
+    relay_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # A follower's wallboard shows the leader's latest snapshot while it is younger than this.
+    remote_snapshot_max_age_seconds: float = Field(10.0, gt=0, le=300)
 
     @field_validator("node_name")
     @classmethod

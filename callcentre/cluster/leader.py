@@ -106,6 +106,8 @@ class Elector(Protocol):
 
     async def fence(self, session: Any, term: int) -> None: ...
 
+    def try_now(self) -> None: ...
+
     def status(self) -> dict[str, Any]: ...
 
 
@@ -161,9 +163,13 @@ class LocalLeader:
         if not self._leader or term != self._term:
             raise FencedOut(f"{self.role}: term {term} is no longer the leader")
 
+    def try_now(self) -> None:
+        """Nothing to try: the only node is the leader while it runs."""
+
     def status(self) -> dict[str, Any]:
         return {"role": self.role, "node": self.node, "backend": "local", "state": "leader" if self._leader else "stopped",
-                "leader": self._leader, "term": self.term, "since": self._since.isoformat() if self._since else None}
+                "leader": self._leader, "term": self.term, "since": self._since.isoformat() if self._since else None,
+                "leader_node": self.node if self._leader else None}
 
 
 class _Lost(Exception):
@@ -187,6 +193,7 @@ class PgLeaderElector:
         lease_seconds: float = 6.0,
         connect_timeout_seconds: float = 5.0,
         connect: Connect = asyncpg.connect,
+        create_schema: bool = True,
     ) -> None:
         self.role, self.node = role, node
         self._dsn = dsn
@@ -198,6 +205,7 @@ class PgLeaderElector:
         self.lease_seconds = lease_seconds
         self.connect_timeout_seconds = connect_timeout_seconds
         self._connect = connect
+        self._create_schema = create_schema  # False when the migration made the tables (callcentre serve)
         self._task: asyncio.Task[None] | None = None
         self._leader = False
         self._term: int | None = None
@@ -207,15 +215,17 @@ class PgLeaderElector:
         self.elections = 0
         self.losses = 0
         self._changed = asyncio.Event()  # set at every state change (tests and tools wait on it)
+        self._poke = asyncio.Event()  # a follower's wait for its next try ends early (try_now, a lost session)
+        self.leader_node: str | None = None  # a follower: the node the leader row names (last seen)
         self.log = log.bind(role=role, node=node)
 
     @classmethod
     def from_config(cls, url: str, role: str, cfg: ClusterConfig, *, on_elected: OnElected, on_demoted: OnDemoted,
-                    connect_timeout_seconds: float = 5.0) -> "PgLeaderElector":
+                    connect_timeout_seconds: float = 5.0, create_schema: bool = True) -> "PgLeaderElector":
         return cls(asyncpg_dsn(url), role, node=cfg.node(), on_elected=on_elected, on_demoted=on_demoted,
                    retry_seconds=cfg.retry_seconds, heartbeat_seconds=cfg.heartbeat_seconds,
                    heartbeat_timeout_seconds=cfg.heartbeat_timeout_seconds, lease_seconds=cfg.lease_seconds,
-                   connect_timeout_seconds=connect_timeout_seconds)
+                   connect_timeout_seconds=connect_timeout_seconds, create_schema=create_schema)
 
     # ------------------------------------------------------------------ interface
 
@@ -243,10 +253,17 @@ class PgLeaderElector:
     async def fence(self, session: Any, term: int) -> None:
         await check_fence(session, self.role, term)
 
+    def try_now(self) -> None:
+        """A follower tries the lock at once instead of at its next ``retry_seconds`` (a sign that the
+        leader may be gone: the dialplan sent this node a call because the first server failed). Safe at
+        any time: the lock alone decides, this only brings the next try forward."""
+        self._poke.set()
+
     def status(self) -> dict[str, Any]:
         """For /health and /metrics."""
         return {"role": self.role, "node": self.node, "backend": "postgresql", "state": self._state,
                 "leader": self._leader, "term": self.term, "since": self._since.isoformat() if self._since else None,
+                "leader_node": self.node if self._leader else self.leader_node,
                 "elections": self.elections, "losses": self.losses, "last_loss": self._lost_reason or None}
 
     async def wait_for(self, predicate: Callable[["PgLeaderElector"], bool], limit: float) -> None:
@@ -298,7 +315,8 @@ class PgLeaderElector:
                     await conn.execute(f"SET tcp_keepalives_idle = {half}; SET tcp_keepalives_interval = 1; "
                                        f"SET tcp_keepalives_count = {half}")
                     self.log.warning("postgresql older than 14: no idle_session_timeout lease, TCP keepalives only")
-                await ensure_schema(conn)
+                if self._create_schema:
+                    await ensure_schema(conn)
         except _CONNECTION_ERRORS as exc:
             self._lost_reason = f"set-up: {type(exc).__name__}: {exc}"
             self.log.warning("leader lock session set-up failed", error=self._lost_reason)
@@ -320,14 +338,22 @@ class PgLeaderElector:
             conn.remove_termination_listener(on_terminated)
 
     async def _follow(self, conn: Any, lost: asyncio.Event) -> None:
-        """Try, wait, try again, until this session holds the lock (a stalled connection is replaced)."""
-        self._set_state("follower")
+        """Try, wait, try again, until this session holds the lock (a stalled connection is replaced).
+
+        The state is ``follower`` once a try has lost (another session holds the lock), not before."""
         while True:
             if lost.is_set():
                 raise _Lost(self._lost_reason)
+            self._poke.clear()
             if await self._ask(conn, "SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, self._key):
                 return
-            await _wait(lost, self.retry_seconds)
+            node = await self._ask(conn, "SELECT node FROM callcentre_leader WHERE role = $1", self.role)
+            if node != self.leader_node:
+                self.leader_node = node
+                self._changed.set()
+            if self._state != "follower":
+                self._set_state("follower")
+            await _wait(self._poke, self.retry_seconds)  # also set by _mark_lost
 
     async def _lead(self, conn: Any, lost: asyncio.Event) -> None:
         """The new term first (the fencing token), then on_elected; on_demoted once the lock is gone."""
@@ -380,6 +406,7 @@ class PgLeaderElector:
             self._lost_reason = reason
             self._leader = False  # at once: whatever runs now must see it before on_demoted is awaited
             lost.set()
+            self._poke.set()
             self._changed.set()
 
     async def _ask(self, conn: Any, query: str, *args: Any) -> Any:
@@ -424,11 +451,14 @@ class PgLeaderElector:
 
 
 def make_elector(url: str, role: str, cfg: ClusterConfig, *, on_elected: OnElected, on_demoted: OnDemoted,
-                 connect_timeout_seconds: float = 5.0) -> PgLeaderElector | LocalLeader:
-    """PostgreSQL → :class:`PgLeaderElector`; SQLite (a single node) → :class:`LocalLeader`."""
+                 connect_timeout_seconds: float = 5.0, create_schema: bool = True) -> PgLeaderElector | LocalLeader:
+    """PostgreSQL → :class:`PgLeaderElector`; SQLite (a single node) → :class:`LocalLeader`.
+
+    ``create_schema``: create the cluster tables if missing (a database never migrated); ``callcentre
+    serve`` passes False, its migration ``0007_cluster`` made them."""
     if is_postgres(url):
         return PgLeaderElector.from_config(url, role, cfg, on_elected=on_elected, on_demoted=on_demoted,
-                                           connect_timeout_seconds=connect_timeout_seconds)
+                                           connect_timeout_seconds=connect_timeout_seconds, create_schema=create_schema)
     return LocalLeader(role, node=cfg.node(), on_elected=on_elected, on_demoted=on_demoted)
 
 

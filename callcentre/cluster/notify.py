@@ -44,7 +44,7 @@ import structlog
 from callcentre.cluster.config import ClusterConfig
 from callcentre.cluster.pg import asyncpg_dsn, ensure_schema, is_postgres
 from callcentre.tasks import cancel_and_wait
-from callcentre.web.hub import Hub
+from callcentre.web.hub import WALLBOARD, Hub
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +92,7 @@ class HubBridge:
     """Carries one node's hub messages to and from the other nodes (see the module docstring)."""
 
     def __init__(self, hub: "ClusterHub", dsn: str, cfg: ClusterConfig, *, ping_seconds: float = 5.0,
-                 backoff_seconds: float = 1.0, connect_timeout_seconds: float = 5.0) -> None:
+                 backoff_seconds: float = 1.0, connect_timeout_seconds: float = 5.0, create_schema: bool = True) -> None:
         self.hub = hub
         self.cfg = cfg
         self.channel = cfg.notify_channel
@@ -102,6 +102,7 @@ class HubBridge:
         self.backoff_seconds = backoff_seconds
         self.connect_timeout_seconds = connect_timeout_seconds
         self._dsn = dsn
+        self._create_schema = create_schema  # False when the migration made the table (callcentre serve)
         self._outbox: asyncio.Queue[tuple[float, str, str]] = asyncio.Queue(cfg.notify_queue_max)
         self._inbox: asyncio.Queue[str] = asyncio.Queue(cfg.notify_queue_max)
         self._unsent: tuple[float, str, str] | None = None
@@ -164,7 +165,8 @@ class HubBridge:
                 conns.append(listen)
                 send = await self._connect("send")
                 conns.append(send)
-                await ensure_schema(send)
+                if self._create_schema:
+                    await ensure_schema(send)
                 for c in conns:
                     c.add_termination_listener(lambda _c, ev=broken: ev.set())
                 await listen.add_listener(self.channel, self._on_notify)
@@ -277,11 +279,18 @@ class HubBridge:
 
 
 class ClusterHub(Hub):
-    """A :class:`Hub` whose publishes also reach the subscribers connected to the other nodes."""
+    """A :class:`Hub` whose publishes also reach the subscribers connected to the other nodes.
+
+    It also keeps the latest wallboard snapshot another node published (the leader's: call
+    distribution runs there), so a supervisor's page that connects to this node gets the live
+    picture at once rather than at the leader's next change (:meth:`remote_snapshot`)."""
+
+    cluster_wide = True
 
     def __init__(self, queue_max: int, *, url: str, cfg: ClusterConfig, **bridge_kw: Any) -> None:
         super().__init__(queue_max)
         self.bridge = HubBridge(self, asyncpg_dsn(url), cfg, **bridge_kw)
+        self._remote_snapshot: tuple[float, dict[str, Any]] | None = None
 
     def publish(self, topic: str, payload: dict[str, Any]) -> int:
         delivered = super().publish(topic, payload)
@@ -290,7 +299,16 @@ class ClusterHub(Hub):
 
     def deliver_local(self, topic: str, payload: dict[str, Any]) -> int:
         """A message from another node: to this node's subscribers only (never sent on again)."""
+        if topic == WALLBOARD and payload.get("type") == "snapshot":
+            self._remote_snapshot = (time.monotonic(), payload)
         return super().publish(topic, payload)
+
+    def remote_snapshot(self, max_age_seconds: float) -> dict[str, Any] | None:
+        """The latest wallboard snapshot received from another node, if younger than ``max_age_seconds``."""
+        kept = self._remote_snapshot
+        if kept is None or time.monotonic() - kept[0] > max_age_seconds:
+            return None
+        return kept[1]
 
     async def start(self) -> None:
         await self.bridge.start()
@@ -299,8 +317,8 @@ class ClusterHub(Hub):
         await self.bridge.stop()
 
 
-def make_hub(queue_max: int, url: str, cfg: ClusterConfig) -> Hub:
+def make_hub(queue_max: int, url: str, cfg: ClusterConfig, *, create_schema: bool = True) -> Hub:
     """PostgreSQL: a :class:`ClusterHub` (start/stop it); SQLite: the plain in-process :class:`Hub`."""
     if is_postgres(url):
-        return ClusterHub(queue_max, url=url, cfg=cfg)
+        return ClusterHub(queue_max, url=url, cfg=cfg, create_schema=create_schema)
     return Hub(queue_max)

@@ -1,9 +1,11 @@
 """What the cluster parts share on PostgreSQL: the asyncpg DSN, the advisory-lock keys, their two tables.
 
-The tables are created here (``CREATE TABLE IF NOT EXISTS``, serialised by a transaction-level advisory
-lock so two nodes starting together do not race on the catalogue) rather than by an Alembic migration,
-so that this package does not collide with migrations being written elsewhere; :data:`SCHEMA` is the
-whole DDL, ready to move into a migration.
+The tables belong to the schema: the Alembic migration ``0007_cluster`` creates them (models in
+:mod:`callcentre.storage.cluster_models`), and ``callcentre serve`` migrates before it starts its
+elector and hub, which therefore do not create anything (``create_schema=False``). :data:`SCHEMA` is
+the same DDL, ``CREATE TABLE IF NOT EXISTS`` serialised by a transaction-level advisory lock, for a
+database that was never migrated: the cluster tests' databases and the stand-alone
+``python -m callcentre.cluster.leader``.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ _SCHEMA_KEY = 0  # the lock that serialises SCHEMA
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS callcentre_leader (
-    role        text PRIMARY KEY,
+    role        varchar(100) NOT NULL,
     term        bigint NOT NULL,
-    node        text NOT NULL,
-    elected_at  timestamptz NOT NULL DEFAULT now()
+    node        varchar(100) NOT NULL,
+    elected_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT pk_callcentre_leader PRIMARY KEY (role)
 );
 CREATE TABLE IF NOT EXISTS callcentre_hub_blob (
-    id          bigserial PRIMARY KEY,
+    id          bigserial NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    node        text NOT NULL,
-    body        text NOT NULL
+    node        varchar(100) NOT NULL,
+    body        text NOT NULL,
+    CONSTRAINT pk_callcentre_hub_blob PRIMARY KEY (id)
 );
-CREATE INDEX IF NOT EXISTS callcentre_hub_blob_created ON callcentre_hub_blob (created_at);
+CREATE INDEX IF NOT EXISTS ix_callcentre_hub_blob_created_at ON callcentre_hub_blob (created_at);
 """
 
 

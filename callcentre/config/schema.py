@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
+from callcentre.cluster.config import ClusterConfig
 from callcentre.domain.menu import MenuAction
 from callcentre.domain.patterns import INTERFACE, TOKEN
 from callcentre.domain.ticket_number import PREFIX_PATTERN
@@ -873,6 +874,8 @@ class Config(_Section):
     # Several hotlines (estates) in one server; none: one hotline made of the top-level keys.
     hotlines: list[HotlineConfig] = []
     transfers: TransfersConfig = TransfersConfig()
+    # Several servers on one PostgreSQL: the leader election and the shared live hub (callcentre/cluster).
+    cluster: ClusterConfig = ClusterConfig()
     # The environment the configuration was loaded from (secrets are read from it).
     _environ: dict[str, str] | None = PrivateAttr(default=None)
 

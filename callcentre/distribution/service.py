@@ -775,6 +775,17 @@ class ACDService(CallListener):
     def metrics(self) -> dict[str, Any]:
         return self.dist.metrics_snapshot().to_dict()
 
+    def hand_over_waiting(self) -> int:
+        """Distribution stops on this node while the server goes on (another node leads now): every caller
+        still waiting leaves for the dialplan's fallback queue at its next step; one whose agent's phone
+        is ringing goes when the ring ends unanswered. Returns how many were told."""
+        told = 0
+        for waiter in list(self.waiters.values()):
+            if waiter.state in (WaitState.WAITING, WaitState.ANNOUNCING, WaitState.DIALLING) and not waiter.handed_over:
+                waiter.hand_over()
+                told += 1
+        return told
+
     async def agent_action(self, agent_id: str, action: str, reason: str | None = None) -> None:
         """ready / pause / unpause / end_wrapup / login / logout; raises ValueError when not allowed."""
         agent_id = str(agent_id)

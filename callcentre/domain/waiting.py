@@ -55,6 +55,16 @@ class CallbackKey(enum.Enum):
 CALLBACK_KEY = CallbackKey.PRESSED
 
 
+class HandOver(enum.Enum):
+    """Call distribution stops on this node while the caller waits (another node leads now): the
+    caller goes back to the dialplan, whose fallback queue rings the agents' phones."""
+
+    TO_DIALPLAN = "hand-over"
+
+
+HAND_OVER = HandOver.TO_DIALPLAN
+
+
 class StopWaiting(enum.Enum):
     """Call distribution took the caller out of the queue without a word to say (a transfer's
     consultation was cancelled or not answered: the agent waiting here goes back to their caller)."""
@@ -64,7 +74,8 @@ class StopWaiting(enum.Enum):
 
 STOP_WAITING = StopWaiting.STOP
 
-InboxItem = MakeOffer | Announce | MaxWaitReached | NoAgentAvailable | RingOnDuty | CallbackKey | StopWaiting
+InboxItem = (MakeOffer | Announce | MaxWaitReached | NoAgentAvailable | RingOnDuty | CallbackKey | HandOver
+             | StopWaiting)
 
 
 class WaitState(str, enum.Enum):
@@ -113,6 +124,7 @@ class Waiter:
     agent_id: str | None = None  # who answered
     answered_offer: str | None = None  # the offer that was answered (a recording is kept only for it)
     answered_mono: float | None = None  # when, on the monotonic clock (None: not seen on AMI)
+    handed_over: bool = False  # distribution stopped here: leave for the dialplan's queue at the next step
     log: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +156,12 @@ class Waiter:
             self.offers_queued += 1
             return self.state is WaitState.ANNOUNCING
         return False
+
+    def hand_over(self) -> None:
+        """Leave for the dialplan's queue as soon as the script can (before any offer already queued);
+        a Dial in progress is not cut: an agent may be answering."""
+        self.handed_over = True
+        self.inbox.put_nowait(HAND_OVER)
 
     def discard_callback_keys(self) -> None:
         """Drop call-back key echoes from the inbox (the key pressed during an announcement also comes as
@@ -233,6 +251,11 @@ class WaitScript:
                 await ch.music_on(acd.music_class)
                 music = True
             item = await w.inbox.get()
+            if w.handed_over:
+                await ch.music_off()
+                self.room.withdraw(w, WithdrawReason.OTHER)
+                w.log.warning("call distribution stopped on this node: caller handed to the dialplan's queue")
+                return Outcome.AGENT
             if isinstance(item, MakeOffer):
                 w.offers_queued -= 1
                 if not self.room.take_offer(w, item.offer):
@@ -308,7 +331,7 @@ class WaitScript:
         w.go("announcement_started")
         try:
             for word in words:
-                if w.offers_queued:
+                if w.offers_queued or w.handed_over:
                     return False
                 pressed = await self._say([word], escape)
                 if pressed:
@@ -400,8 +423,10 @@ class WaitScript:
 
 __all__ = [
     "CALLBACK_KEY",
+    "HAND_OVER",
     "WAIT_TRANSITIONS",
     "CallbackKey",
+    "HandOver",
     "IllegalWaitTransition",
     "STOP_WAITING",
     "StopWaiting",

@@ -89,7 +89,10 @@ class CallbackScheduler:
         dial_template: str = DEFAULT_DIAL_TEMPLATE,
         caller_id: str | None = None,
         poll_seconds: float = 15.0,
+        fence: Callable[[AsyncSession], Awaitable[bool]] | None = None,
     ) -> None:
+        """``fence(session)``: asked inside the transaction that claims an attempt, before it commits;
+        False (this node is no longer the cluster's leader) leaves the attempt to the leader."""
         if "{number}" not in dial_template or any(c in dial_template for c in "\r\n,"):
             raise ValueError("dial_template must contain {number} and no comma or line break")
         self._sessions = sessions
@@ -101,6 +104,7 @@ class CallbackScheduler:
         self._dial_template = dial_template
         self._caller_id = caller_id
         self._poll_seconds = poll_seconds
+        self._fence = fence
         self._events: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue(maxsize=1000)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -182,6 +186,8 @@ class CallbackScheduler:
         now = self._clock.now()
         policy = self._cfg.service.callback
         async with self._sessions() as s, s.begin():
+            if self._fence is not None and not await self._fence(s):
+                return 0
             attempt = await s.get(CallbackAttempt, attempt_id)
             if attempt is None or attempt.state != AttemptState.SCHEDULED.value:
                 return 0

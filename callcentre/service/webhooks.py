@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -149,12 +149,16 @@ class WebhookSender:
         settings: WebhookSettings,
         clock: Clock,
         http: aiohttp.ClientSession | None = None,
+        fence: Callable[[AsyncSession], Awaitable[bool]] | None = None,
     ) -> None:
+        """``fence(session)``: asked in a transaction before each POST; False (this node is no longer
+        the cluster's leader) leaves the delivery to the leader."""
         self._sessions = sessions
         self._settings = settings
         self._clock = clock
         self._http = http
         self._own_http = http is None
+        self._fence = fence
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -222,6 +226,10 @@ class WebhookSender:
             row = await s.get(WebhookOutbox, outbox_id)
         if row is None or row.state != OutboxState.PENDING.value:
             return 0
+        if self._fence is not None:
+            async with self._sessions() as s, s.begin():
+                if not await self._fence(s):
+                    return 0
         started = time.monotonic()
         status, error = await self._post(row.url, row.payload.encode(), row.event, row.id)
         elapsed_ms = int((time.monotonic() - started) * 1000)

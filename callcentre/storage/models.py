@@ -70,7 +70,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 # Modules that declare tables on :class:`Base`; Alembic's autogenerate and the schema test need them
 # all imported. Add a module here when it declares tables.
 MODEL_MODULES = ("callcentre.storage.models", "callcentre.storage.users", "callcentre.storage.service_models",
-                 "callcentre.storage.recordings")
+                 "callcentre.storage.recordings", "callcentre.storage.cluster_models")
 
 
 def load_all_models() -> MetaData:

@@ -101,7 +101,11 @@ def setup_web(app: web.Application, services: Any, features: DeskFeatures | None
 
 async def _live_push(app: web.Application) -> AsyncIterator[None]:
     """Push the ACD snapshot to the wallboard when it changed, every ``push_interval`` and soon after a
-    nudge (never more often than ``push_min_gap``), for as long as the application runs."""
+    nudge (never more often than ``push_min_gap``), for as long as the application runs.
+
+    With a hub shared by several nodes (PostgreSQL), the node that runs call distribution publishes
+    whenever the snapshot changes, subscribers here or not: the supervisors' pages may be connected
+    to another node, which keeps the latest snapshot for pages that connect later."""
     state = app[WEB]
 
     last = ""
@@ -109,7 +113,8 @@ async def _live_push(app: web.Application) -> AsyncIterator[None]:
     async def push_if_changed() -> None:
         nonlocal last
         agents = state.features.agents
-        if state.hub.subscribers(WALLBOARD) == 0 or not agents.running:
+        local_only = not getattr(state.hub, "cluster_wide", False)
+        if not agents.running or (local_only and state.hub.subscribers(WALLBOARD) == 0):
             last = ""
             return
         snap = agents.snapshot()  # a faulty snapshot is logged by the loop and does not end live push

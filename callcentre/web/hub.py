@@ -69,6 +69,9 @@ class Subscription:
 class Hub:
     """Topics to subscribers; owned by the web application, one per process."""
 
+    # True for a hub whose publishes also reach the other nodes' subscribers (callcentre.cluster.notify).
+    cluster_wide = False
+
     def __init__(self, queue_max: int = 256) -> None:
         self.queue_max = queue_max
         self._topics: dict[str, set[Subscription]] = {}

@@ -12,6 +12,11 @@ Mark a test to shape its world::
 
 (also ``dialplan=`` extra contexts, ``queues=`` extra queues.conf sections, ``env=``, ``start_server=False``,
 ``queue_log_in_asterisk_logdir=True``: the server's queue_log is Asterisk's own file)
+
+``postgres=True`` in the world puts the server on a fresh database of a PostgreSQL server (the
+``pbx_postgres`` fixture: $CALLCENTRE_TEST_PBX_PG_URL, else $CALLCENTRE_TEST_PG_URL, else a throw-away
+cluster started from Debian's binaries by .ci/start-postgres); without one the test is skipped, and
+under CI=true it fails.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from tests.conftest import REPO, test_database_url
+from tests.conftest import PG_URL_ENV, REPO, _pg_create_database, _pg_dsn, _run_pg, test_database_url
 from tests.pbx.asterisk import AMIEvents, AsteriskInstance, find_asterisk, free_port, handset_vars
 from tests.serverproc import ServerProcess
 
@@ -58,6 +63,81 @@ def asterisk_binary() -> str:
             pytest.fail(reason + " (CI=true: this tier must run)")
         pytest.skip(reason)
     return binary
+
+
+PBX_PG_URL_ENV = "CALLCENTRE_TEST_PBX_PG_URL"
+
+
+@dataclass
+class ThrowawayPostgres:
+    """A PostgreSQL cluster started by .ci/start-postgres for this session (stopped and deleted at its end)."""
+
+    url: str
+    directory: str
+    pid: str
+
+    @classmethod
+    def start(cls) -> "ThrowawayPostgres":
+        # An EXIT trap of our own, so the script does not install its own that would stop the server
+        # when this shell exits; the session fixture stops it instead.
+        script = ('trap "" EXIT; source .ci/start-postgres >&2 || exit 1; '
+                  'printf "%s\\n%s\\n%s\\n" "$CALLCENTRE_TEST_PG_URL" "$CALLCENTRE_TEST_PG_DIR" "$CALLCENTRE_TEST_PG_PID"')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CALLCENTRE_TEST_PG_")}
+        r = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        lines = r.stdout.split()
+        if r.returncode != 0 or len(lines) != 3:
+            raise RuntimeError(f"could not start a PostgreSQL for the real-PBX tier: {r.stderr.strip()[-800:]}")
+        return cls(*lines)
+
+    def stop(self) -> None:
+        env = {**os.environ, "CALLCENTRE_TEST_PG_URL": self.url, "CALLCENTRE_TEST_PG_DIR": self.directory,
+               "CALLCENTRE_TEST_PG_PID": self.pid}
+        subprocess.run(["bash", "-c", 'trap "" EXIT; source .ci/start-postgres >/dev/null 2>&1 && stop_test_postgres'],
+                       cwd=REPO, env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def pbx_postgres() -> Any:
+    """The PostgreSQL server of the real-PBX tests that need one (two nodes on one database)."""
+    url = os.environ.get(PBX_PG_URL_ENV) or os.environ.get(PG_URL_ENV)
+    if url:
+        yield url
+        return
+    try:
+        server = ThrowawayPostgres.start()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        reason = (f"no PostgreSQL for the real-PBX tier: set {PBX_PG_URL_ENV} or install Debian's postgresql "
+                  f"({exc})")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: this test must run)")
+        pytest.skip(reason)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def fresh_pg_database(base_url: str) -> str:
+    """A new empty database on the server of ``base_url`` (its SQLAlchemy URL), named like the suite's."""
+    import secrets
+
+    from sqlalchemy.engine import make_url
+
+    name = f"cctest_{int(time.time())}_{os.getpid()}_{secrets.token_hex(4)}"
+    _run_pg(_pg_create_database, _pg_dsn(base_url), name)
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def _drop_pg_database(url: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    conn = await asyncpg.connect(_pg_dsn(url, "postgres"), timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 @dataclass
@@ -216,7 +296,8 @@ async def pbx(asterisk_binary: str, tmp_path: Path, request: Any):
     for name, spec in agents.items():
         ast.globals_extra[f"CC_PHONE_{name}"] = spec
 
-    db_url = test_database_url(tmp_path)
+    postgres = bool(world.get("postgres"))
+    db_url = fresh_pg_database(request.getfixturevalue("pbx_postgres")) if postgres else test_database_url(tmp_path)
     config: dict[str, Any] = {
         "acd": {"agents": [
             {"id": name, "name": f"Agent {name}", "interface": f"Local/{name}@cc-test-phones", "start": "ready"}
@@ -302,6 +383,11 @@ async def pbx(asterisk_binary: str, tmp_path: Path, request: Any):
             keep.mkdir(parents=True, exist_ok=True)
             (keep / "server.log").write_text("\n".join(server.raw))
         await asyncio.to_thread(ast.cleanup, keep)
+        if postgres:
+            try:
+                await _drop_pg_database(db_url)
+            except Exception as exc:  # a leftover database must not turn a green test red; say why
+                print(f"pbx: could not drop {db_url.rsplit('/', 1)[-1]}: {exc!r}")
         if exit_problem and not world.get("allow_slow_exit"):
             raise AssertionError(exit_problem + ":\n" + "\n".join(server.raw[-30:]))
 

@@ -27,7 +27,7 @@ from callcentre.config import Config
 from callcentre.domain.hotlines import default_hotline_id
 from callcentre.domain.ports import ACDControl, Clock
 from callcentre.service.desk.accounts import AccountService
-from callcentre.service.desk.agents import AgentService
+from callcentre.service.desk.agents import AgentService, Elsewhere
 from callcentre.service.desk.calls import CallService
 from callcentre.service.desk.owners import OwnerService
 from callcentre.service.desk.tickets import DeskTicketService
@@ -65,6 +65,8 @@ def build_desk(
     desk: DeskRepo | None = None,
     users: UsersRepo | None = None,
     recordings: RecordingService | None = None,
+    elsewhere: Elsewhere | None = None,
+    node: str | None = None,
 ) -> DeskServices:
     """The desk's services. ``acd`` is asked for call distribution each time (it may be off, or not yet
     started); pass the ``desk`` and ``users`` repositories when they are built already (one each)."""
@@ -72,11 +74,11 @@ def build_desk(
     users = users if users is not None else UsersRepo(sessions, clock)
     return DeskServices(
         accounts=AccountService(users),
-        agents=AgentService(acd, users, clock),
+        agents=AgentService(acd, users, clock, elsewhere=elsewhere, node=node),
         owners=OwnerService(desk),
         tickets=DeskTicketService(desk, lifecycle, cfg, clock),
         reports=ReportService(sessions, cfg, clock),
-        calls=CallService(acd),
+        calls=CallService(acd, elsewhere=elsewhere),
         recordings=recordings,
     )
 

@@ -39,8 +39,9 @@ async def agent_state(request: web.Request) -> web.Response:
     service = features(request).agents
     after = await service.change_state(user(request), agent_id, action, reason)
     web_state = state(request)
-    web_state.hub.publish(agent_topic(agent_id), {"type": "state", "agent": after, "server_time": service.server_time()})
-    web_state.nudge_wallboard()  # the live push builds the whole picture, at most every push_min_gap
+    if service.running:  # else the leader made the change and published it (callcentre/cluster/relay.py)
+        web_state.hub.publish(agent_topic(agent_id), {"type": "state", "agent": after, "server_time": service.server_time()})
+        web_state.nudge_wallboard()  # the live push builds the whole picture, at most every push_min_gap
     return json_response({"agent": after, "server_time": service.server_time()})
 
 

@@ -42,7 +42,7 @@ def _target(raw: Any) -> dict[str, str]:
 
 @roles(*EVERYONE)
 async def targets(request: web.Request) -> web.Response:
-    return json_response(features(request).calls.targets(user(request)))
+    return json_response(await features(request).calls.targets(user(request)))
 
 
 @roles(*EVERYONE)

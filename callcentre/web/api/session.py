@@ -68,6 +68,8 @@ async def me(request: web.Request) -> web.Response:
             "server_time": desk.agents.server_time(),
             "centre": st.cfg.centre.name,
             "categories": desk.tickets.categories(),
+            # which server answers this page, and its part in a cluster (callcentre/cluster/node.py)
+            "node": node.public() if (node := getattr(st.services, "node", None)) is not None else None,
         }
     )
 

@@ -189,9 +189,19 @@ function render(msg) {
   renderFigures(f, queue.length, agents.filter((a) => a.state === "ready").length);
 }
 
+// Small print: which server answers this page and, with several, which one runs call distribution.
+function renderNode(acdNode) {
+  const n = wall.me && wall.me.node;
+  if (!n || !n.name) return;
+  let text = "node " + n.name;
+  if (acdNode && acdNode !== n.name) text += " · distribution on " + acdNode;
+  cc.setText($("node"), text);
+}
+
 function onMessage(msg) {
   if (msg.server_time) cc.syncClock(msg.server_time);
   if (msg.type === "snapshot") {
+    renderNode(msg.acd_node);
     wall.received = Date.now();
     wall.last = msg;
     const f = msg.figures || {};
@@ -219,6 +229,7 @@ async function main() {
     return;
   }
   cc.setText($("centre"), wall.me.centre);
+  renderNode(null);
   $("btn-signout").addEventListener("click", async () => {
     try { await cc.api("POST", "/api/logout"); } finally { location.assign("/login"); }
   });
