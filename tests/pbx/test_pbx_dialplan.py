@@ -263,7 +263,7 @@ async def test_fallback_queue_reaches_an_agent_or_voicemail_whenever_the_server_
             assert f"callcentre: fallback for {channel}: AGISTATUS={status} CC_RESULT=" in pbx.asterisk_log()
         answered_after = time.monotonic() - t0
         _, agent_leg = agistatus("13900000007")
-        assert f"callcentre: call-back agent leg failed for {agent_leg}: AGISTATUS=FAILURE" in pbx.asterisk_log()
+        assert f"callcentre: agent leg failed for {agent_leg}: AGISTATUS=FAILURE" in pbx.asterisk_log()
         assert not [e for e in pbx.ami.find("QueueCallerJoin") if e.get("CallerIDNum") == "13900000007"]
         # The agent hangs up after talking: the caller is hung up too (Queue() without 'c'), no voicemail.
         # (Not the survey leg: Local/+86...@callcentre-outbound has no /n, so once it is bridged to
