@@ -367,10 +367,8 @@ class Transfers:
 
     async def complete(self, uniqueid: str, *, actor_agent_id: str, supervisor: bool) -> Transfer:
         """Attended: the target answered; bridge the caller to them (the first agent's leg then ends)."""
-        h = self._mine(uniqueid, actor_agent_id, supervisor)
+        h = self._attended(uniqueid, actor_agent_id, supervisor, "a blind transfer completes by itself")
         t = h.t
-        if t.kind is not TransferKind.ATTENDED:
-            raise TransferRefused("a blind transfer completes by itself", code="not_attended")
         if t.state is not TransferState.CONSULTING or not t.to_channel:
             raise TransferRefused("the target has not answered yet: wait, or cancel", code="not_answered_yet")
         if not CHANNEL_NAME.match(t.to_channel):
@@ -383,11 +381,9 @@ class Transfers:
 
     async def cancel(self, uniqueid: str, *, actor_agent_id: str, supervisor: bool) -> Transfer:
         """Attended: stop ringing or consulting the target; the caller is bridged back to the first agent."""
-        h = self._mine(uniqueid, actor_agent_id, supervisor)
+        h = self._attended(uniqueid, actor_agent_id, supervisor,
+                           "a blind transfer cannot be taken back once the caller has moved")
         t = h.t
-        if t.kind is not TransferKind.ATTENDED:
-            raise TransferRefused("a blind transfer cannot be taken back once the caller has moved",
-                                  code="not_attended")
         if not t.can("cancelled"):
             raise TransferRefused(f"nothing to cancel: the transfer is {t.state.value}")
         was = t.state
@@ -396,6 +392,13 @@ class Transfers:
         self._stop_consult(h, was)
         self._finish(h)
         return t
+
+    def _attended(self, uniqueid: str, actor_agent_id: str, supervisor: bool, refusal: str) -> _Handover:
+        """The actor's transfer of this call, which must be an attended one (else ``refusal``)."""
+        h = self._mine(uniqueid, actor_agent_id, supervisor)
+        if h.t.kind is not TransferKind.ATTENDED:
+            raise TransferRefused(refusal, code="not_attended")
+        return h
 
     def _mine(self, uniqueid: str, actor_agent_id: str, supervisor: bool) -> _Handover:
         h = self._open.get(uniqueid)
