@@ -375,6 +375,7 @@ class AMIEvents:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.writer: asyncio.StreamWriter | None = None
+        self.closed_at: int | None = None  # how many events had arrived when Asterisk closed the connection
 
     async def connect(self, limit: float = 10.0) -> None:
         end = asyncio.get_running_loop().time() + limit
@@ -396,6 +397,8 @@ class AMIEvents:
         while True:
             line = await self.reader.readline()
             if not line:
+                self.closed_at = len(self.events)
+                self._changed.set()
                 return
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             if text:
@@ -477,8 +480,18 @@ class AMIEvents:
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError:
-            raise AssertionError(f"no matching AMI event within {limit} s; last events: "
+            closed = "" if self._task is None or not self._task.done() else (
+                f" (the test's AMI connection closed at event {self.closed_at}: later events were never seen)")
+            raise AssertionError(f"no matching AMI event within {limit} s{closed}; last events: "
                                  f"{[e.get('Event') for e in self.events[-25:]]}") from None
+
+    def about(self, uniqueid: str) -> list[str]:
+        """One line per event that concerns this channel (its Uniqueid, Linkedid or DestUniqueid), for a failure message."""
+        t0 = float(self.events[0]["_t"]) if self.events else 0.0
+        return [f"{float(e['_t']) - t0:.2f} {e.get('Event')} {e.get('Channel', '')} -> {e.get('DestChannel', '')} "
+                f"{e.get('Reason', e.get('Cause-txt', ''))}".rstrip()
+                for e in self.events if uniqueid in (e.get("Uniqueid"), e.get("Linkedid"), e.get("DestUniqueid"))
+                and e.get("Event") not in ("VarSet", "Newexten", "DeviceStateChange")]
 
     async def close(self) -> None:
         if self.writer is not None:
