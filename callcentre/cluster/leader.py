@@ -125,15 +125,11 @@ async def check_fence(session: Any, role: str, term: int) -> None:
         raise FencedOut(f"{role}: term {term} is no longer the leader ({current or 'no leader row'})")
 
 
-class LocalLeader:
-    """One node (SQLite): leader from :meth:`start` to :meth:`stop`; same interface as the PostgreSQL one."""
+class _Leadership:
+    """What both electors answer the same way: whether this node leads now, and in which term."""
 
-    def __init__(self, role: str, *, node: str, on_elected: OnElected, on_demoted: OnDemoted) -> None:
-        self.role, self.node = role, node
-        self._on_elected, self._on_demoted = on_elected, on_demoted
-        self._term = 0
-        self._leader = False
-        self._since: datetime | None = None
+    _leader: bool
+    _term: int | None
 
     @property
     def is_leader(self) -> bool:
@@ -143,10 +139,21 @@ class LocalLeader:
     def term(self) -> int | None:
         return self._term if self._leader else None
 
+
+class LocalLeader(_Leadership):
+    """One node (SQLite): leader from :meth:`start` to :meth:`stop`; same interface as the PostgreSQL one."""
+
+    def __init__(self, role: str, *, node: str, on_elected: OnElected, on_demoted: OnDemoted) -> None:
+        self.role, self.node = role, node
+        self._on_elected, self._on_demoted = on_elected, on_demoted
+        self._term = 0
+        self._leader = False
+        self._since: datetime | None = None
+
     async def start(self) -> None:
         if self._leader:
             raise RuntimeError(f"{self.role}: already started")
-        self._term += 1
+        self._term = (self._term or 0) + 1
         self._leader = True
         self._since = datetime.now(timezone.utc)
         log.info("leadership acquired", role=self.role, node=self.node, term=self._term, backend="local")
@@ -176,7 +183,7 @@ class _Lost(Exception):
     """The lock session is gone or cannot be trusted any more."""
 
 
-class PgLeaderElector:
+class PgLeaderElector(_Leadership):
     """Leader election for one role over a PostgreSQL advisory lock; see the module docstring."""
 
     def __init__(
@@ -228,14 +235,6 @@ class PgLeaderElector:
                    connect_timeout_seconds=connect_timeout_seconds, create_schema=create_schema)
 
     # ------------------------------------------------------------------ interface
-
-    @property
-    def is_leader(self) -> bool:
-        return self._leader
-
-    @property
-    def term(self) -> int | None:
-        return self._term if self._leader else None
 
     async def start(self) -> None:
         if self._task is not None:
