@@ -113,10 +113,13 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 ours, floor = level[side]["per_command_rtt"], level[f"{side}_echo"]["per_command_rtt"]
                 added = level[f"{side}_added_p99_ms"]
                 lag = level[side]["server"]
+                client = level[side].get("client", {})
                 at_target = int(n) == agi.get("target_level")
                 rows.append((
-                    f"{label}, pass {ps['pass']}, {n} sessions: p50 / p99 (ms); added p99; server lag p99/max",
-                    f"{ours['p50_ms']} / {ours['p99_ms']}; +{added}; lag {lag['lag_p99_ms']}/{lag['lag_max_ms']}",
+                    f"{label}, pass {ps['pass']}, {n} sessions: p50 / p99 (ms); added p99; server lag p99/max; "
+                    "load client's lag max",
+                    f"{ours['p50_ms']} / {ours['p99_ms']}; +{added}; lag {lag['lag_p99_ms']}/{lag['lag_max_ms']}; "
+                    f"client {client.get('lag_max_ms', '-')}",
                     f"echo {floor['p50_ms']} / {floor['p99_ms']}",
                     f"added p99 < {agi['target_added_p99_ms']:g} ms" if at_target else "-",
                     _ok(added, agi["target_added_p99_ms"], False) if at_target else "-"))

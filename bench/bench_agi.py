@@ -29,6 +29,7 @@ event-loop lag (p99, max) and GC pauses are reported for the same time window as
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import random
@@ -89,6 +90,14 @@ class ServerProcess:
     stats_path: Path
     log_path: Path
     stats: dict[str, Any] | None = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user + system, every thread), from /proc; 0 if unknown."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> dict[str, Any]:
         if self.proc.poll() is None:
@@ -300,11 +309,15 @@ async def record_lines(port: int, work: Workload, session_id: int) -> list[str]:
 # ---------------------------------------------------------------- the benchmark
 
 async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float, repeats: int, with_ivr: bool,
-               log_level: str, progress: Callable[[str], None]) -> dict[str, Any]:
+               log_level: str, progress: Callable[[str], None], pause_others: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"think_seconds": list(think), "ramp_seconds": ramp, "repeats": repeats,
-                           "log_level": log_level, "passes": []}
+                           "log_level": log_level, "paused_other_servers": pause_others, "passes": []}
     windows: list[tuple[int, int, str, float, float]] = []  # (pass, level, side, start, end)
     runs: dict[tuple[int, int, str], dict[str, Any]] = {}
+    from bench.server import LoopMonitor, window_stats
+
+    client = LoopMonitor()  # this load client's own loop: its stalls delay the replies it times
+    client.start()
     with tempfile.TemporaryDirectory(prefix="cc-bench-agi-") as d:
         tmp = Path(d)
         servers: dict[str, ServerProcess] = {}
@@ -337,9 +350,27 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
             for p in range(1, repeats + 1):
                 for n in levels:
                     for side, port, work in order:
+                        if pause_others:  # only the measured server runs (SIGSTOP the others meanwhile)
+                            measured = "echo" if side.endswith("_echo") else side
+                            for name, srv in servers.items():
+                                srv.proc.send_signal(signal.SIGCONT if name == measured else signal.SIGSTOP)
+                            await asyncio.sleep(0.3)
+                        cpu_before = {name: srv.cpu_seconds() for name, srv in servers.items()}
+                        # The load client stands in for Asterisk, which has no collector: its own full
+                        # collections (100-110 ms with a thousand sessions' objects) would delay whichever
+                        # side's replies they land in. So it collects between runs, never during one.
+                        gc.collect()
+                        gc.disable()
                         start = time.monotonic()
-                        res = await load(port, work, n, think, ramp, next_id)
+                        try:
+                            res = await load(port, work, n, think, ramp, next_id)
+                        finally:
+                            gc.enable()
                         windows.append((p, n, side, start, time.monotonic()))
+                        # What every server process used meanwhile: the one measured, and any other
+                        # (background work of an idle server competes for the machine's two cores).
+                        res["servers_cpu_s"] = {name: round(srv.cpu_seconds() - cpu_before[name], 3)
+                                                for name, srv in servers.items()}
                         runs[(p, n, side)] = res
                         next_id += n
                         rtt = res["per_command_rtt"]
@@ -347,12 +378,14 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
                                  f"max {rtt['max_ms']} ms; {res['completed']} completed")
                         await asyncio.sleep(0.2)
         finally:
+            for s in servers.values():
+                s.proc.send_signal(signal.SIGCONT)
             stats = {name: s.stop() for name, s in servers.items()}
+            await client.stop()
         for name, s in servers.items():
             if s.proc.returncode not in (0, None):
                 progress(f"  {name} server exited with status {s.proc.returncode}")
-    from bench.server import window_stats
-
+    client_stats = client.figures()
     for p in range(1, repeats + 1):
         levels_out: dict[str, Any] = {}
         for n in levels:
@@ -361,7 +394,8 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
                 if (p_, n_) != (p, n):
                     continue
                 server = "echo" if side.endswith("_echo") else side
-                level[side] = {**runs[(p, n, side)], "server": window_stats(stats.get(server, {}), start, end)}
+                level[side] = {**runs[(p, n, side)], "server": window_stats(stats.get(server, {}), start, end),
+                               "client": window_stats(client_stats, start, end)}
             for side in ("protocol", "ivr"):
                 if side in level:
                     a = level[side]["per_command_rtt"]
@@ -385,11 +419,11 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
 
 def run(levels: tuple[int, ...] = (100, 500, 1000), think: tuple[float, float] = (0.1, 1.0), ramp: float = 1.0,
         repeats: int = 1, with_ivr: bool = True, log_level: str = "warning",
-        progress: Callable[[str], None] = print) -> dict[str, Any]:
+        progress: Callable[[str], None] = print, pause_others: bool = False) -> dict[str, Any]:
     """``repeats`` passes over ``levels``; see the module docstring."""
     quiet_logs()
     raise_fd_limit(2 * max(levels) + 512)
-    return asyncio.run(_run(tuple(levels), think, ramp, repeats, with_ivr, log_level, progress))
+    return asyncio.run(_run(tuple(levels), think, ramp, repeats, with_ivr, log_level, progress, pause_others))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,10 +433,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="passes over the levels (default 5)")
     p.add_argument("--levels", default="100,500,1000", help="concurrent sessions per level (default 100,500,1000)")
     p.add_argument("--no-ivr", action="store_true", help="the protocol-only server and its echo only")
+    p.add_argument("--pause-others", action="store_true",
+                   help="SIGSTOP every server but the one measured during each run (diagnosis: is a tail "
+                        "another server's background work?)")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.add_argument("--json", type=Path, default=None, help="write the result here too")
     a = p.parse_args(argv)
     result = run(levels=tuple(int(x) for x in a.levels.split(",")), repeats=a.repeats, with_ivr=not a.no_ivr,
+                 pause_others=a.pause_others,
                  log_level=a.log_level)
     text = json.dumps(result, indent=2)
     if a.json is not None:
@@ -413,6 +451,18 @@ def main(argv: list[str] | None = None) -> int:
         if key in result:
             print(f"{side}: added p99 at {top} sessions per pass: {result[key]} ms "
                   f"(target < {TARGET_ADDED_P99_MS} ms in every pass: {'met' if result[f'{side}_met'] else 'MISSED'})")
+            for ps in result["passes"]:
+                stall = ps["levels"][top][side]["server"].get("longest_stall")
+                if stall:
+                    print(f"  pass {ps['pass']}: the server's longest loop stall {stall['lag_ms']} ms = "
+                          f"{stall['cpu_ms']} ms running, {stall['queued_ms']} ms waiting for a CPU "
+                          f"(GC {stall['gc_ms']} ms; {stall['minor_faults']} page faults, "
+                          f"{stall['major_faults']} major; preempted {stall['preempted']} times)")
+                for who in (side, f"{side}_echo"):
+                    c = ps["levels"][top][who]["client"].get("longest_stall")
+                    if c:
+                        print(f"    the load client's longest stall during {who}: {c['lag_ms']} ms "
+                              f"({c['cpu_ms']} ms running, {c['queued_ms']} ms waiting, GC {c['gc_ms']} ms)")
     return 0
 
 

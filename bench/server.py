@@ -16,6 +16,12 @@ up (event-loop lag: everything else that ran meanwhile without yielding, or the 
 scheduled) and every garbage collection with its generation and duration. Both are written to
 ``--stats`` at exit with ``time.monotonic()`` stamps (one clock for every process on Linux), so the
 load client can attribute a latency tail to the level during which it happened.
+
+The longest stall of a window is taken apart with the loop thread's own kernel accounting
+(``/proc/thread-self/schedstat`` and ``getrusage(RUSAGE_THREAD)``, read at every sample): the CPU time
+the thread used during it (our code running without yielding), the time it sat runnable on a run
+queue (the machine not scheduling us), page faults and context switches. What is left is time
+blocked in the kernel.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import asyncio
 import gc
 import json
 import os
+import resource
 import signal
 import sys
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -40,8 +48,16 @@ class LoopMonitor:
         self.interval = interval
         self.lag_at = array("d")
         self.lag = array("d")
+        # Per sample, the loop thread's accounting since the previous sample: CPU seconds, seconds
+        # runnable but waiting for a CPU, minor and major page faults, involuntary context switches.
+        self.cpu = array("d")
+        self.queued = array("d")
+        self.faults = array("l")
+        self.major_faults = array("l")
+        self.preempted = array("l")
         self.gc_events: list[tuple[float, int, float, int]] = []  # (end monotonic, generation, seconds, collected)
         self._gc_start = 0.0
+        self._beat = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
@@ -55,15 +71,42 @@ class LoopMonitor:
     def start(self) -> None:
         gc.callbacks.append(self._on_gc)
         self._task = asyncio.get_running_loop().create_task(self._sample(), name="bench-loop-monitor")
+        if os.environ.get("BENCH_STALL_STACKS"):  # diagnosis only: a thread that takes the GIL perturbs the loop
+            self._beat = time.monotonic()
+            self.stall_stacks: list[tuple[float, float, str]] = []
+            threading.Thread(target=self._watch, args=(threading.main_thread().ident,), daemon=True).start()
+
+    def _watch(self, main: int | None) -> None:
+        """Every 2 ms: if the loop has not woken for 8 ms, note what the loop thread is running."""
+        import traceback
+
+        while self._task is not None and not self._task.done():
+            time.sleep(0.002)
+            late = time.monotonic() - self._beat
+            if late > 0.008 + self.interval and main is not None:
+                frame = sys._current_frames().get(main)
+                if frame is not None:
+                    stack = "".join(traceback.format_stack(frame, limit=14))
+                    self.stall_stacks.append((time.monotonic(), late, stack))
 
     async def _sample(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.interval
+        account = _thread_accounting
+        last = account()
         while True:
             t = loop.time()
             await asyncio.sleep(interval)
-            self.lag_at.append(time.monotonic())
+            self._beat = now_at = time.monotonic()
+            self.lag_at.append(now_at)
             self.lag.append(max(0.0, loop.time() - t - interval))
+            now = account()
+            self.cpu.append(now[0] - last[0])
+            self.queued.append(now[1] - last[1])
+            self.faults.append(now[2] - last[2])
+            self.major_faults.append(now[3] - last[3])
+            self.preempted.append(now[4] - last[4])
+            last = now
 
     async def stop(self) -> None:
         if self._on_gc in gc.callbacks:
@@ -73,27 +116,72 @@ class LoopMonitor:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def dump(self, path: Path) -> None:
-        path.write_text(json.dumps({
+        path.write_text(json.dumps(self.figures()), encoding="utf-8")
+
+    def figures(self) -> dict[str, Any]:
+        """What :func:`window_stats` reads (and ``dump`` writes)."""
+        return {
             "pid": os.getpid(),
             "lag": [[round(a, 6), round(v, 6)] for a, v in zip(self.lag_at, self.lag, strict=True)],
+            "accounting": [[round(c, 6), round(q, 6), f, m, i] for c, q, f, m, i in zip(
+                self.cpu, self.queued, self.faults, self.major_faults, self.preempted, strict=True)],
             "gc": [[round(a, 6), g, round(s, 6), c] for a, g, s, c in self.gc_events],
-        }), encoding="utf-8")
+            "stall_stacks": [[round(a, 6), round(late, 6), st] for a, late, st in getattr(self, "stall_stacks", [])],
+        }
+
+
+def _thread_accounting() -> tuple[float, float, int, int, int]:
+    """This thread's (CPU s, run-queue wait s, minor faults, major faults, involuntary switches)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            cpu_ns, wait_ns, _slices = f.read().split()
+        cpu, queued = int(cpu_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):  # not Linux, or no schedstats: the CPU time from getrusage alone
+        cpu = queued = 0.0
+    r = resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF))
+    if not cpu:
+        cpu = r.ru_utime + r.ru_stime
+    return cpu, queued, r.ru_minflt, r.ru_majflt, r.ru_nivcsw
 
 
 def window_stats(stats: dict[str, Any], start: float, end: float) -> dict[str, Any]:
-    """Lag p99/max and GC pauses of a server process between two ``time.monotonic()`` stamps."""
+    """Lag p99/max and GC pauses of a server process between two ``time.monotonic()`` stamps.
+
+    ``longest_stall`` takes the largest lag sample apart (see the module docstring): of its
+    ``lag_ms``, ``cpu_ms`` were spent running this loop's thread, ``queued_ms`` waiting for a CPU,
+    and ``gc_ms`` in collections that ended inside it.
+    """
     from bench import percentile
 
-    lags = [v for at, v in stats.get("lag", []) if start <= at <= end]
-    gcs = [(g, s) for at, g, s, _c in stats.get("gc", []) if start <= at <= end]
-    return {
+    lag = stats.get("lag", [])
+    accounting = stats.get("accounting", [])
+    inside = [i for i, (at, _v) in enumerate(lag) if start <= at <= end]
+    lags = [lag[i][1] for i in inside]
+    gcs = [(at, g, s) for at, g, s, _c in stats.get("gc", []) if start <= at <= end]
+    out: dict[str, Any] = {
         "lag_samples": len(lags),
         "lag_p99_ms": round(percentile(lags, 99) * 1000, 2),
         "lag_max_ms": round(max(lags, default=0.0) * 1000, 2),
         "gc_collections": len(gcs),
-        "gc_max_ms": round(max((s for _g, s in gcs), default=0.0) * 1000, 2),
-        "gc_gen2": sum(1 for g, _s in gcs if g == 2),
+        "gc_max_ms": round(max((s for _a, _g, s in gcs), default=0.0) * 1000, 2),
+        "gc_gen2": sum(1 for _a, g, _s in gcs if g == 2),
+        "gc_max_ms_by_generation": {str(gen): round(max((s for _a, g, s in gcs if g == gen), default=0.0) * 1000, 2)
+                                    for gen in sorted({g for _a, g, _s in gcs})},
     }
+    if inside and len(accounting) == len(lag):
+        worst = max(inside, key=lambda i: lag[i][1])
+        at, value = lag[worst]
+        began = lag[worst - 1][0] if worst else at - value
+        cpu, queued, faults, major, preempted = accounting[worst]
+        out["longest_stall"] = {
+            "lag_ms": round(value * 1000, 2), "cpu_ms": round(cpu * 1000, 2), "queued_ms": round(queued * 1000, 2),
+            "gc_ms": round(sum(s for a, _g, s in gcs if began <= a <= at) * 1000, 2),
+            "minor_faults": faults, "major_faults": major, "preempted": preempted,
+        }
+    stacks = sorted((x for x in stats.get("stall_stacks", []) if start <= x[0] <= end), key=lambda x: -x[1])
+    if stacks:  # BENCH_STALL_STACKS: what the loop thread ran in the window's three longest stalls
+        out["stall_stacks"] = [{"late_ms": round(late * 1000, 2), "stack": st} for _a, late, st in stacks[:3]]
+    return out
 
 
 # ---------------------------------------------------------------------------------------- kinds
