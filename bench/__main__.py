@@ -22,7 +22,9 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 QUICK_RESULTS = Path(__file__).resolve().parent / "results-quick.json"  # never overwrites the real figures
 
 FULL: dict[str, dict[str, Any]] = {
-    "ami": {"repeat": 60, "agents": 200, "rounds": 3},
+    # 240 passes over the captures: 345,600 events, 3-5 s a round, so the live push (at most once a
+    # second while the picture changes) sends its frames during every round, not only between them.
+    "ami": {"repeat": 240, "agents": 200, "rounds": 3},
     "agi": {"levels": (100, 500, 1000), "think": (0.1, 1.0), "ramp": 1.0, "repeats": 1},
     "acd_domain": {"agents": 10_000, "rounds": 5_000, "waiting": 500, "loaded_agents": 200},
     "stack": {"waiting": 500, "agents": 200, "background_rate": 10.0},
