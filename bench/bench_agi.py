@@ -353,8 +353,8 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
                     for side, port, work in order:
                         # Only the measured server runs; the others are stopped (SIGSTOP) meanwhile. With the
                         # IVR server (SQLite, every service) left running while the protocol row was measured,
-                        # one pass in three to five added 7-27 ms at p99 with neither loop stalled to match
-                        # (BENCHMARKS.md); stopped, none did. Each side keeps its own background work.
+                        # one pass in five added 7 ms at p99 with neither loop stalled to match (BENCHMARKS.md);
+                        # with it stopped, no pass did. Each side keeps its own background work.
                         if pause_others:
                             measured = "echo" if side.endswith("_echo") else side
                             for name, srv in servers.items():
