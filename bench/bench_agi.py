@@ -309,6 +309,11 @@ async def record_lines(port: int, work: Workload, session_id: int) -> list[str]:
 
 # ---------------------------------------------------------------- the benchmark
 
+def _server_of(side: str) -> str:
+    """The server process a run's side talks to: ``protocol_echo`` and ``ivr_echo`` share the echo."""
+    return "echo" if side.endswith("_echo") else side
+
+
 async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float, repeats: int, with_ivr: bool,
                log_level: str, progress: Callable[[str], None], pause_others: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"think_seconds": list(think), "ramp_seconds": ramp, "repeats": repeats,
@@ -356,9 +361,8 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
                         # one pass in five added 7 ms at p99 with neither loop stalled to match (BENCHMARKS.md);
                         # with it stopped, no pass did. Each side keeps its own background work.
                         if pause_others:
-                            measured = "echo" if side.endswith("_echo") else side
                             for name, srv in servers.items():
-                                srv.proc.send_signal(signal.SIGCONT if name == measured else signal.SIGSTOP)
+                                srv.proc.send_signal(signal.SIGCONT if name == _server_of(side) else signal.SIGSTOP)
                             await asyncio.sleep(0.3)
                         cpu_before = {name: srv.cpu_seconds() for name, srv in servers.items()}
                         # The load client stands in for Asterisk, which has no collector: its own full
@@ -398,8 +402,7 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
             for p_, n_, side, start, end in windows:
                 if (p_, n_) != (p, n):
                     continue
-                server = "echo" if side.endswith("_echo") else side
-                level[side] = {**runs[(p, n, side)], "server": window_stats(stats.get(server, {}), start, end),
+                level[side] = {**runs[(p, n, side)], "server": window_stats(stats.get(_server_of(side), {}), start, end),
                                "client": window_stats(client_stats, start, end)}
             for side in ("protocol", "ivr"):
                 if side in level:

@@ -58,6 +58,7 @@ class LoopMonitor:
         self.gc_events: list[tuple[float, int, float, int]] = []  # (end monotonic, generation, seconds, collected)
         self._gc_start = 0.0
         self._beat = 0.0
+        self.stall_stacks: list[tuple[float, float, str]] = []  # BENCH_STALL_STACKS: (at, late, stack)
         self._task: asyncio.Task[None] | None = None
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
@@ -73,7 +74,6 @@ class LoopMonitor:
         self._task = asyncio.get_running_loop().create_task(self._sample(), name="bench-loop-monitor")
         if os.environ.get("BENCH_STALL_STACKS"):  # diagnosis only: a thread that takes the GIL perturbs the loop
             self._beat = time.monotonic()
-            self.stall_stacks: list[tuple[float, float, str]] = []
             threading.Thread(target=self._watch, args=(threading.main_thread().ident,), daemon=True).start()
 
     def _watch(self, main: int | None) -> None:
@@ -126,7 +126,7 @@ class LoopMonitor:
             "accounting": [[round(c, 6), round(q, 6), f, m, i] for c, q, f, m, i in zip(
                 self.cpu, self.queued, self.faults, self.major_faults, self.preempted, strict=True)],
             "gc": [[round(a, 6), g, round(s, 6), c] for a, g, s, c in self.gc_events],
-            "stall_stacks": [[round(a, 6), round(late, 6), st] for a, late, st in getattr(self, "stall_stacks", [])],
+            "stall_stacks": [[round(a, 6), round(late, 6), st] for a, late, st in self.stall_stacks],
         }
 
 

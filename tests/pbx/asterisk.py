@@ -393,12 +393,17 @@ class AMIEvents:
         assert reply.get("Response") == "Success", reply
 
     async def _read(self) -> None:
+        try:
+            await self._read_events()
+        finally:  # EOF, a reset link or a cancelled reader: a waiter must learn that no more events come
+            self.closed_at = len(self.events)
+            self._changed.set()
+
+    async def _read_events(self) -> None:
         msg: dict[str, str] = {}
         while True:
             line = await self.reader.readline()
             if not line:
-                self.closed_at = len(self.events)
-                self._changed.set()
                 return
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             if text:
