@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Protocol, Sequence
+from typing import Any, Coroutine, Protocol, Sequence
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -154,7 +154,9 @@ class HotlineIVR:
             return await self._to_agent(ch, call, reason="storage-unavailable", skill=None)
         if len(call.matches) == 1:
             call.owner = call.matches[0]
-        await self.tickets.record_call_event(
+        # The call's row is a record for supervisors, not something the caller is told: the greeting
+        # does not wait for its commit (the writer keeps the order of a call's events).
+        self._background(self.tickets.record_call_event(
             call.uniqueid,
             "started",
             {
@@ -165,7 +167,7 @@ class HotlineIVR:
                 "started_at": self.clock.now(),
                 "hotline": call.hotline_id,
             },
-        )
+        ), log)
         langs = {m.language for m in call.matches if m.language}
         if len(langs) == 1:
             call.language = langs.pop() or call.language
@@ -577,8 +579,20 @@ class HotlineIVR:
         await self._say(ch, call, ["goodbye"])
         return Outcome.DONE
 
+    def _background(self, write: Coroutine[Any, Any, None], log: Any) -> None:
+        """Run a best-effort record in a task of its own, held until done (so a drain waits for it)."""
+        task = asyncio.ensure_future(write)
+        self._pending.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._pending.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("call record failed", error=repr(t.exception()))
+
+        task.add_done_callback(done)
+
     async def drain(self) -> None:
-        """Wait for ticket writes still in flight (called at shutdown)."""
+        """Wait for ticket and call-record writes still in flight (called at shutdown)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 

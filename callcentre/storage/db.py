@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from callcentre.config import DatabaseConfig
+from callcentre.storage.reader import PooledReader, SqliteReader, reader_of, register_reader
 from callcentre.storage.writer import (
     SQLITE_SYNCHRONOUS,
     SYNCHRONOUS_CHOICES,
@@ -110,16 +111,19 @@ def create_engine(cfg: DatabaseConfig, *, sqlite_synchronous: str = SQLITE_SYNCH
         register_writer(engine, SqliteWriter(
             url, busy_timeout_seconds=cfg.busy_timeout_seconds, synchronous=sqlite_synchronous, on_connect=on_connect,
         ))
+        register_reader(engine, SqliteReader(url, busy_timeout_seconds=cfg.busy_timeout_seconds, on_connect=on_connect))
     else:
         register_writer(engine, PooledWriter(engine))
+        register_reader(engine, PooledReader(engine))
     return engine
 
 
 def sync_engines(engine: AsyncEngine) -> list[Engine]:
-    """Every synchronous engine behind ``engine``: its own and, for a SQLite file, its writer's (for
-    tests that inject faults with engine events)."""
-    writer = writer_of(engine)
-    return [engine.sync_engine] + ([writer.engine] if isinstance(writer, SqliteWriter) else [])
+    """Every synchronous engine behind ``engine``: its own and, for a SQLite file, its writer's and its
+    reader's (for tests that inject faults with engine events)."""
+    writer, reader = writer_of(engine), reader_of(engine)
+    return ([engine.sync_engine] + ([writer.engine] if isinstance(writer, SqliteWriter) else [])
+            + ([reader.engine] if isinstance(reader, SqliteReader) else []))
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

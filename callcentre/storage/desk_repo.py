@@ -1,8 +1,9 @@
 """The agent desk's queries: the owner card (screen-pop), owner search, attaching a number, tickets.
 
 Everything an agent needs while the phone rings comes from :meth:`DeskRepo.lookup_by_phone` or
-:meth:`DeskRepo.owner_cards` in one short read transaction with a fixed number of queries (no query
-per owner or per unit), so the screen-pop stays well inside its 200 ms. Results are plain JSON-able
+:meth:`DeskRepo.owner_card` in one read job of the engine's reader (:mod:`callcentre.storage.reader`:
+the queries run in its thread in one hop) with a fixed number of queries (no query per owner or per
+unit), so the screen-pop stays well inside its 200 ms. Results are plain JSON-able
 dicts; names pass through :func:`~callcentre.domain.callerid.safe_display_name` (the page still
 renders them as text only).
 """
@@ -14,7 +15,9 @@ from typing import Any, Iterable, Mapping
 
 import structlog
 from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from callcentre.domain.hotlines import DEFAULT_HOTLINE_ID
 from callcentre.domain.callerid import safe_display_name
@@ -24,6 +27,7 @@ from callcentre.domain.ports import Clock, SystemClock
 from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, TicketRow, Unit
 from callcentre.storage.errors import storage_errors
 from callcentre.storage.repo import SqlTicketStore, canonical_label
+from callcentre.storage.reader import reads_for
 from callcentre.storage.writer import WriteTx, writes_for
 
 log = structlog.get_logger(__name__)
@@ -51,6 +55,7 @@ class DeskRepo:
     ) -> None:
         self._sessions = session_factory
         self._writes = writes_for(session_factory)
+        self._reads = reads_for(session_factory)
         self._clock = clock or SystemClock()
         self._repeat = timedelta(hours=repeat_caller_hours)
         self.tickets = SqlTicketStore(session_factory, self._clock, tz, prefixes, default_hotline=default_hotline)
@@ -94,16 +99,16 @@ class DeskRepo:
 
     # ------------------------------------------------------------------ owner cards
 
-    async def _cards(
-        self, s: AsyncSession, owner_ids: list[int], only_units: Mapping[int, set[int]] | None = None
+    def _cards(
+        self, s: Session, owner_ids: list[int], only_units: Mapping[int, set[int]] | None = None
     ) -> list[dict[str, Any]]:
         """Owner cards for these owners (in this order), four queries whatever their number."""
         if not owner_ids:
             return []
         now = self._clock.now()
-        owners = {o.id: o for o in (await s.execute(select(Owner).where(Owner.id.in_(owner_ids)))).scalars()}
+        owners = {o.id: o for o in (s.execute(select(Owner).where(Owner.id.in_(owner_ids)))).scalars()}
         unit_rows = (
-            await s.execute(
+            s.execute(
                 select(OwnerUnit.owner_id, OwnerUnit.role, Unit)
                 .join(Unit, Unit.id == OwnerUnit.unit_id)
                 .where(OwnerUnit.owner_id.in_(owner_ids))
@@ -111,10 +116,10 @@ class DeskRepo:
             )
         ).all()
         phones = (
-            await s.execute(select(Phone).where(Phone.owner_id.in_(owner_ids)).order_by(Phone.id))
+            s.execute(select(Phone).where(Phone.owner_id.in_(owner_ids)).order_by(Phone.id))
         ).scalars().all()
         tickets = (
-            await s.execute(
+            s.execute(
                 select(TicketRow)
                 .where(TicketRow.owner_id.in_(owner_ids), TicketRow.status.in_(_OPEN))
                 .order_by(TicketRow.promised_by.is_(None), TicketRow.promised_by, TicketRow.id)
@@ -159,8 +164,8 @@ class DeskRepo:
             )
         return cards
 
-    async def _history(
-        self, s: AsyncSession, owner_ids: Iterable[int], phone: str | None, exclude_uniqueid: str | None
+    def _history(
+        self, s: Session, owner_ids: Iterable[int], phone: str | None, exclude_uniqueid: str | None
     ) -> tuple[list[dict[str, Any]], bool]:
         """The last calls of these owners or this number, and whether one came within the repeat window."""
         conds = []
@@ -175,7 +180,7 @@ class DeskRepo:
         if exclude_uniqueid:
             where = and_(where, CallRow.uniqueid != exclude_uniqueid)
         rows = (
-            await s.execute(
+            s.execute(
                 select(CallRow).where(where).order_by(CallRow.started_at.desc(), CallRow.uniqueid.desc()).limit(LAST_CALLS)
             )
         ).scalars().all()
@@ -184,43 +189,57 @@ class DeskRepo:
         return [self._call(r) for r in rows], repeat
 
     async def lookup_by_phone(self, phone: str | None, *, exclude_uniqueid: str | None = None) -> dict[str, Any]:
-        """Everything known about a normalised number: owners with units, tickets, calls, repeat flag."""
-        async with storage_errors("look up a caller"), self._sessions() as s:
-            owner_ids: list[int] = []
-            only: dict[int, set[int] | None] = {}
-            if phone:
-                for p in (await s.execute(select(Phone).where(Phone.number == phone).order_by(Phone.owner_id))).scalars():
-                    if p.owner_id not in owner_ids:
-                        owner_ids.append(p.owner_id)
-                    if p.unit_id is None:
-                        only[p.owner_id] = None  # a number without a unit matches all the owner's units
-                    elif only.get(p.owner_id, set()) is not None:
-                        only.setdefault(p.owner_id, set()).add(p.unit_id)  # type: ignore[union-attr]
-            cards = await self._cards(s, owner_ids, {k: v for k, v in only.items() if v is not None})
-            calls, repeat = await self._history(s, owner_ids, phone, exclude_uniqueid)
-            unowned: list[dict[str, Any]] = []
-            if phone:
-                now = self._clock.now()
-                rows = (
-                    await s.execute(
-                        select(TicketRow)
-                        .where(TicketRow.caller_id == phone, TicketRow.owner_id.is_(None), TicketRow.status.in_(_OPEN))
-                        .order_by(TicketRow.id.desc())
-                        .limit(20)
-                    )
-                ).scalars().all()
-                unowned = [self._ticket(t, now) for t in rows]
+        """Everything known about a normalised number: owners with units, tickets, calls, repeat flag.
+
+        One read job (:mod:`callcentre.storage.reader`): the screen-pop's queries run together in the
+        reader's thread, in one hop, not one hop per statement through the pool."""
+
+        def read(conn: Connection) -> dict[str, Any]:
+            with Session(bind=conn) as s:
+                return self._lookup(s, phone, exclude_uniqueid)
+
+        return await self._reads.run(read, "look up a caller")
+
+    def _lookup(self, s: Session, phone: str | None, exclude_uniqueid: str | None) -> dict[str, Any]:
+        owner_ids: list[int] = []
+        only: dict[int, set[int] | None] = {}
+        if phone:
+            for p in s.execute(select(Phone).where(Phone.number == phone).order_by(Phone.owner_id)).scalars():
+                if p.owner_id not in owner_ids:
+                    owner_ids.append(p.owner_id)
+                if p.unit_id is None:
+                    only[p.owner_id] = None  # a number without a unit matches all the owner's units
+                elif only.get(p.owner_id, set()) is not None:
+                    only.setdefault(p.owner_id, set()).add(p.unit_id)  # type: ignore[union-attr]
+        cards = self._cards(s, owner_ids, {k: v for k, v in only.items() if v is not None})
+        calls, repeat = self._history(s, owner_ids, phone, exclude_uniqueid)
+        unowned: list[dict[str, Any]] = []
+        if phone:
+            now = self._clock.now()
+            rows = s.execute(
+                select(TicketRow)
+                .where(TicketRow.caller_id == phone, TicketRow.owner_id.is_(None), TicketRow.status.in_(_OPEN))
+                .order_by(TicketRow.id.desc())
+                .limit(20)
+            ).scalars().all()
+            unowned = [self._ticket(t, now) for t in rows]
         return {"phone": phone, "owners": cards, "last_calls": calls, "repeat_caller": repeat, "unowned_tickets": unowned}
 
     async def owner_card(self, owner_id: int, *, phone: str | None = None) -> dict[str, Any]:
-        async with storage_errors("read an owner"), self._sessions() as s:
-            cards = await self._cards(s, [owner_id])
-            if not cards:
-                raise NotFound(f"owner {owner_id} does not exist")
-            calls, repeat = await self._history(s, [owner_id], phone, None)
-        card = cards[0]
-        card["last_calls"] = calls
-        card["repeat_caller"] = repeat
+        def read(conn: Connection) -> dict[str, Any] | None:
+            with Session(bind=conn) as s:
+                cards = self._cards(s, [owner_id])
+                if not cards:
+                    return None
+                calls, repeat = self._history(s, [owner_id], phone, None)
+            card = cards[0]
+            card["last_calls"] = calls
+            card["repeat_caller"] = repeat
+            return card
+
+        card = await self._reads.run(read, "read an owner")
+        if card is None:
+            raise NotFound(f"owner {owner_id} does not exist")
         return card
 
     # ------------------------------------------------------------------ search and attach
@@ -254,9 +273,11 @@ class DeskRepo:
             .order_by(Owner.id)
             .limit(max(1, min(limit, 50)))
         )
-        async with storage_errors("search owners"), self._sessions() as s:
-            ids = list((await s.execute(q)).scalars())
-            cards = await self._cards(s, ids)
+        def read(conn: Connection) -> list[dict[str, Any]]:
+            with Session(bind=conn) as s:
+                return self._cards(s, list(s.execute(q).scalars()))
+
+        cards = await self._reads.run(read, "search owners")
         for c in cards:
             c.pop("notes", None)
         return cards

@@ -1,7 +1,9 @@
 """Repositories: the domain's Directory and TicketStore ports over SQLAlchemy.
 
 Every public method is its own short transaction, so nothing here holds a lock while the IVR
-talks to a caller. Reads use the engine's pool; writes are jobs for
+talks to a caller. The directory's look-ups (once per call, at its start) are read jobs for
+:func:`callcentre.storage.reader.reads_for` (the reads of calls arriving together in one hop); other
+reads use the engine's pool; writes are jobs for
 :func:`callcentre.storage.writer.writes_for` (on SQLite the file's one writer, which groups
 concurrent writes into one commit). Database failures (locked, read-only, full, down) become
 :class:`~callcentre.domain.ports.StorageUnavailable` with a message a person can act on.
@@ -31,6 +33,7 @@ from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, T
 from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock, today_local
 from callcentre.storage.errors import reason, storage_errors
 from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, Role, TicketRow, Unit
+from callcentre.storage.reader import reads_for
 from callcentre.storage.writer import WriteTx, run_statement, writes_for
 
 log = structlog.get_logger(__name__)
@@ -74,72 +77,93 @@ def upsert(conn: Connection, table: Any, values: Mapping[str, Any], keys: list[s
     return dialect_insert(conn, table).values(**values).on_conflict_do_update(index_elements=keys, set_=dict(set_))
 
 
+# One (owner, unit) match: plain columns, no ORM entities (the look-up runs once per call, at its start).
+_MATCH_COLUMNS = (
+    Owner.id.label("owner_id"), Owner.name.label("owner_name"), Unit.id.label("unit_id"), Unit.building, Unit.unit,
+    Unit.fee_balance_cents, Unit.fee_due_date, Owner.vip, Owner.language, Owner.pin_hash.is_not(None).label("has_pin"),
+)
+
+
+def _match_query() -> Select[Any]:
+    return (
+        select(*_MATCH_COLUMNS)
+        .join(OwnerUnit, OwnerUnit.owner_id == Owner.id)
+        .join(Unit, Unit.id == OwnerUnit.unit_id)
+    )
+
+
+# Built once: bound parameters, so each call only binds its values.
+_BY_PHONE = (
+    _match_query()
+    .join(Phone, Phone.owner_id == Owner.id)
+    .where(Phone.number == bindparam("number"))
+    .where(or_(Phone.unit_id.is_(None), Phone.unit_id == Unit.id))
+    .order_by(Owner.id, Unit.building, Unit.unit)
+)
+_BY_UNIT = (
+    _match_query()
+    .where(Unit.building == bindparam("building"), Unit.unit == bindparam("unit"))
+    .order_by(case((OwnerUnit.role == Role.OWNER.value, 0), else_=1), Owner.id)
+)
+_PIN_HASH = select(Owner.pin_hash).where(Owner.id == bindparam("owner_id"))
+
+
+def _to_match(row: Any) -> OwnerMatch:
+    return OwnerMatch(
+        owner_id=row.owner_id,
+        owner_name=row.owner_name,
+        unit_id=row.unit_id,
+        building=row.building,
+        unit=row.unit,
+        fee_balance_cents=row.fee_balance_cents,
+        fee_due_date=row.fee_due_date,
+        vip=bool(row.vip),
+        language=row.language,
+        has_pin=bool(row.has_pin),
+    )
+
+
 class SqlDirectory:
-    """Owners, units and phones: implements domain.ports.Directory."""
+    """Owners, units and phones: implements domain.ports.Directory.
+
+    The look-ups are read jobs (:func:`callcentre.storage.reader.reads_for`): the reads of calls
+    arriving together go to the database in one hop."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+        self._reads = reads_for(sessions)
         self._hasher = pin_hasher()
-
-    @staticmethod
-    def _match_query() -> Select[Any]:
-        return (
-            select(Owner, Unit, OwnerUnit.role)
-            .join(OwnerUnit, OwnerUnit.owner_id == Owner.id)
-            .join(Unit, Unit.id == OwnerUnit.unit_id)
-        )
-
-    @staticmethod
-    def _to_match(owner: Owner, unit: Unit) -> OwnerMatch:
-        return OwnerMatch(
-            owner_id=owner.id,
-            owner_name=owner.name,
-            unit_id=unit.id,
-            building=unit.building,
-            unit=unit.unit,
-            fee_balance_cents=unit.fee_balance_cents,
-            fee_due_date=unit.fee_due_date,
-            vip=owner.vip,
-            language=owner.language,
-            has_pin=owner.pin_hash is not None,
-        )
 
     async def find_by_phone(self, normalised: str) -> list[OwnerMatch]:
         """Every (owner, unit) this number belongs to; a phone tied to one unit matches only that
         unit, a phone without a unit matches all the owner's units."""
         if not normalised:
             return []
-        q = (
-            self._match_query()
-            .join(Phone, Phone.owner_id == Owner.id)
-            .where(Phone.number == normalised)
-            .where(or_(Phone.unit_id.is_(None), Phone.unit_id == Unit.id))
-            .order_by(Owner.id, Unit.building, Unit.unit)
-        )
-        async with storage_errors("look up a phone number"), self._sessions() as s:
-            rows = (await s.execute(q)).all()
-        seen: set[tuple[int, int]] = set()
-        out: list[OwnerMatch] = []
-        for owner, unit, _role in rows:
-            if (owner.id, unit.id) not in seen:
-                seen.add((owner.id, unit.id))
-                out.append(self._to_match(owner, unit))
-        return out
+
+        def read(conn: Connection) -> list[OwnerMatch]:
+            seen: set[tuple[int, int]] = set()
+            out: list[OwnerMatch] = []
+            for row in conn.execute(_BY_PHONE, {"number": normalised}):
+                if (row.owner_id, row.unit_id) not in seen:
+                    seen.add((row.owner_id, row.unit_id))
+                    out.append(_to_match(row))
+            return out
+
+        return await self._reads.run(read, "look up a phone number")
 
     async def find_unit(self, building: str, unit: str) -> list[OwnerMatch]:
         """The people of one unit, owners before tenants."""
-        q = (
-            self._match_query()
-            .where(Unit.building == canonical_label(building), Unit.unit == canonical_label(unit))
-            .order_by(case((OwnerUnit.role == Role.OWNER.value, 0), else_=1), Owner.id)
-        )
-        async with storage_errors("look up a unit"), self._sessions() as s:
-            rows = (await s.execute(q)).all()
-        return [self._to_match(owner, u) for owner, u, _role in rows]
+        params = {"building": canonical_label(building), "unit": canonical_label(unit)}
+
+        def read(conn: Connection) -> list[OwnerMatch]:
+            return [_to_match(row) for row in conn.execute(_BY_UNIT, params)]
+
+        return await self._reads.run(read, "look up a unit")
 
     async def check_pin(self, owner_id: int, pin: str) -> bool:
-        async with storage_errors("check a PIN"), self._sessions() as s:
-            pin_hash = (await s.execute(select(Owner.pin_hash).where(Owner.id == owner_id))).scalar_one_or_none()
+        def read(conn: Connection) -> str | None:
+            return conn.execute(_PIN_HASH, {"owner_id": owner_id}).scalar_one_or_none()
+
+        pin_hash = await self._reads.run(read, "check a PIN")
         if not pin_hash or not pin:
             return False
 
@@ -196,6 +220,24 @@ def _ticket_insert(dialect: str, idempotent: bool) -> Any:
     if idempotent:
         stmt = stmt.on_conflict_do_nothing(index_elements=["call_uniqueid", "kind"])
     return stmt.returning(_TICKETS.c.id)
+
+
+@functools.lru_cache(maxsize=64)
+def _call_upsert(dialect: str, set_keys: tuple[str, ...], append_step: bool) -> Any:
+    """The calls row's ``INSERT … ON CONFLICT (uniqueid) DO UPDATE``, built once per shape: the new values
+    come as parameters, an existing row takes them from ``excluded`` (and ``append_step``: the IVR
+    step, passed as the inserted ``ivr_path``, is appended to its path)."""
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CallRow)
+    set_: dict[str, Any] = {k: stmt.excluded[k] for k in set_keys}
+    if append_step:
+        step = stmt.excluded.ivr_path
+        appended = case((CallRow.ivr_path == "", step), else_=CallRow.ivr_path + ">" + step)
+        set_["ivr_path"] = func.substr(appended, 1, _IVR_PATH_MAX)
+    return stmt.on_conflict_do_update(index_elements=["uniqueid"], set_=set_)
+
+
+_MARK_ACKNOWLEDGED = (update(TicketRow).where(TicketRow.id == bindparam("ticket_id"))
+                      .values(acknowledged_to_caller=True, updated_at=bindparam("now")))
 
 
 class SqlTicketStore:
@@ -298,8 +340,8 @@ class SqlTicketStore:
 
     async def mark_acknowledged(self, ticket_id: int) -> None:
         """The caller has heard the ticket number and the promised time."""
-        stmt = update(TicketRow).where(TicketRow.id == ticket_id).values(acknowledged_to_caller=True, updated_at=self._clock.now())
-        await self._writes.run(run_statement(stmt), "update the ticket")
+        await self._writes.run(run_statement(_MARK_ACKNOWLEDGED, {"ticket_id": ticket_id, "now": self._clock.now()}),
+                               "update the ticket")
 
     @staticmethod
     def _who(owner_id: int | None, caller_id: str | None) -> Any:
@@ -381,21 +423,20 @@ class SqlTicketStore:
             if key in values:
                 values[key] = str(values[key])[: 32 if key in ("outcome", "hotline") else 128]
         step = data.get("ivr_step")
-        set_: dict[str, Any] = dict(values)
+        # An existing row gets the event's own fields (and the IVR step appended to its path).
+        set_keys = tuple(sorted(values))
         insert_values: dict[str, Any] = {"uniqueid": uniqueid, "ivr_path": "", **values}
-        if step is not None and "ivr_path" not in values:
-            step_s = str(step)[:32]
-            insert_values["ivr_path"] = step_s
-            appended = case((CallRow.ivr_path == "", step_s), else_=CallRow.ivr_path + ">" + step_s)
-            set_["ivr_path"] = func.substr(appended, 1, _IVR_PATH_MAX)
+        append_step = step is not None and "ivr_path" not in values
+        if append_step:
+            insert_values["ivr_path"] = str(step)[:32]
         if "started_at" not in insert_values:
             insert_values["started_at"] = self._clock.now()
         insert_values.setdefault("hotline", self._default_hotline)  # a later "started" event sets the real one
-        if not set_:
+        if not set_keys and not append_step:
             return
 
         def write(tx: WriteTx) -> None:
-            tx.conn.execute(upsert(tx.conn, CallRow, insert_values, ["uniqueid"], set_))
+            tx.conn.execute(_call_upsert(tx.conn.dialect.name, set_keys, append_step), insert_values)
 
         try:
             await self._writes.run(write, "record a call event")

@@ -59,27 +59,21 @@ default: durable at COMMIT).
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import threading
-import weakref
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import date
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import bindparam, event, select, update
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
-from callcentre.domain.ports import StorageUnavailable
-from callcentre.storage.errors import is_storage_failure, reason
+from callcentre.storage.batching import Batcher, PerEngine, Outcome, PooledBatcher, Queued, ThreadedBatcher
+from callcentre.storage.errors import is_storage_failure
 from callcentre.storage.models import TicketCounter
 
 log = structlog.get_logger(__name__)
@@ -190,75 +184,26 @@ class _GroupCounter:
                 self.conn.execute(_COUNTER_WRITE, {"day": day, "last": last})
 
 
-@dataclass(slots=True)
-class _Queued(Generic[T]):
-    job: Callable[[WriteTx], T]
-    what: str
-    future: asyncio.Future[T]
-
-
 class _Counter(WriteTx, Protocol):
     def write_back(self) -> None: ...
 
 
-class GroupWriter:
+class GroupWriter(Batcher):
     """One writer per engine: callers queue jobs; one drain task at a time runs everything queued as
-    one transaction (:meth:`_run_group`) and answers each caller after the COMMIT."""
+    one transaction (:meth:`_run_batch`) and answers each caller after the COMMIT."""
 
     name = "db-writer"
+    max_batch = MAX_GROUP
+    unit = "writes"
 
-    def __init__(self) -> None:
-        self._queue: deque[_Queued[Any]] = deque()
-        self._drainer: asyncio.Task[None] | None = None
-        self.groups = 0  # transactions committed or tried (for tests and benchmarks: writes per group)
-
-    async def run(self, job: Callable[[WriteTx], T], what: str) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.append(_Queued(job, what, future))
-        drainer = self._drainer
-        if drainer is None or drainer.done() or drainer.get_loop() is not loop:
-            self._drainer = loop.create_task(self._drain(), name=self.name)
-        # A caller cancelled here (a hang-up) does not take its write back: it runs with its group.
-        return await future
-
-    async def _drain(self) -> None:
-        while self._queue:
-            group = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_GROUP))]
-            self.groups += 1
-            try:
-                outcomes = await self._run_group(group)
-            except BaseException as exc:  # cancelled with the loop, or the group could not be started
-                for q in group:
-                    if not q.future.done():
-                        q.future.set_exception(StorageUnavailable(f"cannot {q.what}: the writer stopped ({exc!r})"))
-                raise
-            for q, (ok, value) in zip(group, outcomes, strict=True):
-                if q.future.done():  # its caller was cancelled: the write happened (or failed) all the same
-                    continue
-                if ok:
-                    q.future.set_result(value)
-                else:
-                    q.future.set_exception(value)
-
-    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
-        raise NotImplementedError
+    @property
+    def groups(self) -> int:
+        """Transactions committed or tried (for tests and benchmarks: writes per group)."""
+        return self.batches
 
     @staticmethod
-    def _failed(group: list[_Queued[Any]], failure: BaseException) -> list[tuple[bool, Any]]:
-        """The database failed: every write of the group gets StorageUnavailable."""
-        why = reason(failure)
-        log.error("storage unavailable", actions=sorted({q.what for q in group}), writes=len(group), reason=why)
-        outcomes: list[tuple[bool, Any]] = []
-        for q in group:
-            err = StorageUnavailable(f"cannot {q.what}: {why}")
-            err.__cause__ = failure
-            outcomes.append((False, err))
-        return outcomes
-
-    @staticmethod
-    def _transaction(conn: Connection, group: list[_Queued[Any]],
-                     counter_for: Callable[[Connection], _Counter]) -> list[tuple[bool, Any]]:
+    def _transaction(conn: Connection, group: list[Queued[Any]],
+                     counter_for: Callable[[Connection], _Counter]) -> list[Outcome]:
         """Run the group's jobs in one transaction and commit. A job that fails on its own (a
         constraint, a ticket that does not exist) is taken out and the others are run again from the
         start in a new transaction, so nothing it did stays; a database failure raises."""
@@ -284,55 +229,16 @@ class GroupWriter:
                 counter.write_back()
             return [(True, results[i]) if i in results else (False, failed[i]) for i in range(len(group))]
 
-    def close(self, *_: Any) -> None:
-        """Release what the writer holds (the engine's ``engine_disposed`` event)."""
 
-
-class PooledWriter(GroupWriter):
+class PooledWriter(GroupWriter, PooledBatcher):
     """PostgreSQL (and in-memory SQLite): each group on a connection from the engine's pool, the
     counter in the database."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__()
-        self._engine = weakref.ref(engine)  # the engine owns its writer, not the other way round
-
-    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
-        engine = self._engine()
-        if engine is None:
-            return self._failed(group, RuntimeError("the database engine is gone"))
-        try:
-            async with engine.connect() as conn:
-                return await conn.run_sync(self._transaction, group, _DatabaseCounter)
-        except Exception as exc:
-            if not is_storage_failure(exc):
-                raise
-            return self._failed(group, exc)
+    def _run_in(self, conn: Connection, group: list[Queued[Any]]) -> list[Outcome]:
+        return self._transaction(conn, group, _DatabaseCounter)
 
 
-class _Thread:
-    """The writer's thread and its connection (opened in that thread on first use)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._engine = engine
-        self._conn: Connection | None = None
-
-    def connection(self) -> Connection:
-        if self._conn is None:
-            self._conn = self._engine.connect()
-        return self._conn
-
-    def discard(self) -> None:
-        """Close the connection (SQLite rolls back whatever it still had open); the next group opens a new one."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception as exc:  # a broken connection: it is gone either way
-                log.warning("sqlite writer connection not closed cleanly", error=str(exc))
-
-
-class SqliteWriter(GroupWriter):
+class SqliteWriter(GroupWriter, ThreadedBatcher):
     """The one writer of a SQLite file: each group in a thread of its own, on its own connection, the
     day's counter in memory (see the module docstring)."""
 
@@ -360,58 +266,25 @@ class SqliteWriter(GroupWriter):
             # the values it writes over, whatever other processes do.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        self._thread: _Thread | None = None
-        self._lock = threading.Lock()  # the thread state is replaced by close() and used by _run_group
-
-    async def _run_group(self, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
-        with self._lock:
-            if self._thread is None:
-                self._thread = _Thread(self.engine)
-            thread = self._thread
-        return await asyncio.get_running_loop().run_in_executor(thread.executor, self._commit_group, thread, group)
-
-    def _commit_group(self, thread: _Thread, group: list[_Queued[Any]]) -> list[tuple[bool, Any]]:
-        """In the writer thread: one transaction for the whole group. Never raises."""
-        try:
-            return self._transaction(thread.connection(), group, _GroupCounter)
-        except Exception as exc:
-            thread.discard()
-            return self._failed(group, exc)
-
-    def close(self, *_: Any) -> None:
-        """Close the connection and let the thread end (the engine's ``engine_disposed`` event).
-
-        A group in flight finishes first; a write queued later opens a new thread and connection (the
-        engine stays usable after dispose, as SQLAlchemy's own pool does)."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.executor.submit(thread.discard)
-            thread.executor.shutdown(wait=False)
+    def _run_in(self, conn: Connection, group: list[Queued[Any]]) -> list[Outcome]:
+        """In the writer thread: one transaction for the whole group."""
+        return self._transaction(conn, group, _GroupCounter)
 
 
 # ---------------------------------------------------------------------------------------- look-up
 
-_WRITERS: weakref.WeakKeyDictionary[Engine, GroupWriter] = weakref.WeakKeyDictionary()
+_WRITERS: PerEngine[GroupWriter] = PerEngine(PooledWriter)
 
 
 def register_writer(engine: AsyncEngine, writer: GroupWriter) -> None:
-    _WRITERS[engine.sync_engine] = writer
-    event.listen(engine.sync_engine, "engine_disposed", writer.close)
+    _WRITERS.register(engine, writer)
 
 
 def writer_of(engine: AsyncEngine) -> GroupWriter:
     """The engine's one writer (made on first use for an engine built elsewhere than storage.db)."""
-    writer = _WRITERS.get(engine.sync_engine)
-    if writer is None:
-        writer = PooledWriter(engine)
-        register_writer(engine, writer)
-    return writer
+    return _WRITERS.of(engine)
 
 
 def writes_for(sessions: async_sessionmaker[AsyncSession] | AsyncEngine) -> Writes:
     """The writer of the engine behind ``sessions``."""
-    engine = sessions if isinstance(sessions, AsyncEngine) else sessions.kw.get("bind")
-    if not isinstance(engine, AsyncEngine):
-        raise TypeError("the session factory must be bound to an AsyncEngine (callcentre.storage.db.session_factory)")
-    return writer_of(engine)
+    return _WRITERS.of_sessions(sessions)
