@@ -122,7 +122,9 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     "load client's lag max",
                     f"{ours['p50_ms']} / {ours['p99_ms']}; +{added}; lag {lag['lag_p99_ms']}/{lag['lag_max_ms']}; "
                     f"client {client.get('lag_max_ms', '-')}",
-                    f"echo {floor['p50_ms']} / {floor['p99_ms']}",
+                    f"echo {floor['p50_ms']} / {floor['p99_ms']}"
+                    + (f"; our slowest step {level[side]['slowest_steps'][0]['step']}: p99 "
+                       f"{level[side]['slowest_steps'][0]['p99_ms']}" if level[side].get("slowest_steps") else ""),
                     f"added p99 < {agi['target_added_p99_ms']:g} ms" if at_target else "-",
                     _ok(added, agi["target_added_p99_ms"], False) if at_target else "-"))
     top = agi.get("top_level")

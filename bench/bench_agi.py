@@ -243,21 +243,30 @@ PROTOCOL = Workload(PROTOCOL_SCRIPT, ("13800138000",), ("2", "2"))
 
 
 async def _session(n: int, port: int, work: Workload, think: tuple[float, float], rng: random.Random,
-                   rtts: list[float], firsts: list[float], record: list[str] | None) -> bool:
+                   rtts: list[float], firsts: list[float], record: list[str] | None,
+                   steps: dict[str, list[float]] | None = None) -> bool:
+    """One session; ``steps`` (if given) gets each time under the step it followed: "07 after STREAM
+    FILE" is the time from the reply to the session's 7th command to the next command."""
     caller = _Caller(n, list(work.digits))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(_header(n, port, work.script, work.callers[n % len(work.callers)]))
         sent = time.perf_counter()
         first = True
+        step = "00 after the agi_* header"
+        index = 0
         while True:
             raw = await reader.readline()
             got = time.perf_counter()
             if not raw:
                 return not first
             (firsts if first else rtts).append(got - sent)
+            if steps is not None:
+                steps.setdefault(step, []).append(got - sent)
             first = False
             line = raw.decode().rstrip("\n")
+            index += 1
+            step = f"{index:02d} after {' '.join(line.split()[:2])}"
             if record is not None:
                 record.append(line)
             text, thinking = caller.reply(line)
@@ -280,10 +289,11 @@ async def load(port: int, work: Workload, sessions: int, think: tuple[float, flo
     rng = random.Random(sessions + first_id)
     rtts: list[float] = []
     firsts: list[float] = []
+    steps: dict[str, list[float]] = {}
 
     async def one(n: int) -> bool:
         await asyncio.sleep(ramp * n / max(1, sessions))
-        return await _session(first_id + n, port, work, think, rng, rtts, firsts, None)
+        return await _session(first_id + n, port, work, think, rng, rtts, firsts, None, steps)
 
     t0 = time.perf_counter()
     results = await asyncio.gather(*(one(n) for n in range(sessions)), return_exceptions=True)
@@ -297,6 +307,9 @@ async def load(port: int, work: Workload, sessions: int, think: tuple[float, flo
         "commands_per_s": round((len(rtts) + len(firsts)) / elapsed),
         "per_command_rtt": latency_ms(rtts),
         "connect_to_first_command": latency_ms(firsts),
+        # Where a tail comes from: the three steps of a session with the highest p99 (see _session).
+        "slowest_steps": sorted(({"step": k, **latency_ms(v)} for k, v in steps.items()),
+                                key=lambda x: -x["p99_ms"])[:3],
         "seconds": round(elapsed, 2),
     }
 
@@ -460,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{side}: added p99 at {top} sessions per pass: {result[key]} ms "
                   f"(target < {TARGET_ADDED_P99_MS} ms in every pass: {'met' if result[f'{side}_met'] else 'MISSED'})")
             for ps in result["passes"]:
+                slow = ps["levels"][top][side]["slowest_steps"][0]
+                print(f"  pass {ps['pass']}: the slowest step, {slow['step']}: p50 {slow['p50_ms']} ms, "
+                      f"p99 {slow['p99_ms']} ms")
                 stall = ps["levels"][top][side]["server"].get("longest_stall")
                 if stall:
                     print(f"  pass {ps['pass']}: the server's longest loop stall {stall['lag_ms']} ms = "
