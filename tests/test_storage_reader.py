@@ -19,9 +19,7 @@ from callcentre.storage.models import Owner, Phone
 from callcentre.storage.reader import PooledReader, SqliteReader, reader_of, reads_for
 from callcentre.storage.repo import SqlDirectory
 from tests.conftest import on_postgres, test_database_url
-from tests.test_storage import T0, seed
-
-sqlite_only = pytest.mark.skipif(on_postgres(), reason="SQLite-specific (the reader's own connection); covered by the SQLite run")
+from tests.test_storage import T0, seed, sqlite_only
 
 
 @pytest.fixture

@@ -11,11 +11,13 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Coroutine, TypeVar
 
 from callcentre.domain.hotlines import SHARED_PROMPTS, Hotline
 from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind
 from callcentre.domain.ports import StorageUnavailable, TicketStore
+
+T = TypeVar("T")
 
 CALLBACK_CATEGORY = "callback_request"
 """A voice message left for a call-back, and a call-back booked from the queue, are tickets of this category."""
@@ -98,10 +100,15 @@ async def commit_shielded(tickets: TicketStore, draft: TicketDraft, deadline: da
     """Create the ticket in a task of its own, shielded: a hang-up or a shutdown that cancels the
     caller's session cannot cut the commit in half. ``held`` keeps the task until it is done (so a
     drain can wait for it). Raises StorageUnavailable. The task starts before this first awaits."""
-    task = asyncio.ensure_future(tickets.create_ticket(draft, deadline))
+    return await asyncio.shield(hold(tickets.create_ticket(draft, deadline), held))
+
+
+def hold(work: Coroutine[Any, Any, T], held: set[asyncio.Task]) -> asyncio.Task[T]:
+    """Start ``work`` in a task of its own, kept in ``held`` until it is done (so a drain can wait for it)."""
+    task = asyncio.ensure_future(work)
     held.add(task)
     task.add_done_callback(held.discard)
-    return await asyncio.shield(task)
+    return task
 
 
 async def acknowledged(tickets: TicketStore, ticket: Ticket, clog: Any) -> None:
@@ -112,4 +119,4 @@ async def acknowledged(tickets: TicketStore, ticket: Ticket, clog: Any) -> None:
         clog.warning("ticket not marked as told to the caller", ticket=ticket.number, error=str(exc))
 
 
-__all__ = ["CALLBACK_CATEGORY", "CallInfo", "Outcome", "acknowledged", "commit_shielded"]
+__all__ = ["CALLBACK_CATEGORY", "CallInfo", "Outcome", "acknowledged", "commit_shielded", "hold"]

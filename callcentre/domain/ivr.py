@@ -29,7 +29,7 @@ import structlog
 
 from callcentre.config.schema import Category, Config
 from callcentre.domain import callerid, speech
-from callcentre.domain.calls import CALLBACK_CATEGORY, CallInfo, Outcome, acknowledged, commit_shielded
+from callcentre.domain.calls import CALLBACK_CATEGORY, CallInfo, Outcome, acknowledged, commit_shielded, hold
 from callcentre.domain.hotlines import Hotline, Hotlines
 from callcentre.domain.menu import MenuAction, menu_action
 from callcentre.domain.model import OwnerMatch, Priority, Ticket, TicketDraft, TicketKind, TicketStatus
@@ -581,15 +581,12 @@ class HotlineIVR:
 
     def _background(self, write: Coroutine[Any, Any, None], log: Any) -> None:
         """Run a best-effort record in a task of its own, held until done (so a drain waits for it)."""
-        task = asyncio.ensure_future(write)
-        self._pending.add(task)
 
-        def done(t: asyncio.Task) -> None:
-            self._pending.discard(t)
+        def failed(t: asyncio.Task) -> None:
             if not t.cancelled() and t.exception() is not None:
                 log.error("call record failed", error=repr(t.exception()))
 
-        task.add_done_callback(done)
+        hold(write, self._pending).add_done_callback(failed)
 
     async def drain(self) -> None:
         """Wait for ticket and call-record writes still in flight (called at shutdown)."""

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import structlog
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import NullPool
 
 from callcentre.domain.ports import StorageUnavailable
 from callcentre.storage.errors import is_storage_failure, reason
@@ -153,13 +155,17 @@ class PooledBatcher(Batcher):
 
 
 class ThreadedBatcher(Batcher):
-    """Each batch in a thread of its own, on that thread's own connection to a SQLite file
-    (``self.engine``, set by the subclass)."""
+    """Each batch in a thread of its own, on that thread's own connection to a SQLite file (``url``;
+    ``on_connect``: the settings every connection of the file gets, storage.db's PRAGMAs)."""
 
-    engine: Engine
-
-    def __init__(self) -> None:
+    def __init__(self, url: URL, *, busy_timeout_seconds: float, on_connect: Callable[[Any, Any], None]) -> None:
         super().__init__()
+        self.engine = create_sync_engine(
+            url.set(drivername="sqlite+pysqlite"),
+            poolclass=NullPool,
+            connect_args={"timeout": busy_timeout_seconds, "check_same_thread": False},
+        )
+        event.listen(self.engine, "connect", on_connect)
         self._thread: WorkerThread | None = None
         self._lock = threading.Lock()  # the thread is replaced by close() and used by _run_batch
 

@@ -29,17 +29,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-import structlog
-from sqlalchemy import event
-from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import NullPool
 
 from callcentre.storage.batching import Batcher, PerEngine, Outcome, PooledBatcher, Queued, ThreadedBatcher
 from callcentre.storage.errors import is_storage_failure
-
-log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -61,8 +55,7 @@ class GroupReader(Batcher):
     max_batch = MAX_READS
     unit = "reads"
 
-    @staticmethod
-    def _read_all(conn: Connection, batch: list[Queued[Any]]) -> list[Outcome]:
+    def _run_in(self, conn: Connection, batch: list[Queued[Any]]) -> list[Outcome]:
         """Run every job; a database failure raises (the whole batch fails), anything else is that job's own."""
         outcomes: list[Outcome] = []
         try:
@@ -77,9 +70,6 @@ class GroupReader(Batcher):
             conn.rollback()  # end the read transaction: the next batch sees the newest commits
         return outcomes
 
-    def _run_in(self, conn: Connection, batch: list[Queued[Any]]) -> list[Outcome]:
-        return self._read_all(conn, batch)
-
 
 class PooledReader(GroupReader, PooledBatcher):
     """PostgreSQL (and in-memory SQLite): each batch on one connection from the engine's pool."""
@@ -89,15 +79,6 @@ class SqliteReader(GroupReader, ThreadedBatcher):
     """The hot reads of a SQLite file: each batch in a thread of its own, on its own connection."""
 
     name = "sqlite-reader"
-
-    def __init__(self, url: URL, *, busy_timeout_seconds: float, on_connect: Callable[[Any, Any], None]) -> None:
-        super().__init__()
-        self.engine = create_sync_engine(
-            url.set(drivername="sqlite+pysqlite"),
-            poolclass=NullPool,
-            connect_args={"timeout": busy_timeout_seconds, "check_same_thread": False},
-        )
-        event.listen(self.engine, "connect", on_connect)
 
 
 # ---------------------------------------------------------------------------------------- look-up

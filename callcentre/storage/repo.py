@@ -22,7 +22,6 @@ import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Select, and_, bindparam, case, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,7 +33,7 @@ from callcentre.domain.ports import Clock, StorageUnavailable, SystemClock, toda
 from callcentre.storage.errors import reason, storage_errors
 from callcentre.storage.models import CallRow, Owner, OwnerUnit, Phone, Role, TicketRow, Unit
 from callcentre.storage.reader import reads_for
-from callcentre.storage.writer import WriteTx, run_statement, writes_for
+from callcentre.storage.writer import WriteTx, insert_for, run_statement, writes_for
 
 log = structlog.get_logger(__name__)
 
@@ -61,20 +60,6 @@ def pin_hasher() -> PasswordHasher:
 async def _in_thread(func: Any, *args: Any) -> Any:
     # argon2 is deliberately slow (tens of ms): keep it off the event loop.
     return await asyncio.to_thread(func, *args)
-
-
-def dialect_insert(conn: Connection, table: Any) -> Any:
-    """INSERT with ON CONFLICT for the connection's dialect (SQLite or PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table)
-    raise StorageUnavailable(f"database dialect {conn.dialect.name!r} is not supported (use SQLite or PostgreSQL)")
-
-
-def upsert(conn: Connection, table: Any, values: Mapping[str, Any], keys: list[str], set_: Mapping[str, Any]) -> Any:
-    """INSERT … ON CONFLICT (keys) DO UPDATE SET … for SQLite and PostgreSQL."""
-    return dialect_insert(conn, table).values(**values).on_conflict_do_update(index_elements=keys, set_=dict(set_))
 
 
 # One (owner, unit) match: plain columns, no ORM entities (the look-up runs once per call, at its start).
@@ -216,7 +201,7 @@ _TICKET_OF_CALL = select(_TICKETS).where(_TICKETS.c.call_uniqueid == bindparam("
 @functools.cache
 def _ticket_insert(dialect: str, idempotent: bool) -> Any:
     """INSERT … RETURNING id, with ``ON CONFLICT (call_uniqueid, kind) DO NOTHING`` for a call's ticket."""
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_TICKETS)
+    stmt = insert_for(dialect)(_TICKETS)
     if idempotent:
         stmt = stmt.on_conflict_do_nothing(index_elements=["call_uniqueid", "kind"])
     return stmt.returning(_TICKETS.c.id)
@@ -227,7 +212,7 @@ def _call_upsert(dialect: str, set_keys: tuple[str, ...], append_step: bool) -> 
     """The calls row's ``INSERT … ON CONFLICT (uniqueid) DO UPDATE``, built once per shape: the new values
     come as parameters, an existing row takes them from ``excluded`` (and ``append_step``: the IVR
     step, passed as the inserted ``ivr_path``, is appended to its path)."""
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CallRow)
+    stmt = insert_for(dialect)(CallRow)
     set_: dict[str, Any] = {k: stmt.excluded[k] for k in set_keys}
     if append_step:
         step = stmt.excluded.ivr_path
@@ -397,11 +382,11 @@ class SqlTicketStore:
             "owner_id": owner_id,
             "started_at": started_at or self._clock.now(),
         }
-        set_ = {k: v for k, v in values.items() if v is not None}  # never empty: started_at is set
+        set_keys = tuple(sorted(k for k, v in values.items() if v is not None))  # never empty: started_at is set
         row = {"uniqueid": uniqueid, "ivr_path": "", "hotline": self._default_hotline, **values}
 
         def write(tx: WriteTx) -> None:
-            tx.conn.execute(upsert(tx.conn, CallRow, row, ["uniqueid"], set_))
+            tx.conn.execute(_call_upsert(tx.conn.dialect.name, set_keys, False), row)
 
         await self._writes.run(write, "record the call")
 

@@ -66,12 +66,11 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import bindparam, event, select, update
-from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import NullPool
 
+from callcentre.domain.ports import StorageUnavailable
 from callcentre.storage.batching import Batcher, PerEngine, Outcome, PooledBatcher, Queued, ThreadedBatcher
 from callcentre.storage.errors import is_storage_failure
 from callcentre.storage.models import TicketCounter
@@ -117,12 +116,20 @@ def run_statement(stmt: Any, params: dict[str, Any] | None = None) -> Callable[[
     return job
 
 
+def insert_for(dialect: str) -> Callable[[Any], Any]:
+    """The ``insert`` with ON CONFLICT of a dialect (SQLite or PostgreSQL)."""
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    raise StorageUnavailable(f"database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+
+
 @functools.cache
 def _counter_increment(dialect: str) -> Any:
     """``INSERT (day, 1) ON CONFLICT (day) DO UPDATE SET last = last + 1 RETURNING last``."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        insert(TicketCounter)
+        insert_for(dialect)(TicketCounter)
         .values(day=bindparam("day"), last=1)
         .on_conflict_do_update(index_elements=["day"], set_={"last": TicketCounter.last + 1})
         .returning(TicketCounter.last)
@@ -246,16 +253,10 @@ class SqliteWriter(GroupWriter, ThreadedBatcher):
 
     def __init__(self, url: URL, *, busy_timeout_seconds: float, synchronous: str,
                  on_connect: Callable[[Any, Any], None]) -> None:
-        super().__init__()
-        self.engine = create_sync_engine(
-            url.set(drivername="sqlite+pysqlite"),
-            poolclass=NullPool,
-            connect_args={"timeout": busy_timeout_seconds, "check_same_thread": False},
-        )
+        super().__init__(url, busy_timeout_seconds=busy_timeout_seconds, on_connect=on_connect)
 
         @event.listens_for(self.engine, "connect")
-        def _connect(dbapi_connection: Any, record: Any) -> None:
-            on_connect(dbapi_connection, record)
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
             # BEGIN is ours (below), not the driver's: the driver would start the transaction only at
             # the first INSERT, after the group's reads, and never as IMMEDIATE.
             dbapi_connection.isolation_level = None
