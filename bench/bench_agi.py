@@ -30,7 +30,6 @@ event-loop lag (p99, max) and GC pauses are reported for the same time window as
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import random
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import REPO, latency_ms, quiet_logs, raise_fd_limit
+from bench import REPO, latency_ms, no_collection, quiet_logs, raise_fd_limit
 
 PROTOCOL_SCRIPT = "bench-protocol"
 IVR_SCRIPT = "hotline"
@@ -378,16 +377,10 @@ async def _run(levels: tuple[int, ...], think: tuple[float, float], ramp: float,
                                 srv.proc.send_signal(signal.SIGCONT if name == _server_of(side) else signal.SIGSTOP)
                             await asyncio.sleep(0.3)
                         cpu_before = {name: srv.cpu_seconds() for name, srv in servers.items()}
-                        # The load client stands in for Asterisk, which has no collector: its own full
-                        # collections (100-110 ms with a thousand sessions' objects) would delay whichever
-                        # side's replies they land in. So it collects between runs, never during one.
-                        gc.collect()
-                        gc.disable()
-                        start = time.monotonic()
-                        try:
+                        # The load client collects between runs, never during one (bench.no_collection).
+                        with no_collection():
+                            start = time.monotonic()
                             res = await load(port, work, n, think, ramp, next_id)
-                        finally:
-                            gc.enable()
                         windows.append((p, n, side, start, time.monotonic()))
                         # What every server process used meanwhile: the one measured, and any other
                         # (background work of an idle server competes for the machine's two cores).

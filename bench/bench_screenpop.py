@@ -27,7 +27,6 @@ memory of server and simulator with tracemalloc in one process.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import signal
@@ -42,7 +41,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from bench import REPO, latency_ms, quiet_logs, raise_fd_limit
+from bench import REPO, latency_ms, no_collection, quiet_logs, raise_fd_limit
 
 log = structlog.get_logger(__name__)
 
@@ -465,10 +464,10 @@ async def _run(waiting: int, agents: int, background_rate: float, background_con
     from bench.server import LoopMonitor, window_stats
 
     with tempfile.TemporaryDirectory(prefix="cc-bench-pop-") as d:
-        client = LoopMonitor()  # this process's own loop: its stalls delay the frames it times
-        client.start()
         t = time.monotonic()
         remote = await _start_remote(Path(d), agents + 1, speed, log_level)
+        client = LoopMonitor()  # this process's own loop: its stalls delay the frames it times
+        client.start()
         progress(f"  server (pid {remote.server.proc.pid}) up with {agents} + 1 agents in {time.monotonic() - t:.1f}s")
         pages: list[_PageClient] = []
         staff: _PageClient | None = None
@@ -511,18 +510,13 @@ async def _run(waiting: int, agents: int, background_rate: float, background_con
                 background = asyncio.create_task(_background(remote, background_rate, background_concurrency, counts),
                                                  name="bench-background-callers")
                 await asyncio.sleep(2.0)  # traffic under way before the first measurement
-            # This process stands in for the PBX, the callers and the agents' browsers, none of which
-            # share a collector: its own collections must not land inside the times it takes
-            # (measured: full collections of 100 ms in the FastAGI client). Collect now, none meanwhile.
-            gc.collect()
-            gc.disable()
-            start = time.monotonic()
-            try:
+            # This process stands in for the PBX, the callers and the agents' browsers: no collection
+            # of its own while it times (bench.no_collection).
+            with no_collection():
+                start = time.monotonic()
                 _profile_signal(remote, signal.SIGUSR1)
                 result = await measure_ready(remote, pages, progress)
                 _profile_signal(remote, signal.SIGUSR2)
-            finally:
-                gc.enable()
             window = (start, time.monotonic())
             result.update({"waiting": waiting, "agents": agents, "websocket_clients": len(pages),
                            "background_rate_per_s": background_rate, "background_calls_placed": dict(counts),
