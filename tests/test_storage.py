@@ -307,6 +307,38 @@ async def test_second_insert_for_the_same_call_returns_the_first_and_gives_the_n
         assert (await s.execute(select(TicketCounter.last))).scalar_one() == 1  # rolled back
 
 
+async def test_a_day_counted_elsewhere_is_counted_on(db_url: str, clock: FakeClock) -> None:
+    """The day's counter row as SQLAlchemy writes it (an older server, the other kind of writer) is the
+    row the writer counts on: the next ticket, alone or in a group, follows it, and the day keeps one row."""
+    eng = db.create_engine(DatabaseConfig(url=db_url))
+    try:
+        sessions = db.session_factory(eng)
+        async with sessions() as s, s.begin():
+            s.add(TicketCounter(day=date(2026, 11, 24), last=41))
+        store = store_for(sessions, clock)
+        assert (await store.create_ticket(draft("e.1"), None)).number == "R20261124-0042"
+        made = await asyncio.gather(*(store.create_ticket(draft(f"e.{i}"), None) for i in range(2, 5)))
+        assert [t.number for t in made] == ["R20261124-0043", "R20261124-0044", "R20261124-0045"]
+        async with sessions() as s:
+            assert (await s.execute(select(TicketCounter.day, TicketCounter.last))).all() == [(date(2026, 11, 24), 45)]
+    finally:
+        await eng.dispose()
+
+
+async def test_a_group_whose_first_number_is_given_back_numbers_the_rest_from_it(
+    sessions: async_sessionmaker[AsyncSession], clock: FakeClock
+) -> None:
+    """The group's first ticket is a duplicate (its number is given back); the group's new tickets take
+    the numbers from there, and the counter ends at the last one handed out."""
+    store = store_for(sessions, clock)
+    first = await store.create_ticket(draft("b.0"), None)
+    made = await asyncio.gather(*(store.create_ticket(draft(f"b.{i}"), None) for i in range(3)))
+    assert made[0].id == first.id
+    assert [t.number for t in made[1:]] == ["R20261124-0002", "R20261124-0003"]
+    async with sessions() as s:
+        assert (await s.execute(select(TicketCounter.last))).scalar_one() == 3
+
+
 async def test_concurrent_calls_get_distinct_numbers(sessions: async_sessionmaker[AsyncSession], clock: FakeClock) -> None:
     store = store_for(sessions, clock)
     results = await asyncio.gather(*(store.create_ticket(draft(f"5.{i}"), None) for i in range(8)))

@@ -1,21 +1,23 @@
-"""What the engine's writer and reader share: a queue of jobs that one drain task at a time runs in
-batches, and the thread (with its own connection) a SQLite file's batches run in.
+"""What the engine's writer and reader share: a queue of jobs run in batches, one batch at a time,
+either by a drain task on the event loop (a pooled connection) or by a thread of its own with its own
+connection (a SQLite file).
 
-Callers queue a job with :meth:`Batcher.run` and await its result. One drain task takes everything
-queued (up to ``max_batch``), hands it to :meth:`Batcher._run_batch` (the writer: one transaction;
-the reader: one hop) and answers each caller with its own outcome. A caller that is cancelled while
-its job is queued (a hang-up) does not take the job back: it runs with its batch, and its answer is
-dropped.
+Callers queue a job with :meth:`Batcher.run` and await its result. Everything queued while a batch
+runs (up to ``max_batch``) becomes the next batch, which :meth:`Batcher._run_in` runs (the writer:
+one transaction; the reader: one hop), and each caller gets its own outcome. A caller that is
+cancelled while its job is queued (a hang-up) does not take the job back: it runs with its batch,
+and its answer is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import queue
 import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -42,17 +44,60 @@ class Queued(Generic[T]):
     future: asyncio.Future[T]
 
 
+def _answer(batch: list[Queued[Any]], outcomes: list[Outcome]) -> None:
+    """On the callers' loop: each caller its own outcome (a cancelled caller's is dropped)."""
+    for q, (ok, value) in zip(batch, outcomes, strict=True):
+        if q.future.done():  # its caller was cancelled: the job ran (or failed) all the same
+            continue
+        if ok:
+            q.future.set_result(value)
+        else:
+            q.future.set_exception(value)
+
+
 class Batcher:
-    """A queue of jobs run in batches by one drain task at a time (see the module docstring)."""
+    """Jobs run in batches, one batch at a time (see the module docstring)."""
 
     name = "db-batcher"
     max_batch = 256
     unit = "jobs"  # what the log calls the jobs of a failed batch ("writes", "reads")
 
     def __init__(self) -> None:
+        self.batches = 0  # batches run or tried (for tests and benchmarks: jobs per batch)
+
+    async def run(self, job: Callable[[Any], T], what: str) -> T:
+        """Queue ``job`` and return its result once its batch has run."""
+        raise NotImplementedError
+
+    def _run_in(self, conn: Connection, batch: list[Queued[Any]]) -> list[Outcome]:
+        """Run the batch on ``conn`` (in a worker thread or greenlet); a database failure raises."""
+        raise NotImplementedError
+
+    @classmethod
+    def _failed(cls, batch: list[Queued[Any]], failure: BaseException) -> list[Outcome]:
+        """The database failed: every job of the batch gets StorageUnavailable."""
+        why = reason(failure)
+        log.error("storage unavailable", actions=sorted({q.what for q in batch}), **{cls.unit: len(batch)}, reason=why)
+        outcomes: list[Outcome] = []
+        for q in batch:
+            err = StorageUnavailable(f"cannot {q.what}: {why}")
+            err.__cause__ = failure
+            outcomes.append((False, err))
+        return outcomes
+
+    def close(self, *_: Any) -> None:
+        """Release what the batcher holds (the engine's ``engine_disposed`` event)."""
+
+
+class PooledBatcher(Batcher):
+    """Each batch on one connection from the engine's pool (PostgreSQL, in-memory SQLite), run by one
+    drain task at a time on the event loop."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__()
+        self._engine = weakref.ref(engine)  # the engine owns its batchers, not the other way round
         self._queue: deque[Queued[Any]] = deque()
         self._drainer: asyncio.Task[None] | None = None
-        self.batches = 0  # batches run or tried (for tests and benchmarks: jobs per batch)
 
     async def run(self, job: Callable[[Any], T], what: str) -> T:
         loop = asyncio.get_running_loop()
@@ -74,41 +119,41 @@ class Batcher:
                     if not q.future.done():
                         q.future.set_exception(StorageUnavailable(f"cannot {q.what}: the {self.name} stopped ({exc!r})"))
                 raise
-            for q, (ok, value) in zip(batch, outcomes, strict=True):
-                if q.future.done():  # its caller was cancelled: the job ran (or failed) all the same
-                    continue
-                if ok:
-                    q.future.set_result(value)
-                else:
-                    q.future.set_exception(value)
+            _answer(batch, outcomes)
 
     async def _run_batch(self, batch: list[Queued[Any]]) -> list[Outcome]:
-        raise NotImplementedError
+        engine = self._engine()
+        if engine is None:
+            return self._failed(batch, RuntimeError("the database engine is gone"))
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(self._run_in, batch)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            return self._failed(batch, exc)
 
-    @classmethod
-    def _failed(cls, batch: list[Queued[Any]], failure: BaseException) -> list[Outcome]:
-        """The database failed: every job of the batch gets StorageUnavailable."""
-        why = reason(failure)
-        log.error("storage unavailable", actions=sorted({q.what for q in batch}), **{cls.unit: len(batch)}, reason=why)
-        outcomes: list[Outcome] = []
-        for q in batch:
-            err = StorageUnavailable(f"cannot {q.what}: {why}")
-            err.__cause__ = failure
-            outcomes.append((False, err))
-        return outcomes
 
-    def close(self, *_: Any) -> None:
-        """Release what the batcher holds (the engine's ``engine_disposed`` event)."""
+_STOP: Any = object()  # a worker thread's last item: finish what is queued before it, then end
 
 
 class WorkerThread:
-    """One thread and its connection to a SQLite file (opened in that thread on first use)."""
+    """One thread and its connection to a SQLite file (opened in that thread on first use). It takes
+    the batches handed to it (:meth:`hand`), joins those that wait together (up to ``max_batch``
+    jobs), runs them with ``run`` and answers the callers on their own loop."""
 
-    def __init__(self, engine: Engine, name: str) -> None:
+    def __init__(self, engine: Engine, name: str, run: Callable[[WorkerThread, list[Queued[Any]]], list[Outcome]],
+                 max_batch: int, counted: Callable[[], None]) -> None:
         self.name = name
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._engine = engine
         self._conn: Connection | None = None
+        self._run = run
+        self._max_batch = max_batch
+        self._counted = counted
+        self._batches: queue.SimpleQueue[list[Queued[Any]]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+        _LIVE_THREADS.add(self)
 
     def connection(self) -> Connection:
         if self._conn is None:
@@ -124,39 +169,81 @@ class WorkerThread:
             except Exception as exc:  # a broken connection: it is gone either way
                 log.warning("sqlite connection not closed cleanly", thread=self.name, error=str(exc))
 
-    def shut_down(self) -> None:
-        """Close the connection in the thread, then let the thread end (a batch in flight finishes first)."""
-        self.executor.submit(self.discard)
-        self.executor.shutdown(wait=False)
+    def hand(self, batch: list[Queued[Any]]) -> None:
+        self._batches.put(batch)
+
+    def stop(self) -> None:
+        """Let the thread end once what was handed to it before has run; its connection is closed."""
+        self._batches.put(_STOP)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _serve(self) -> None:
+        waiting: list[Queued[Any]] | None = None
+        while True:
+            batch = waiting if waiting is not None else self._batches.get()
+            waiting = None
+            if batch is _STOP:
+                break
+            while len(batch) < self._max_batch:  # join the batches that waited meanwhile
+                try:
+                    more = self._batches.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP or len(batch) + len(more) > self._max_batch:
+                    waiting = more
+                    break
+                batch = batch + more
+            self._counted()
+            try:
+                outcomes = self._run(self, batch)
+            except BaseException as exc:  # _run never raises; if it ever did, no caller is left waiting
+                outcomes = [(False, StorageUnavailable(f"cannot {q.what}: the {self.name} failed ({exc!r})")) for q in batch]
+            self._send(batch, outcomes)
+        self.discard()
+
+    @staticmethod
+    def _send(batch: list[Queued[Any]], outcomes: list[Outcome]) -> None:
+        """The outcomes to the loop(s) the callers wait on (one, but for a test that shares an engine)."""
+        loop = batch[0].future.get_loop()
+        if any(q.future.get_loop() is not loop for q in batch):
+            by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Queued[Any]], list[Outcome]]] = {}
+            for q, o in zip(batch, outcomes, strict=True):
+                qs, os_ = by_loop.setdefault(q.future.get_loop(), ([], []))
+                qs.append(q)
+                os_.append(o)
+            parts = list(by_loop.items())
+        else:
+            parts = [(loop, (batch, outcomes))]
+        for each, (qs, os_) in parts:
+            try:
+                each.call_soon_threadsafe(_answer, qs, os_)
+            except RuntimeError:  # that loop is closed: nobody waits for these answers any more
+                pass
 
 
-class PooledBatcher(Batcher):
-    """Each batch on one connection from the engine's pool (PostgreSQL, in-memory SQLite)."""
+_LIVE_THREADS: weakref.WeakSet[WorkerThread] = weakref.WeakSet()
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__()
-        self._engine = weakref.ref(engine)  # the engine owns its batchers, not the other way round
 
-    def _run_in(self, conn: Connection, batch: list[Queued[Any]]) -> list[Outcome]:
-        """Run the batch on ``conn`` (in a worker thread or greenlet); a database failure raises."""
-        raise NotImplementedError
-
-    async def _run_batch(self, batch: list[Queued[Any]]) -> list[Outcome]:
-        engine = self._engine()
-        if engine is None:
-            return self._failed(batch, RuntimeError("the database engine is gone"))
-        try:
-            async with engine.connect() as conn:
-                return await conn.run_sync(self._run_in, batch)
-        except Exception as exc:
-            if not is_storage_failure(exc):
-                raise
-            return self._failed(batch, exc)
+@atexit.register
+def _finish_at_exit() -> None:
+    """At interpreter exit, what was handed to a worker thread still runs (its threads are daemons, so
+    an engine never disposed cannot keep the process alive)."""
+    threads = list(_LIVE_THREADS)
+    for t in threads:
+        t.stop()
+    for t in threads:
+        t.join(timeout=10)
 
 
 class ThreadedBatcher(Batcher):
     """Each batch in a thread of its own, on that thread's own connection to a SQLite file (``url``;
-    ``on_connect``: the settings every connection of the file gets, storage.db's PRAGMAs)."""
+    ``on_connect``: the settings every connection of the file gets, storage.db's PRAGMAs).
+
+    The jobs queued on a loop in one turn are handed to the thread together, by one callback at the
+    end of that turn (so jobs asked for at the same moment are one batch); the thread answers with one
+    callback per batch. Two hops per batch, and no task or executor future between them."""
 
     def __init__(self, url: URL, *, busy_timeout_seconds: float, on_connect: Callable[[Any, Any], None]) -> None:
         super().__init__()
@@ -167,17 +254,31 @@ class ThreadedBatcher(Batcher):
         )
         event.listen(self.engine, "connect", on_connect)
         self._thread: WorkerThread | None = None
-        self._lock = threading.Lock()  # the thread is replaced by close() and used by _run_batch
+        self._lock = threading.Lock()  # the thread is replaced by close() and used by _hand_over
+        # The jobs queued on each loop since its last hand-over (weak: a loop closed before its
+        # hand-over ran takes its never-answered jobs with it).
+        self._turn: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Queued[Any]]] = weakref.WeakKeyDictionary()
 
-    def _run_in(self, conn: Connection, batch: list[Queued[Any]]) -> list[Outcome]:
-        raise NotImplementedError
+    async def run(self, job: Callable[[Any], T], what: str) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        turn = self._turn.get(loop)
+        if turn is None:
+            turn = self._turn[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        turn.append(Queued(job, what, future))
+        return await future
 
-    async def _run_batch(self, batch: list[Queued[Any]]) -> list[Outcome]:
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        turn = self._turn.pop(loop, [])
         with self._lock:
             if self._thread is None:
-                self._thread = WorkerThread(self.engine, self.name)
-            thread = self._thread
-        return await asyncio.get_running_loop().run_in_executor(thread.executor, self._in_thread, thread, batch)
+                self._thread = WorkerThread(self.engine, self.name, self._in_thread, self.max_batch, self._count)
+            for i in range(0, len(turn), self.max_batch):
+                self._thread.hand(turn[i:i + self.max_batch])
+
+    def _count(self) -> None:
+        self.batches += 1
 
     def _in_thread(self, thread: WorkerThread, batch: list[Queued[Any]]) -> list[Outcome]:
         """In the worker thread. Never raises: a database failure fails the batch and drops the connection."""
@@ -188,14 +289,14 @@ class ThreadedBatcher(Batcher):
             return self._failed(batch, exc)
 
     def close(self, *_: Any) -> None:
-        """Close the connection and let the thread end (the engine's ``engine_disposed`` event).
+        """Let the thread end and close its connection (the engine's ``engine_disposed`` event).
 
-        A batch in flight finishes first; a job queued later opens a new thread and connection (the
+        What was handed to it runs first; a job queued later starts a new thread and connection (the
         engine stays usable after dispose, as SQLAlchemy's own pool does)."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
-            thread.shut_down()
+            thread.stop()
 
 
 B = TypeVar("B", bound=Batcher)

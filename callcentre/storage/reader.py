@@ -10,7 +10,7 @@ loop itself was late by ~10 ms at the 99th percentile.
 
 Now the look-ups on the call's path are *read jobs*: plain functions over a synchronous SQLAlchemy
 :class:`~sqlalchemy.engine.Connection` (Core statements, no ORM identity map), queued to the
-engine's one :class:`GroupReader`. One drain task at a time takes everything queued (up to
+engine's one :class:`GroupReader`. One batch at a time takes everything queued meanwhile (up to
 :data:`MAX_READS`) and runs it in one hop, then answers each caller:
 
 * :class:`SqliteReader` (a SQLite file): in a thread of its own, on its own connection (WAL: it
@@ -49,7 +49,7 @@ class Reads(Protocol):
 
 
 class GroupReader(Batcher):
-    """Callers queue read jobs; one drain task at a time runs everything queued in one hop."""
+    """Callers queue read jobs; one batch at a time runs everything queued meanwhile in one hop."""
 
     name = "db-reader"
     max_batch = MAX_READS
