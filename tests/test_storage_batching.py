@@ -5,6 +5,7 @@ the thread still runs when the process exits."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
 import subprocess
@@ -81,6 +82,31 @@ async def test_a_failing_database_fails_the_batch_and_the_thread_goes_on(tmp_pat
         assert await reader.run(lambda c: c.exec_driver_sql("SELECT 7").scalar(), "read") == 7  # a new connection
     finally:
         reader.close()
+
+
+async def test_a_batcher_dropped_without_close_ends_its_thread(tmp_path: Path) -> None:
+    """An engine that is never disposed does not leave a thread and a connection behind once it is gone."""
+    reader = _reader(tmp_path)
+    assert await reader.run(lambda c: c.exec_driver_sql("SELECT 1").scalar(), "read") == 1
+    thread = reader._thread._thread  # type: ignore[union-attr]
+    assert thread.is_alive()
+    del reader
+    gc.collect()
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
+
+
+async def test_no_thread_to_start_fails_the_turn_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import callcentre.storage.batching as batching
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(batching, "WorkerThread", refuse)
+    reader = _reader(tmp_path)
+    results = await asyncio.gather(*(reader.run(lambda c: 1, "look the caller up") for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, StorageUnavailable) and "cannot look the caller up: can't start new thread" in str(r)
+               for r in results), results
 
 
 def test_answers_go_to_the_loop_each_caller_waits_on() -> None:

@@ -139,18 +139,20 @@ _STOP: Any = object()  # a worker thread's last item: finish what is queued befo
 
 class WorkerThread:
     """One thread and its connection to a SQLite file (opened in that thread on first use). It takes
-    the batches handed to it (:meth:`hand`), joins those that wait together (up to ``max_batch``
-    jobs), runs them with ``run`` and answers the callers on their own loop."""
+    the batches handed to it (:meth:`hand`), joins those that wait together (up to its owner's
+    ``max_batch`` jobs), runs them with its owner's ``_in_thread`` and answers the callers on their
+    own loop."""
 
-    def __init__(self, engine: Engine, name: str, run: Callable[[WorkerThread, list[Queued[Any]]], list[Outcome]],
-                 max_batch: int, counted: Callable[[], None]) -> None:
+    def __init__(self, engine: Engine, name: str, owner: ThreadedBatcher) -> None:
         self.name = name
         self._engine = engine
         self._conn: Connection | None = None
-        self._run = run
-        self._max_batch = max_batch
-        self._counted = counted
+        # Weak: an engine that is dropped without dispose takes its batchers with it, and then this
+        # thread ends (ThreadedBatcher's finalizer), closing its connection.
+        self._owner = weakref.ref(owner)
+        self._max_batch = owner.max_batch
         self._batches: queue.SimpleQueue[list[Queued[Any]]] = queue.SimpleQueue()
+        self._carried: list[Queued[Any]] | None = None  # taken from the queue, for the next batch
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
         _LIVE_THREADS.add(self)
@@ -180,28 +182,38 @@ class WorkerThread:
         self._thread.join(timeout)
 
     def _serve(self) -> None:
-        waiting: list[Queued[Any]] | None = None
-        while True:
-            batch = waiting if waiting is not None else self._batches.get()
-            waiting = None
-            if batch is _STOP:
-                break
-            while len(batch) < self._max_batch:  # join the batches that waited meanwhile
-                try:
-                    more = self._batches.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP or len(batch) + len(more) > self._max_batch:
-                    waiting = more
-                    break
-                batch = batch + more
-            self._counted()
-            try:
-                outcomes = self._run(self, batch)
-            except BaseException as exc:  # _run never raises; if it ever did, no caller is left waiting
-                outcomes = [(False, StorageUnavailable(f"cannot {q.what}: the {self.name} failed ({exc!r})")) for q in batch]
-            self._send(batch, outcomes)
+        while self._run_next():
+            pass
         self.discard()
+
+    def _run_next(self) -> bool:
+        """Take the next batch, joined with those that waited meanwhile (up to ``max_batch`` jobs), run
+        it and send its outcomes; False at the stop. (A method of its own, so that nothing of a batch
+        stays referenced while the thread waits for the next.)"""
+        batch = self._carried if self._carried is not None else self._batches.get()
+        self._carried = None
+        if batch is _STOP:
+            return False
+        while len(batch) < self._max_batch:
+            try:
+                more = self._batches.get_nowait()
+            except queue.Empty:
+                break
+            if more is _STOP or len(batch) + len(more) > self._max_batch:
+                self._carried = more  # the next batch (or the stop), after this one
+                break
+            batch = batch + more
+        owner = self._owner()
+        try:
+            if owner is None:
+                raise RuntimeError("its engine is gone")
+            owner.batches += 1
+            outcomes = owner._in_thread(self, batch)
+        except BaseException as exc:  # _in_thread never raises; if it ever did, no caller is left waiting
+            outcomes = [(False, StorageUnavailable(f"cannot {q.what}: the {self.name} failed ({exc!r})")) for q in batch]
+        del owner
+        self._send(batch, outcomes)
+        return True
 
     @staticmethod
     def _send(batch: list[Queued[Any]], outcomes: list[Outcome]) -> None:
@@ -271,14 +283,17 @@ class ThreadedBatcher(Batcher):
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         turn = self._turn.pop(loop, [])
-        with self._lock:
-            if self._thread is None:
-                self._thread = WorkerThread(self.engine, self.name, self._in_thread, self.max_batch, self._count)
-            for i in range(0, len(turn), self.max_batch):
-                self._thread.hand(turn[i:i + self.max_batch])
-
-    def _count(self) -> None:
-        self.batches += 1
+        try:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = WorkerThread(self.engine, self.name, self)
+                    weakref.finalize(self, self._thread.stop)
+                thread = self._thread
+        except Exception as exc:  # no thread can be started (the process is at its limit)
+            _answer(turn, self._failed(turn, exc))
+            return
+        for i in range(0, len(turn), self.max_batch):
+            thread.hand(turn[i:i + self.max_batch])
 
     def _in_thread(self, thread: WorkerThread, batch: list[Queued[Any]]) -> list[Outcome]:
         """In the worker thread. Never raises: a database failure fails the batch and drops the connection."""
