@@ -12,7 +12,7 @@ import pytest
 
 from bench import latency_ms, machine, percentile
 from bench import __main__ as bench_main
-from bench import bench_agi, bench_ami, bench_memory, bench_screenpop, bench_tickets, server, soak
+from bench import bench_agi, bench_ami, bench_escalation, bench_memory, bench_screenpop, bench_tickets, server, soak
 
 LATENCY_KEYS = {"n", "p50_ms", "p99_ms", "max_ms", "mean_ms"}
 
@@ -110,6 +110,17 @@ def test_tickets_are_created_and_counted_on_sqlite():
     for label in ("sequential", "concurrent_3"):
         assert r["sqlite"][label]["tickets"] == 10
         assert r["sqlite"][label]["latency"]["n"] == 10
+
+
+def test_escalation_pass_reads_every_open_ticket_while_the_loop_is_watched():
+    r = bench_escalation.run(open_tickets=450, passes=2, progress=quiet)
+    assert r["open_tickets"] == 450 and len(r["passes"]) == 2
+    for p in r["passes"]:
+        assert p["alerts"] == 0  # promised six hours ahead: every pass does the same reading, no writing
+        assert p["loop_late"]["n"] > 0 and p["pass_ms"] > 0
+    assert r["loop_held_max_ms"] == max(p["loop_late"]["max_ms"] for p in r["passes"])
+    label = next(row[0] for row in bench_main.table({"escalation": r}))
+    assert label.startswith("escalation pass over 450 open tickets")
 
 
 def test_memory_per_call_is_measured_in_the_ivr_and_waiting():
