@@ -263,6 +263,22 @@ class PBX:
     def asterisk_log(self) -> str:
         return self.ast.full_log()
 
+    async def asterisk_log_lines(self, needle: str, limit: float = 5.0) -> list[str]:
+        """The lines of Asterisk's log that contain ``needle``, once there is at least one, or none
+        after ``limit`` seconds. Asterisk's logger thread writes a line after the dialplan step that
+        logged it has run on, so a test that has seen a later event may still be ahead of the file."""
+        deadline = time.monotonic() + limit
+        while True:
+            found = [ln for ln in self.asterisk_log().splitlines() if needle in ln]
+            if found or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.05)
+
+    async def expect_logged(self, needle: str, limit: float = 5.0) -> None:
+        """Asterisk's log has a line with ``needle`` (within ``limit`` s; see :meth:`asterisk_log_lines`)."""
+        if not await self.asterisk_log_lines(needle, limit):
+            raise AssertionError(f"{needle!r} is not in Asterisk's log after {limit} s")
+
     def agi_debug(self) -> list[str]:
         """The ``AGI Tx >>`` / ``AGI Rx <<`` lines of ``agi set debug on`` (the real wire)."""
         return [ln for ln in self.ast.full_log().splitlines() if "AGI Tx >>" in ln or "AGI Rx <<" in ln]

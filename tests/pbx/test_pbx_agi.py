@@ -283,8 +283,8 @@ async def test_a_reply_that_does_not_come_in_time_closes_and_the_dialplan_falls_
     line = await pbx.server.wait_log("agi reply timed out; closing the connection", 5, level="error")
     assert line["command"] == "ANSWER" and line["uniqueid"] == start["Uniqueid"], line
     assert [e["event"] for e in _errors(pbx)] == ["agi reply timed out; closing the connection"]
-    fallback = [ln for ln in pbx.asterisk_log().splitlines() if "WARNING" in ln.split("]", 2)[1]
-                and f"callcentre: fallback for {leg}" in ln]
+    fallback = [ln for ln in await pbx.asterisk_log_lines(f"callcentre: fallback for {leg}")
+                if "WARNING" in ln.split("]", 2)[1]]
     assert len(fallback) == 1 and fallback[0].endswith("AGISTATUS=SUCCESS CC_RESULT="), fallback
     wire = _wire(pbx, leg)
     assert [ln for ln in wire if ln.startswith("Rx << ")] == ["Rx << ANSWER"], wire  # nothing written after it

@@ -118,11 +118,11 @@ async def test_agent_and_owner_legs_dial_what_the_settings_say(pbx):
     await pbx.set_global("CALLCENTRE_TRUNK_TECH", "")
     failed = await _originate(pbx, "Local/+8613800138000@callcentre-outbound")
     assert (failed["Response"], failed["Reason"]) == ("Failure", "8")
-    assert "callcentre: CALLCENTRE_TRUNK is not set, cannot call owners back" in pbx.asterisk_log()
+    await pbx.expect_logged("callcentre: CALLCENTRE_TRUNK is not set, cannot call owners back")
     await pbx.set_global("CALLCENTRE_AGENT_CONTEXT", "")
     failed = await _originate(pbx, "Local/agent1@callcentre-agents/n")
     assert (failed["Response"], failed["Reason"]) == ("Failure", "8")
-    assert "callcentre: agent agent1 is LOCAL but CALLCENTRE_AGENT_CONTEXT is not set" in pbx.asterisk_log()
+    await pbx.expect_logged("callcentre: agent agent1 is LOCAL but CALLCENTRE_AGENT_CONTEXT is not set")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,10 +260,10 @@ async def test_fallback_queue_reaches_an_agent_or_voicemail_whenever_the_server_
                                              and e.get("CallerIDNum") == n, 30)
             assert re.fullmatch(r"Local/agent[456]@callcentre-agents/n", connect["Interface"]), connect
             status, channel = agistatus(number)
-            assert f"callcentre: fallback for {channel}: AGISTATUS={status} CC_RESULT=" in pbx.asterisk_log()
+            await pbx.expect_logged(f"callcentre: fallback for {channel}: AGISTATUS={status} CC_RESULT=")
         answered_after = time.monotonic() - t0
         _, agent_leg = agistatus("13900000007")
-        assert f"callcentre: agent leg failed for {agent_leg}: AGISTATUS=FAILURE" in pbx.asterisk_log()
+        await pbx.expect_logged(f"callcentre: agent leg failed for {agent_leg}: AGISTATUS=FAILURE")
         assert not [e for e in pbx.ami.find("QueueCallerJoin") if e.get("CallerIDNum") == "13900000007"]
         # The agent hangs up after talking: the caller is hung up too (Queue() without 'c'), no voicemail.
         # (Not the survey leg: Local/+86...@callcentre-outbound has no /n, so once it is bridged to

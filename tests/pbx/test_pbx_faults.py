@@ -242,7 +242,7 @@ async def test_sigterm_while_a_caller_records_new_calls_fall_back_the_caller_get
         full = pbx.asterisk_log()
         return queue_app in full, full[-2000:]
     await until(queued, 10, "the fallback queue run for the new caller")
-    assert f"fallback for {chan}: AGISTATUS=FAILURE" in pbx.asterisk_log()
+    await pbx.expect_logged(f"fallback for {chan}: AGISTATUS=FAILURE")
 
     # the caller in progress finishes: ticket, and its number read back after SIGTERM
     rc = await asyncio.wait_for(proc.wait(), 60)

@@ -113,7 +113,7 @@ async def test_closure_call_back_closes_reopens_and_retries_a_busy_owner(pbx: PB
         ev = await pbx.ami.wait_for("OriginateResponse", 5, ActionID=a.action_id)
         assert ev["Response"] == "Success" and ev["Reason"] == "4", ev
         assert ev["Channel"].startswith(f"Local/{a.number}@callcentre-outbound"), ev
-        assert f"cc-test: owner phone {a.number.removeprefix('+86')} rings" in pbx.asterisk_log()
+        await pbx.expect_logged(f"cc-test: owner phone {a.number.removeprefix('+86')} rings")
     agi_survey = [e for e in pbx.ami.events if e.get("Event") == "AGIExecStart"
                   and e.get("Context") == "callcentre-callback" and e.get("Exten") == "survey"]
     assert agi_survey, "no survey AGI ran in callcentre-callback"

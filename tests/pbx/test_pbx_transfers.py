@@ -242,7 +242,7 @@ async def test_blind_and_attended_transfers_and_a_server_killed_mid_transfer(pbx
         print(f"attended: complete -> the caller bridged to T2 {1000 * (float(joined['_t']) - completing):.0f} ms")
         await pbx.ami.wait_for("Hangup", 15, start=mark, Channel=t1_leg)  # the first agent's leg is done
         await t1.agent_state("wrap_up", state_mark)
-        assert f"AGI Script Executing Application: (Bridge) Options: ({t2_leg},x)" in pbx.asterisk_log()
+        await pbx.expect_logged(f"AGI Script Executing Application: (Bridge) Options: ({t2_leg},x)")
         await yang.act("hangup")
         await pbx.wait_hangup(yang.uniqueid, 20)
 
@@ -310,7 +310,7 @@ async def test_blind_and_attended_transfers_and_a_server_killed_mid_transfer(pbx
         connect = await pbx.ami.wait_for(lambda e: e.get("Event") == "AgentConnect" and e.get("Uniqueid") == sun.uniqueid,
                                          30, start=mark)
         print(f"server killed: the caller joined {join['Queue']} and {connect['MemberName']} answered")
-        assert f"fallback for {sun.leg}" in pbx.asterisk_log()
+        await pbx.expect_logged(f"fallback for {sun.leg}")
     finally:
         for d in (t1, t2, t3):
             await d.close()

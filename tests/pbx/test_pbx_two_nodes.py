@@ -266,7 +266,7 @@ async def test_the_active_node_killed_mid_traffic_the_other_leads_and_no_caller_
                          lambda f: queued(f, RETURNING) and f.get("acd_node") == "b")
         assert passed(node_a, returning.uniqueid), lines_of(node_a, returning.uniqueid)
         assert await agistatus(pbx, RETURNING, 1) == ["SUCCESS"]  # A closed at once, never answered
-        assert f"did not take {returning.leg} (AGISTATUS=SUCCESS): trying {node_b.agi_address}" in pbx.asterisk_log()
+        await pbx.expect_logged(f"did not take {returning.leg} (AGISTATUS=SUCCESS): trying {node_b.agi_address}")
         # Both agents busy: the caller asks to be called back (a ticket records the promise), and hangs up.
         await returning.act("dtmf:1")
         await returning.hears("zh/callback-registered")
@@ -281,7 +281,7 @@ async def test_the_active_node_killed_mid_traffic_the_other_leads_and_no_caller_
         leg = await pbx.ami.wait_for(lambda e: e.get("Event") == "AGIExecStart" and "agent2@" in e.get("Channel", ""), 5)
         assert passed(node_a, leg["Uniqueid"]), lines_of(node_a, leg["Uniqueid"])
         assert pbx.ami.find("VarSet", Variable="CC_RESULT", Value="pass", Uniqueid=leg["Uniqueid"])
-        assert f"did not take {leg['Channel']} (AGISTATUS=SUCCESS): trying {node_b.agi_address}" in pbx.asterisk_log()
+        await pbx.expect_logged(f"did not take {leg['Channel']} (AGISTATUS=SUCCESS): trying {node_b.agi_address}")
     finally:
         await wall.close()
 
