@@ -287,7 +287,9 @@ class ThreadedBatcher(Batcher):
             with self._lock:
                 if self._thread is None:
                     self._thread = WorkerThread(self.engine, self.name, self)
-                    weakref.finalize(self, self._thread.stop)
+                    # Dropped without close(): end the thread. (At interpreter exit _finish_at_exit
+                    # stops and joins every thread, so this finalizer does not run then as well.)
+                    weakref.finalize(self, self._thread.stop).atexit = False
                 thread = self._thread
         except Exception as exc:  # no thread can be started (the process is at its limit)
             _answer(turn, self._failed(turn, exc))

@@ -108,9 +108,8 @@ def create_engine(cfg: DatabaseConfig, *, sqlite_synchronous: str = SQLITE_SYNCH
         on_connect = _sqlite_pragmas(int(cfg.busy_timeout_seconds * 1000), sqlite_synchronous)
         event.listen(engine.sync_engine, "connect", on_connect)
     if is_sqlite and not _sqlite_in_memory(cfg.url):
-        register_writer(engine, SqliteWriter(
-            url, busy_timeout_seconds=cfg.busy_timeout_seconds, synchronous=sqlite_synchronous, on_connect=on_connect,
-        ))
+        # on_connect carries the PRAGMAs (the busy timeout and ``sqlite_synchronous``) to every connection.
+        register_writer(engine, SqliteWriter(url, busy_timeout_seconds=cfg.busy_timeout_seconds, on_connect=on_connect))
         register_reader(engine, SqliteReader(url, busy_timeout_seconds=cfg.busy_timeout_seconds, on_connect=on_connect))
     else:
         register_writer(engine, PooledWriter(engine))

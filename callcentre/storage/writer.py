@@ -277,8 +277,7 @@ class SqliteWriter(GroupWriter, ThreadedBatcher):
 
     name = "sqlite-writer"
 
-    def __init__(self, url: URL, *, busy_timeout_seconds: float, synchronous: str,
-                 on_connect: Callable[[Any, Any], None]) -> None:
+    def __init__(self, url: URL, *, busy_timeout_seconds: float, on_connect: Callable[[Any, Any], None]) -> None:
         super().__init__(url, busy_timeout_seconds=busy_timeout_seconds, on_connect=on_connect)
 
         @event.listens_for(self.engine, "connect")
