@@ -6,8 +6,8 @@ ticket with a promise, page by page (:meth:`~callcentre.service.tickets.TicketSe
 and computes the alerts and the wallboard's overdue list. Here ``open_tickets`` tickets are created
 through the product's own store (promised six hours ahead, so no alert is written and every pass does
 the same work), then :meth:`~callcentre.service.escalation.EscalationLoop.run_once` runs ``passes``
-times while a 1 ms sleeper on the same loop records how late it wakes: the longest lateness is the
-longest stretch a pass held the loop.
+times while :class:`bench.server.LoopMonitor` (a 1 ms sleep on the same loop) records how late it
+wakes: the longest lateness is the longest stretch a pass held the loop.
 """
 
 from __future__ import annotations
@@ -24,15 +24,8 @@ from bench import latency_ms, quiet_logs
 from bench.bench_tickets import _draft, uptime
 
 
-async def _lateness(samples: list[float], stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        t = loop.time()
-        await asyncio.sleep(0.001)
-        samples.append(max(0.0, loop.time() - t - 0.001))
-
-
 async def _measure(open_tickets: int, passes: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    from bench.server import LoopMonitor
     from callcentre.config import DatabaseConfig, load_config
     from callcentre.domain.ports import SystemClock
     from callcentre.service.escalation import EscalationLoop
@@ -56,20 +49,19 @@ async def _measure(open_tickets: int, passes: int, progress: Callable[[str], Non
             await loop.run_once()  # statements compiled, connections open
             runs: list[dict[str, Any]] = []
             for _ in range(passes):
-                samples: list[float] = []
-                stop = asyncio.Event()
-                sleeper = asyncio.create_task(_lateness(samples, stop))
+                monitor = LoopMonitor(interval=0.001)  # the same sleeper the other benchmarks use, every 1 ms
+                monitor.start()
                 await asyncio.sleep(0.02)
                 load = uptime()
                 wall, cpu = time.perf_counter(), time.process_time()
                 alerts = await loop.run_once()
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                stop.set()
-                await sleeper
+                await monitor.stop()
                 runs.append({"pass_ms": round(wall * 1000, 1), "cpu_ms": round(cpu * 1000, 1), "alerts": len(alerts),
-                             "loop_late": latency_ms(samples), "uptime": load})
+                             "loop_late": latency_ms(list(monitor.lag)), "uptime": load,
+                             "gc_max_ms": round(max((g[2] for g in monitor.gc_events), default=0.0) * 1000, 3)})
                 progress(f"  {open_tickets} open tickets: pass {runs[-1]['pass_ms']} ms (CPU {runs[-1]['cpu_ms']} ms), "
-                         f"loop held at most {runs[-1]['loop_late']['max_ms']} ms ({load})")
+                         f"loop held at most {runs[-1]['loop_late']['max_ms']} ms (longest collection {runs[-1]['gc_max_ms']} ms; {load})")
             return {"open_tickets": open_tickets, "page_size": OPEN_STATES_PAGE, "passes": runs,
                     "loop_held_max_ms": max(r["loop_late"]["max_ms"] for r in runs)}
         finally:
